@@ -1,0 +1,110 @@
+//! Value types shared by commands and events: party kinds, stated times, spans, ratings, corrections.
+//! Pure data with serde; no I/O and no transport types.
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What kind of actor a party is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartyKind {
+    State,
+    Government,
+    Organisation,
+    Person,
+    Group,
+}
+
+/// A role held in another party for a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Affiliation {
+    pub organisation_id: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// How finely a stated time is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Instant,
+    Day,
+    Month,
+    Year,
+}
+
+/// Valid time: when something was said or held true, with its precision. `at` is the start of the
+/// period for coarse precisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatedTime {
+    pub at: DateTime<Utc>,
+    pub precision: Precision,
+}
+
+impl StatedTime {
+    /// Truncates `at` to the start of its period (UTC), so equal periods compare equal.
+    pub fn normalized(at: DateTime<Utc>, precision: Precision) -> StatedTime {
+        let d = at.date_naive();
+        let start = match precision {
+            Precision::Instant => return StatedTime { at, precision },
+            Precision::Day => d,
+            Precision::Month => d.with_day(1).unwrap_or(d),
+            Precision::Year => d.with_day(1).and_then(|d| d.with_month(1)).unwrap_or(d),
+        };
+        let at = Utc.from_utc_datetime(&start.and_hms_opt(0, 0, 0).unwrap_or_default());
+        StatedTime { at, precision }
+    }
+}
+
+/// How a statement reached the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    DirectQuote,
+    Paraphrase,
+    Reported,
+    OfficialDocument,
+    ReportedNoComment,
+}
+
+/// A place in a source's text: code points `[start, end)` plus the exact text found there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub source_id: Uuid,
+    pub start: u32,
+    pub end: u32,
+    pub exact: String,
+}
+
+/// A fact-checker's rating (schema.org reviewRating); `value`, `best`, `worst` are all 0 when there is
+/// no numeric scale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rating {
+    pub label: String,
+    #[serde(default)]
+    pub value: i32,
+    #[serde(default)]
+    pub best: i32,
+    #[serde(default)]
+    pub worst: i32,
+}
+
+/// What a correction does to its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrectionKind {
+    Retract,
+    Supersede,
+    Erratum,
+}
+
+/// What kind of entity a correction targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    Statement,
+    Claim,
+}

@@ -1,0 +1,9 @@
+//! claims-ledger: an event-sourced ledger of who said what, when, where and according to which source.
+//!
+//! Layout, from the inside out (each layer may use only the ones above it):
+//! - [`domain`]: pure types and rules: commands, events, validation, the write model.
+//! - [`log`]: the append-only, hash-chained event log on sled, with group commit and real fsync.
+//! - [`app`]: use cases: idempotency, validate, decide, append; the write model kept in step with the log.
+//! - [`grpc`]: the only place that names tonic and prost types; maps `app::Error` to `Status` once.
+//! - [`cli`]: the `claims-ledger` subcommands: serve, client commands for people, verify, bench.
+pub mod domain;
