@@ -7,3 +7,4 @@
 //! - [`grpc`]: the only place that names tonic and prost types; maps `app::Error` to `Status` once.
 //! - [`cli`]: the `claims-ledger` subcommands: serve, client commands for people, verify, bench.
 pub mod domain;
+pub mod log;

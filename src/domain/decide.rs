@@ -325,6 +325,13 @@ fn register_source(
     }
     if c.text.trim().is_empty() {
         v.fail("text", "is required");
+    } else if c
+        .text
+        .chars()
+        .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
+    {
+        // Keeps the stored JSON at most twice the text's size (see limits).
+        v.fail("text", "must not contain control characters other than tab and line breaks");
     } else if c.text.len() > MAX_SOURCE_TEXT_BYTES {
         v.fail(
             "text",

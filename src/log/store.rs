@@ -1,0 +1,743 @@
+//! The log on sled, and its single writer thread.
+//!
+//! Layout: one sled tree, keys prefixed by one byte, so that one `apply_batch` is atomic across all of
+//! them:
+//! - `e` + position (u64 BE) → stored record bytes;
+//! - `h` + position → the record's SHA-256, as written (lets `verify` tell changed bytes from a broken link);
+//! - `s` + stream → the stream's last revision (u64 BE);
+//! - `r` + stream + 0x00 + revision → position;
+//! - `i` + idempotency key → JSON [`IdempotencyRecord`];
+//! - `m` + "head" → event count (u64 BE) + last hash.
+//!
+//! Durability: sled's `flush()` writes its buffers but only calls `sync_file_range`, which neither
+//! flushes the disk cache nor persists file-size changes. After each group the writer therefore calls
+//! `fdatasync` on sled's data file itself, and on any new blob file, before any waiting append is
+//! acknowledged. Concurrent appends queue while a sync runs and then share the next one (group commit).
+//! If a sync fails the log refuses all further writes until restart: after a failed fsync the kernel
+//! may have dropped the dirty pages, so nothing written since can be trusted to be on disk.
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::record::{self, Encode, Hash, RecordedEvent, GENESIS_HASH};
+use super::LogError;
+
+/// What a writer expects of a stream before its append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedRevision {
+    Any,
+    NoStream,
+    StreamExists,
+    Exact(u64),
+}
+
+impl std::fmt::Display for ExpectedRevision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedRevision::Any => write!(f, "any"),
+            ExpectedRevision::NoStream => write!(f, "no stream"),
+            ExpectedRevision::StreamExists => write!(f, "stream exists"),
+            ExpectedRevision::Exact(r) => write!(f, "revision {r}"),
+        }
+    }
+}
+
+/// How appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fdatasync before every acknowledgement (shared by concurrent appends). The default.
+    #[default]
+    Fsync,
+    /// Acknowledge once sled has the batch in memory; sled writes it out within its flush interval
+    /// (500 ms). A crash can lose acknowledged writes from that window. For tests and bulk imports only.
+    Relaxed,
+}
+
+/// One event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// Payload JSON.
+    pub payload: Box<RawValue>,
+}
+
+/// Deduplication of a whole append by a client-chosen key.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    /// Hash of the request's content; the same key with another content is refused.
+    pub content_hash: Hash,
+}
+
+/// An atomic append of one or more events to one or more streams.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub events: Vec<NewEvent>,
+    /// Checked against the state before this append, all of them; any mismatch rejects the whole append.
+    pub expectations: Vec<(String, ExpectedRevision)>,
+    pub idempotency: Option<Idempotency>,
+    pub recorded_by: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+/// Where one appended event landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub stream_revision: u64,
+    pub position: u64,
+    #[serde(with = "hex::serde")]
+    pub hash: Hash,
+}
+
+/// The answer to an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub events: Vec<Appended>,
+    pub recorded_at: DateTime<Utc>,
+    /// True when this replays an earlier append with the same idempotency key.
+    pub deduplicated: bool,
+}
+
+/// Stored under `i` + key: enough to answer a retry exactly as the original.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    #[serde(with = "hex::serde")]
+    content_hash: Hash,
+    recorded_at: DateTime<Utc>,
+    events: Vec<Appended>,
+}
+
+impl IdempotencyRecord {
+    fn outcome(&self) -> AppendOutcome {
+        AppendOutcome {
+            events: self.events.clone(),
+            recorded_at: self.recorded_at,
+            deduplicated: true,
+        }
+    }
+}
+
+/// The last event of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Number of events (the next position).
+    pub count: u64,
+    /// Hash of the last event, or [`GENESIS_HASH`] when empty.
+    pub hash: Hash,
+}
+
+/// Told about every durable group, in log order, on the writer thread, before any of the group's
+/// appends is acknowledged. Keep it quick: it delays the next group.
+pub trait CommitObserver: Send + Sync {
+    fn committed(&self, events: &[RecordedEvent]);
+}
+
+/// Options for [`EventLog::open`].
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub durability: Durability,
+    /// Most appends that share one sync.
+    pub max_group: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            durability: Durability::Fsync,
+            max_group: 1024,
+        }
+    }
+}
+
+const MAX_STREAM_NAME: usize = 256;
+
+pub(crate) fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+pub(crate) fn pos_key(prefix: u8, pos: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&pos.to_be_bytes());
+    k
+}
+
+fn stream_rev_key(stream: &str, rev: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(stream.len() + 10);
+    k.push(b'r');
+    k.extend_from_slice(stream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
+}
+
+pub(crate) const HEAD_KEY: &[u8] = b"mhead";
+
+pub(crate) fn be_u64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+/// Opens sled the same way everywhere (server, verify, tests), so its segment size stays fixed.
+pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
+    std::fs::create_dir_all(dir)?;
+    // 16 MiB segments put sled's blob threshold at 4 MiB; a leaf holds at most ~17 entries of at most
+    // MAX_RECORD_BYTES, so no leaf ever becomes an (unsynced) blob.
+    let db = sled::Config::new()
+        .path(dir)
+        .segment_size(16 << 20)
+        .open()?;
+    Ok(db)
+}
+
+struct Shared {
+    db: sled::Db,
+    /// Events below this position are durable and visible to readers.
+    durable: AtomicU64,
+    durable_tx: watch::Sender<u64>,
+    head: Mutex<Head>,
+    poisoned: AtomicBool,
+}
+
+/// The append-only, hash-chained event log. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Job>,
+}
+
+struct Job {
+    req: AppendRequest,
+    reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir` and starts its writer thread. `observer` is told about every
+    /// group committed from now on; replay earlier events with [`EventLog::read_all`].
+    pub fn open(
+        dir: &Path,
+        options: LogOptions,
+        observer: Option<Arc<dyn CommitObserver>>,
+    ) -> Result<EventLog, LogError> {
+        let db = open_db(dir)?;
+        // Persist the directory entries of sled's files once, so the files themselves survive a crash.
+        File::open(dir)?.sync_all()?;
+        let data_file = File::open(dir.join("db"))?;
+        let head = match db.get(HEAD_KEY)? {
+            Some(v) => {
+                let count = be_u64(&v).ok_or_else(|| LogError::Corrupt {
+                    position: 0,
+                    reason: "unreadable head record".into(),
+                })?;
+                let hash: Hash = v.get(8..40).and_then(|h| h.try_into().ok()).ok_or_else(|| {
+                    LogError::Corrupt {
+                        position: count,
+                        reason: "unreadable head hash".into(),
+                    }
+                })?;
+                Head { count, hash }
+            }
+            None => Head {
+                count: 0,
+                hash: GENESIS_HASH,
+            },
+        };
+        let last_recorded = if head.count > 0 {
+            let pos = head.count - 1;
+            let bytes = db
+                .get(pos_key(b'e', pos))?
+                .ok_or_else(|| LogError::Corrupt {
+                    position: pos,
+                    reason: "head points past the last event".into(),
+                })?;
+            Some(record::decode(pos, bytes.to_vec())?.recorded_at)
+        } else {
+            None
+        };
+        let (durable_tx, _) = watch::channel(head.count);
+        let shared = Arc::new(Shared {
+            db: db.clone(),
+            durable: AtomicU64::new(head.count),
+            durable_tx,
+            head: Mutex::new(head),
+            poisoned: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
+        let writer = Writer {
+            shared: shared.clone(),
+            db,
+            data_file,
+            blobs_dir: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+            head,
+            last_recorded,
+            options,
+            observer,
+        };
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(EventLog { shared, tx })
+    }
+
+    /// Appends atomically; resolves once the events are durable (per the configured durability).
+    pub async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { req, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// The durable head.
+    pub fn head(&self) -> Head {
+        *self.shared.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of durable events.
+    pub fn durable_count(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// A receiver that sees the durable event count change.
+    pub fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable_tx.subscribe()
+    }
+
+    /// The recorded result of an idempotency key, once that result is durable.
+    pub async fn idempotent_result(
+        &self,
+        idem: &Idempotency,
+    ) -> Result<Option<AppendOutcome>, LogError> {
+        let Some(rec) = self.idempotency_record(&idem.key)? else {
+            return Ok(None);
+        };
+        if rec.content_hash != idem.content_hash {
+            return Err(LogError::IdempotencyConflict {
+                key: idem.key.clone(),
+            });
+        }
+        // The record may belong to a group whose sync is still running: wait for it.
+        if let Some(last) = rec.events.iter().map(|e| e.position).max() {
+            let mut rx = self.watch_durable();
+            rx.wait_for(|count| *count > last)
+                .await
+                .map_err(|_| LogError::Closed)?;
+        }
+        Ok(Some(rec.outcome()))
+    }
+
+    fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, LogError> {
+        match self.shared.db.get(self::key(b'i', key.as_bytes()))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| LogError::Corrupt {
+                    position: 0,
+                    reason: format!("unreadable idempotency record for {key:?}: {e}"),
+                }),
+        }
+    }
+
+    /// Reads one durable event.
+    pub fn get(&self, position: u64) -> Result<Option<RecordedEvent>, LogError> {
+        if position >= self.durable_count() {
+            return Ok(None);
+        }
+        match self.shared.db.get(pos_key(b'e', position))? {
+            None => Err(LogError::Corrupt {
+                position,
+                reason: "missing below the head".into(),
+            }),
+            Some(v) => record::decode(position, v.to_vec()).map(Some),
+        }
+    }
+
+    /// Reads up to `max` durable events from `from` (inclusive), forwards or backwards.
+    pub fn read_all(
+        &self,
+        from: u64,
+        backwards: bool,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let end = self.durable_count();
+        let mut out = Vec::new();
+        if end == 0 || max == 0 {
+            return Ok(out);
+        }
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if backwards {
+            let from = from.min(end - 1);
+            Box::new(
+                self.shared
+                    .db
+                    .range(pos_key(b'e', 0)..=pos_key(b'e', from))
+                    .rev(),
+            )
+        } else {
+            if from >= end {
+                return Ok(out);
+            }
+            Box::new(self.shared.db.range(pos_key(b'e', from)..pos_key(b'e', end)))
+        };
+        for item in iter.take(max) {
+            let (k, v) = item?;
+            let pos = be_u64(&k[1..]).unwrap_or(u64::MAX);
+            out.push(record::decode(pos, v.to_vec())?);
+        }
+        Ok(out)
+    }
+
+    /// The last durable revision of a stream, if it exists.
+    pub fn stream_revision(&self, stream: &str) -> Result<Option<u64>, LogError> {
+        let durable = self.durable_count();
+        let Some(v) = self.shared.db.get(key(b's', stream.as_bytes()))? else {
+            return Ok(None);
+        };
+        let mut rev = be_u64(&v);
+        // A non-durable tail of the stream is invisible: step back to the last durable revision.
+        while let Some(r) = rev {
+            match self.shared.db.get(stream_rev_key(stream, r))? {
+                Some(p) if be_u64(&p).is_some_and(|p| p < durable) => return Ok(Some(r)),
+                _ => rev = r.checked_sub(1),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads up to `max` durable events of one stream from revision `from`.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        backwards: bool,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let Some(last) = self.stream_revision(stream)? else {
+            return Ok(Vec::new());
+        };
+        let revs: Box<dyn Iterator<Item = u64>> = if backwards {
+            Box::new((0..=from.min(last)).rev())
+        } else {
+            Box::new(from..=last)
+        };
+        let mut out = Vec::new();
+        for rev in revs.take(max) {
+            let p = self
+                .shared
+                .db
+                .get(stream_rev_key(stream, rev))?
+                .and_then(|p| be_u64(&p))
+                .ok_or_else(|| LogError::Corrupt {
+                    position: 0,
+                    reason: format!("stream {stream} has no index entry for revision {rev}"),
+                })?;
+            if let Some(e) = self.get(p)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a failed sync has stopped all writes.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+}
+
+/// Owns all writes. One thread, so validation of expected revisions and the hash chain needs no locks.
+struct Writer {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    data_file: File,
+    blobs_dir: PathBuf,
+    synced_blobs: HashSet<std::ffi::OsString>,
+    head: Head,
+    last_recorded: Option<DateTime<Utc>>,
+    options: LogOptions,
+    observer: Option<Arc<dyn CommitObserver>>,
+}
+
+/// What a group has changed so far but not yet written: consulted before sled, so later appends in
+/// a group see earlier ones.
+#[derive(Default)]
+struct Pending {
+    streams: HashMap<String, u64>,
+    idempotency: HashMap<String, IdempotencyRecord>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < self.options.max_group {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+        // All senders are gone: the log was dropped. Leave sled flushed for a clean reopen.
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "final sync failed");
+        }
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            for j in jobs {
+                let _ = j.reply.send(Err(LogError::Poisoned));
+            }
+            return;
+        }
+        let now = Utc::now();
+        // Recorded time never goes backwards, so "as of recorded time" equals "as of position".
+        let recorded_at = match self.last_recorded {
+            Some(last) if last > now => last,
+            _ => now,
+        };
+        let mut pending = Pending::default();
+        let mut batch = sled::Batch::default();
+        let mut head = self.head;
+        let mut done = Vec::with_capacity(jobs.len());
+        let mut written = Vec::new();
+        for job in jobs {
+            match self.prepare(&job.req, recorded_at, &mut head, &mut pending, &mut batch) {
+                Ok((outcome, events)) => {
+                    written.extend(events);
+                    done.push((job.reply, outcome));
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        if !written.is_empty() {
+            let mut h = Vec::with_capacity(40);
+            h.extend_from_slice(&head.count.to_be_bytes());
+            h.extend_from_slice(&head.hash);
+            batch.insert(HEAD_KEY, h);
+            let result = self
+                .db
+                .apply_batch(batch)
+                .map_err(LogError::from)
+                .and_then(|()| self.sync());
+            if let Err(e) = result {
+                tracing::error!(error = %e, "append failed; the log refuses writes until restart");
+                self.shared.poisoned.store(true, Ordering::Release);
+                for (reply, _) in done {
+                    let _ = reply.send(Err(LogError::Poisoned));
+                }
+                return;
+            }
+            self.head = head;
+            self.last_recorded = Some(recorded_at);
+            *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+            self.shared.durable.store(head.count, Ordering::Release);
+            if let Some(obs) = &self.observer {
+                obs.committed(&written);
+            }
+            self.shared.durable_tx.send_replace(head.count);
+        }
+        for (reply, outcome) in done {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        if self.options.durability == Durability::Relaxed {
+            return Ok(());
+        }
+        self.db.flush()?;
+        self.data_file.sync_data()?;
+        self.sync_new_blobs()
+    }
+
+    /// sled writes values it deems too big to separate blob files and never syncs them. Records are
+    /// bounded so this should not happen; if it does, the blobs are synced here rather than lost.
+    fn sync_new_blobs(&mut self) -> Result<(), LogError> {
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut any = false;
+        for entry in entries {
+            let entry = entry?;
+            if self.synced_blobs.insert(entry.file_name()) {
+                File::open(entry.path())?.sync_all()?;
+                any = true;
+            }
+        }
+        if any {
+            File::open(&self.blobs_dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn stream_revision(&self, pending: &Pending, stream: &str) -> Result<Option<u64>, LogError> {
+        if let Some(r) = pending.streams.get(stream) {
+            return Ok(Some(*r));
+        }
+        Ok(self
+            .db
+            .get(key(b's', stream.as_bytes()))?
+            .and_then(|v| be_u64(&v)))
+    }
+
+    /// Checks one append and stages it in `batch`. Touches `head`, `pending` and `batch` only once every
+    /// check has passed, so a refused append leaves the group as it was.
+    fn prepare(
+        &self,
+        req: &AppendRequest,
+        recorded_at: DateTime<Utc>,
+        head: &mut Head,
+        pending: &mut Pending,
+        batch: &mut sled::Batch,
+    ) -> Result<(AppendOutcome, Vec<RecordedEvent>), LogError> {
+        if let Some(idem) = &req.idempotency {
+            let rec = match pending.idempotency.get(&idem.key) {
+                Some(r) => Some(r.clone()),
+                None => match self.db.get(key(b'i', idem.key.as_bytes()))? {
+                    Some(v) => Some(serde_json::from_slice::<IdempotencyRecord>(&v).map_err(
+                        |e| LogError::Corrupt {
+                            position: 0,
+                            reason: format!("unreadable idempotency record: {e}"),
+                        },
+                    )?),
+                    None => None,
+                },
+            };
+            if let Some(rec) = rec {
+                if rec.content_hash != idem.content_hash {
+                    return Err(LogError::IdempotencyConflict {
+                        key: idem.key.clone(),
+                    });
+                }
+                return Ok((rec.outcome(), Vec::new()));
+            }
+        }
+        if req.events.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        for (stream, expected) in &req.expectations {
+            let actual = self.stream_revision(pending, stream)?;
+            let ok = match expected {
+                ExpectedRevision::Any => true,
+                ExpectedRevision::NoStream => actual.is_none(),
+                ExpectedRevision::StreamExists => actual.is_some(),
+                ExpectedRevision::Exact(r) => actual == Some(*r),
+            };
+            if !ok {
+                return Err(LogError::WrongExpectedRevision {
+                    stream: stream.clone(),
+                    expected: *expected,
+                    actual,
+                });
+            }
+        }
+        // Encode everything first; stage only if all records are acceptable.
+        let mut revisions: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut staged = Vec::with_capacity(req.events.len());
+        let mut prev = head.hash;
+        for (i, ev) in req.events.iter().enumerate() {
+            if ev.stream.is_empty() || ev.stream.len() > MAX_STREAM_NAME || ev.stream.contains('\0')
+            {
+                return Err(LogError::InvalidStream(ev.stream.clone()));
+            }
+            let current = match revisions.get(ev.stream.as_str()) {
+                Some(r) => *r,
+                None => self.stream_revision(pending, &ev.stream)?,
+            };
+            let revision = current.map_or(0, |r| r + 1);
+            revisions.insert(&ev.stream, Some(revision));
+            let position = head.count + i as u64;
+            let bytes = record::encode(&Encode {
+                position,
+                prev_hash: &prev,
+                event_id: ev.event_id,
+                stream: &ev.stream,
+                stream_revision: revision,
+                event_type: &ev.event_type,
+                schema_version: ev.schema_version,
+                recorded_at,
+                recorded_by: &req.recorded_by,
+                correlation_id: req.correlation_id.as_deref(),
+                causation_id: req.causation_id.as_deref(),
+                payload: &ev.payload,
+            })?;
+            let rec = record::decode(position, bytes)?;
+            prev = rec.hash;
+            staged.push(rec);
+        }
+        let appended: Vec<Appended> = staged
+            .iter()
+            .map(|rec| Appended {
+                event_id: rec.event_id,
+                stream: rec.stream.clone(),
+                stream_revision: rec.stream_revision,
+                position: rec.position,
+                hash: rec.hash,
+            })
+            .collect();
+        let idempotency = match &req.idempotency {
+            Some(idem) => {
+                let rec = IdempotencyRecord {
+                    content_hash: idem.content_hash,
+                    recorded_at,
+                    events: appended.clone(),
+                };
+                let bytes =
+                    serde_json::to_vec(&rec).map_err(|e| LogError::Encode(e.to_string()))?;
+                Some((idem.key.clone(), rec, bytes))
+            }
+            None => None,
+        };
+        for rec in &staged {
+            batch.insert(&pos_key(b'e', rec.position), rec.stored.as_slice());
+            batch.insert(&pos_key(b'h', rec.position), &rec.hash[..]);
+            batch.insert(
+                stream_rev_key(&rec.stream, rec.stream_revision),
+                &rec.position.to_be_bytes()[..],
+            );
+            batch.insert(
+                key(b's', rec.stream.as_bytes()),
+                &rec.stream_revision.to_be_bytes()[..],
+            );
+            pending
+                .streams
+                .insert(rec.stream.clone(), rec.stream_revision);
+        }
+        head.count += staged.len() as u64;
+        head.hash = prev;
+        if let Some((k, rec, bytes)) = idempotency {
+            batch.insert(key(b'i', k.as_bytes()), bytes);
+            pending.idempotency.insert(k, rec);
+        }
+        Ok((
+            AppendOutcome {
+                events: appended,
+                recorded_at,
+                deduplicated: false,
+            },
+            staged,
+        ))
+    }
+}
