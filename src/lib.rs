@@ -8,3 +8,5 @@
 //! - [`cli`]: the `claims-ledger` subcommands: serve, client commands for people, verify, bench.
 pub mod domain;
 pub mod log;
+pub mod app;
+pub mod grpc;

@@ -1,0 +1,249 @@
+//! The write path, shared by single commands and batches: check the request envelope, answer a
+//! repeated idempotency key from the log, assign missing ids, decide every command against the write
+//! model (later commands of a batch see earlier ones), then append all events atomically with the
+//! stream expectations that make the decision safe under concurrency.
+use std::collections::HashMap;
+
+use chrono::Utc;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{decode_event, App, AppError};
+use crate::domain::limits::MAX_BATCH;
+use crate::domain::{
+    decide, Command, Context, DomainError, FieldViolation, Overlay, StreamExpectation,
+};
+use crate::log::{
+    AppendOutcome, AppendRequest, ExpectedRevision, Idempotency, LogError, NewEvent,
+};
+
+/// Who writes, and the options every write carries.
+#[derive(Debug, Clone, Default)]
+pub struct WriteContext {
+    /// Identity recorded in every event's envelope.
+    pub recorded_by: String,
+    pub idempotency_key: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+/// A command with the revision the client expects its stream at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientCommand {
+    pub command: Command,
+    pub expected: ExpectedRevision,
+}
+
+/// The result of a write: the entity id of each command, in order, and where its event landed.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub entity_ids: Vec<String>,
+    pub outcome: AppendOutcome,
+}
+
+/// Where field paths of a command start: `command.` for single RPCs, `commands[i].<kind>.` in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Single,
+    Batch,
+}
+
+const MAX_OPTION_LEN: usize = 128;
+
+fn check_option(v: &mut Vec<FieldViolation>, field: &str, value: &Option<String>) {
+    if let Some(s) = value {
+        if s.is_empty() || s.len() > MAX_OPTION_LEN || !s.bytes().all(|b| (0x21..0x7f).contains(&b))
+        {
+            v.push(FieldViolation {
+                field: field.to_string(),
+                description: format!(
+                    "must be 1..{MAX_OPTION_LEN} printable ASCII characters without spaces"
+                ),
+            });
+        }
+    }
+}
+
+impl App {
+    /// Applies one command, or a batch of commands atomically.
+    pub async fn write(
+        &self,
+        ctx: WriteContext,
+        commands: Vec<ClientCommand>,
+        shape: Shape,
+    ) -> Result<WriteOutcome, AppError> {
+        let mut violations = Vec::new();
+        check_option(&mut violations, "options.idempotency_key", &ctx.idempotency_key);
+        check_option(&mut violations, "options.correlation_id", &ctx.correlation_id);
+        check_option(&mut violations, "options.causation_id", &ctx.causation_id);
+        if commands.is_empty() || commands.len() > MAX_BATCH {
+            violations.push(FieldViolation {
+                field: "commands".into(),
+                description: format!("must hold 1..{MAX_BATCH} commands, got {}", commands.len()),
+            });
+        }
+        if !violations.is_empty() {
+            return Err(AppError::Invalid(violations));
+        }
+
+        let idempotency = ctx.idempotency_key.as_ref().map(|key| Idempotency {
+            key: key.clone(),
+            content_hash: content_hash(&commands),
+        });
+        if let Some(idem) = &idempotency {
+            if let Some(outcome) = self.log.idempotent_result(idem).await? {
+                let entity_ids = self.entity_ids_of(&outcome)?;
+                return Ok(WriteOutcome {
+                    entity_ids,
+                    outcome,
+                });
+            }
+        }
+
+        let mut commands = commands;
+        for c in &mut commands {
+            if let Some(slot) = c.command.missing_generated_id() {
+                *slot = Some(Uuid::now_v7().to_string());
+            }
+        }
+        let (events, expectations) = self.decide_all(&commands, shape)?;
+        let entity_ids = events.iter().map(|e| e.entity_id()).collect();
+        let request = AppendRequest {
+            events: events
+                .iter()
+                .map(|e| NewEvent {
+                    event_id: Uuid::now_v7(),
+                    stream: e.stream(),
+                    event_type: e.event_type().to_string(),
+                    schema_version: crate::domain::event::SCHEMA_VERSION,
+                    payload: serde_json::value::RawValue::from_string(
+                        String::from_utf8(e.payload_json()).expect("serde_json writes UTF-8"),
+                    )
+                    .expect("serde_json writes valid JSON"),
+                })
+                .collect(),
+            expectations: expectations.iter().map(|(s, e, _)| (s.clone(), *e)).collect(),
+            idempotency,
+            recorded_by: ctx.recorded_by,
+            correlation_id: ctx.correlation_id,
+            causation_id: ctx.causation_id,
+        };
+        match self.log.append(request).await {
+            Ok(outcome) if outcome.deduplicated => {
+                // A concurrent duplicate of this request won the race; answer as it was answered.
+                let entity_ids = self.entity_ids_of(&outcome)?;
+                Ok(WriteOutcome {
+                    entity_ids,
+                    outcome,
+                })
+            }
+            Ok(outcome) => Ok(WriteOutcome {
+                entity_ids,
+                outcome,
+            }),
+            Err(LogError::WrongExpectedRevision { stream, expected, actual }) => {
+                let from_client = expectations
+                    .iter()
+                    .any(|(s, _, client)| *client && *s == stream);
+                if !from_client && expected == ExpectedRevision::NoStream {
+                    Err(AppError::CreatedConcurrently { stream })
+                } else {
+                    Err(AppError::WrongExpectedRevision {
+                        stream,
+                        expected,
+                        actual,
+                    })
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decides every command against the write model plus the batch's own earlier events, and derives
+    /// the expectations, each tagged with whether the client asked for it.
+    #[allow(clippy::type_complexity)]
+    fn decide_all(
+        &self,
+        commands: &[ClientCommand],
+        shape: Shape,
+    ) -> Result<(Vec<crate::domain::Event>, Vec<(String, ExpectedRevision, bool)>), AppError> {
+        let ctx = Context { now: Utc::now() };
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut overlay = Overlay::new(&state);
+        let mut events = Vec::with_capacity(commands.len());
+        // First domain expectation per stream, and how many earlier batch events touched it.
+        let mut first: HashMap<String, ExpectedRevision> = HashMap::new();
+        let mut touched: HashMap<String, u64> = HashMap::new();
+        let mut order = Vec::new();
+        let mut client = Vec::new();
+        for (i, c) in commands.iter().enumerate() {
+            let prefix = match shape {
+                Shape::Single => "command.".to_string(),
+                Shape::Batch => format!("commands[{i}].{}.", c.command.name()),
+            };
+            let decision = decide(&overlay, &c.command, &ctx).map_err(|e: DomainError| {
+                AppError::Domain(e.prefixed(&prefix))
+            })?;
+            let stream = decision.event.stream();
+            let earlier = touched.get(&stream).copied().unwrap_or(0);
+            let domain_expected = match decision.expectation {
+                StreamExpectation::NoStream => ExpectedRevision::NoStream,
+                StreamExpectation::Exists => ExpectedRevision::StreamExists,
+                StreamExpectation::Exact(r) => ExpectedRevision::Exact(r - earlier.min(r)),
+            };
+            match first.get_mut(&stream) {
+                None => {
+                    first.insert(stream.clone(), domain_expected);
+                    order.push(stream.clone());
+                }
+                // A decision that depends on the stream's exact state pins the pre-batch revision,
+                // unless the batch created the stream itself.
+                Some(f) if matches!(domain_expected, ExpectedRevision::Exact(_))
+                    && *f != ExpectedRevision::NoStream =>
+                {
+                    *f = domain_expected
+                }
+                Some(_) => {}
+            }
+            if c.expected != ExpectedRevision::Any {
+                client.push((stream.clone(), c.expected, true));
+            }
+            *touched.entry(stream).or_insert(0) += 1;
+            overlay.apply(&decision.event);
+            events.push(decision.event);
+        }
+        let mut expectations: Vec<(String, ExpectedRevision, bool)> = order
+            .into_iter()
+            .map(|s| {
+                let e = first[&s];
+                (s, e, false)
+            })
+            .collect();
+        expectations.extend(client);
+        Ok((events, expectations))
+    }
+
+    /// Entity ids of an earlier write, read back from its events.
+    fn entity_ids_of(&self, outcome: &AppendOutcome) -> Result<Vec<String>, AppError> {
+        outcome
+            .events
+            .iter()
+            .map(|a| {
+                let rec = self
+                    .log
+                    .get(a.position)?
+                    .ok_or_else(|| AppError::Internal(format!("event {} missing", a.position)))?;
+                decode_event(&rec)
+                    .map(|e| e.entity_id())
+                    .map_err(|e| AppError::Internal(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// Hash of a request's content, for idempotency: the commands and expectations as received.
+fn content_hash(commands: &[ClientCommand]) -> [u8; 32] {
+    let bytes = serde_json::to_vec(commands).expect("commands always serialize");
+    Sha256::digest(bytes).into()
+}
