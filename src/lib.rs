@@ -10,3 +10,5 @@ pub mod domain;
 pub mod log;
 pub mod app;
 pub mod grpc;
+pub mod cli;
+pub mod dataset;

@@ -95,3 +95,40 @@ impl App {
         &self.log
     }
 }
+
+/// What loading a dataset did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub written: usize,
+    pub already_present: usize,
+}
+
+impl App {
+    /// Applies a dataset in order, one idempotent write per command.
+    pub async fn load_dataset(
+        &self,
+        dataset: &crate::dataset::Dataset,
+        recorded_by: &str,
+    ) -> Result<LoadReport, AppError> {
+        let mut report = LoadReport::default();
+        for entry in &dataset.commands {
+            let ctx = WriteContext {
+                recorded_by: recorded_by.to_string(),
+                idempotency_key: Some(entry.idempotency_key.clone()),
+                correlation_id: Some(format!("dataset:{}", dataset.name)),
+                causation_id: None,
+            };
+            let cmd = ClientCommand {
+                command: entry.command.clone(),
+                expected: crate::log::ExpectedRevision::Any,
+            };
+            let w = self.write(ctx, vec![cmd], Shape::Single).await?;
+            if w.outcome.deduplicated {
+                report.already_present += 1;
+            } else {
+                report.written += 1;
+            }
+        }
+        Ok(report)
+    }
+}

@@ -87,6 +87,10 @@ impl App {
             return Err(AppError::Invalid(violations));
         }
 
+        let mut commands = commands;
+        for c in &mut commands {
+            c.command.normalize();
+        }
         let idempotency = ctx.idempotency_key.as_ref().map(|key| Idempotency {
             key: key.clone(),
             content_hash: content_hash(&commands),
@@ -101,7 +105,6 @@ impl App {
             }
         }
 
-        let mut commands = commands;
         for c in &mut commands {
             if let Some(slot) = c.command.missing_generated_id() {
                 *slot = Some(Uuid::now_v7().to_string());

@@ -109,7 +109,38 @@ pub enum Command {
     IssueCorrection(IssueCorrection),
 }
 
+/// Empty optional strings mean "not given", whichever way a command arrived.
+fn none_if_empty(o: &mut Option<String>) {
+    if o.as_deref() == Some("") {
+        *o = None;
+    }
+}
+
 impl Command {
+    /// Canonical form: empty optional strings become `None`, so the same command hashes the same
+    /// whether it came from JSON or protobuf (idempotency compares content hashes).
+    pub fn normalize(&mut self) {
+        match self {
+            Command::RegisterParty(_) | Command::UpdateParty(_) => {}
+            Command::RegisterSource(c) => none_if_empty(&mut c.source_id),
+            Command::RecordStatement(c) => {
+                none_if_empty(&mut c.statement_id);
+                none_if_empty(&mut c.on_behalf_of_id);
+                none_if_empty(&mut c.venue);
+                none_if_empty(&mut c.reports_statement_id);
+            }
+            Command::AssertClaim(c) => none_if_empty(&mut c.claim_id),
+            Command::ReviewClaim(c) => {
+                none_if_empty(&mut c.review_id);
+                none_if_empty(&mut c.url);
+            }
+            Command::IssueCorrection(c) => {
+                none_if_empty(&mut c.correction_id);
+                none_if_empty(&mut c.replacement_id);
+            }
+        }
+    }
+
     /// The command's name as in the proto oneof (`register_party`, ...), used in field paths.
     pub fn name(&self) -> &'static str {
         match self {

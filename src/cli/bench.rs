@@ -1,0 +1,294 @@
+//! `claims-ledger bench`: durable append throughput and latency through the real gRPC server, against
+//! a baseline measured in the same run on the same disk: raw sled inserting the same record bytes with
+//! one `flush` + `fdatasync` per batch of (writers × events per request) records — the best that group
+//! commit could do for that many concurrent writers. Results are reported as ratios, since absolute
+//! figures on a shared machine mean little.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::grpc::pb;
+use crate::log::{open_db, LogOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Scratch directory on the disk to measure (removed afterwards).
+    #[arg(long, default_value = "./bench-data")]
+    pub dir: PathBuf,
+    /// Concurrent writer counts to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub writers: Vec<usize>,
+    /// Events per request to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    pub events_per_request: Vec<usize>,
+    /// Seconds to measure each configuration (ours and the baseline each).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Measured {
+    events: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+}
+
+const SOURCE_TEXT: &str = "Lavrov told reporters: \u{201c}We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.\u{201d}";
+const QUOTE: &str = "We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.";
+
+fn statement_command(source_id: &str) -> pb::RecordStatementCommand {
+    let start = SOURCE_TEXT
+        .find(QUOTE)
+        .map(|b| SOURCE_TEXT[..b].chars().count())
+        .unwrap_or(0) as u32;
+    pb::RecordStatementCommand {
+        statement_id: String::new(),
+        speaker_id: "bench-speaker".into(),
+        on_behalf_of_id: String::new(),
+        stated_time: Some(pb::StatedTime {
+            at: Some(prost_types::Timestamp {
+                seconds: 1_717_545_600,
+                nanos: 0,
+            }),
+            precision: pb::TimePrecision::Day as i32,
+        }),
+        venue: "press briefing".into(),
+        mode: pb::StatementMode::DirectQuote as i32,
+        attribution_verb: "told reporters".into(),
+        content: "Russia is prepared to resume negotiations in Istanbul.".into(),
+        spans: vec![pb::Span {
+            source_id: source_id.to_string(),
+            start,
+            end: start + QUOTE.chars().count() as u32,
+            exact: QUOTE.into(),
+        }],
+        reports_statement_id: String::new(),
+    }
+}
+
+async fn setup(server: &str) -> anyhow::Result<String> {
+    let mut c = pb::ledger_client::LedgerClient::connect(server.to_string()).await?;
+    c.register_party(pb::RegisterPartyRequest {
+        command: Some(pb::RegisterPartyCommand {
+            party_id: "bench-speaker".into(),
+            kind: pb::PartyKind::Person as i32,
+            name: "Bench Speaker".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    let r = c
+        .register_source(pb::RegisterSourceRequest {
+            command: Some(pb::RegisterSourceCommand {
+                publisher: "Bench".into(),
+                url: "https://example.org/bench".into(),
+                title: "Bench source".into(),
+                published_at: Some(prost_types::Timestamp {
+                    seconds: 1_717_632_000,
+                    nanos: 0,
+                }),
+                retrieved_at: Some(prost_types::Timestamp {
+                    seconds: 1_717_632_000,
+                    nanos: 0,
+                }),
+                language: "en".into(),
+                text: SOURCE_TEXT.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().source_id)
+}
+
+/// Durable appends through gRPC: `writers` tasks each sending requests of `per_request` statements.
+async fn measure_ours(
+    dir: &Path,
+    writers: usize,
+    per_request: usize,
+    seconds: f64,
+) -> anyhow::Result<(Measured, u64)> {
+    let app = App::open(dir, LogOptions::default())?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::grpc::server::serve(listener, app.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let source_id = setup(&addr).await?;
+    // A few HTTP/2 connections shared by the writers, as a client pool would.
+    let mut channels = Vec::new();
+    for _ in 0..writers.clamp(1, 8) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(addr.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let start_count = app.log().durable_count();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = pb::ledger_client::LedgerClient::new(channels[w % channels.len()].clone());
+        let cmd = statement_command(&source_id);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if per_request == 1 {
+                    client
+                        .record_statement(pb::RecordStatementRequest {
+                            command: Some(cmd.clone()),
+                            ..Default::default()
+                        })
+                        .await?;
+                } else {
+                    let commands = (0..per_request)
+                        .map(|_| pb::BatchCommand {
+                            expected_revision: None,
+                            command: Some(pb::batch_command::Command::RecordStatement(cmd.clone())),
+                        })
+                        .collect();
+                    client
+                        .submit_batch(pb::SubmitBatchRequest {
+                            options: None,
+                            commands,
+                        })
+                        .await?;
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, tonic::Status>(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    let events = app.log().durable_count() - start_count;
+    let _ = stop_tx.send(());
+    server.await??;
+    latencies.sort();
+    let requests = latencies.len() as u64;
+    Ok((
+        Measured {
+            events,
+            elapsed,
+            latencies,
+        },
+        requests,
+    ))
+}
+
+/// Raw sled: the same record bytes, `group` inserts per flush + fdatasync, on one thread.
+fn measure_baseline(dir: &Path, group: usize, record: &[u8], seconds: f64) -> anyhow::Result<Measured> {
+    let db = open_db(dir)?;
+    let file = std::fs::File::open(dir.join("db"))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut pos: u64 = 0;
+    let mut latencies = Vec::new();
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let mut batch = sled::Batch::default();
+        for _ in 0..group {
+            batch.insert(&pos.to_be_bytes(), record);
+            pos += 1;
+        }
+        db.apply_batch(batch)?;
+        db.flush()?;
+        file.sync_data()?;
+        latencies.push(t.elapsed());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Measured {
+        events: pos,
+        elapsed,
+        latencies,
+    })
+}
+
+/// A typical stored record from our own log, so the baseline writes the same bytes.
+fn sample_record(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let db = open_db(dir)?;
+    let last = db
+        .scan_prefix([b'e'])
+        .next_back()
+        .context("the benchmark log is empty")??;
+    Ok(last.1.to_vec())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    if !args.json {
+        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | baseline sync p50 ms | baseline events/sync |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+    }
+    for &per in &args.events_per_request {
+        for &writers in &args.writers {
+            let run_dir = args.dir.join(format!("ours-{writers}-{per}"));
+            let base_dir = args.dir.join(format!("base-{writers}-{per}"));
+            let _ = std::fs::remove_dir_all(&run_dir);
+            let _ = std::fs::remove_dir_all(&base_dir);
+            let (ours, requests) = measure_ours(&run_dir, writers, per, args.seconds).await?;
+            let record = sample_record(&run_dir)?;
+            let baseline = tokio::task::block_in_place(|| {
+                measure_baseline(&base_dir, writers * per, &record, args.seconds)
+            })?;
+            let ratio = ours.rate() / baseline.rate();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "writers": writers, "events_per_request": per,
+                        "ours_events_per_s": ours.rate(), "baseline_events_per_s": baseline.rate(),
+                        "ratio": ratio, "ours_p50_ms": ms(ours.percentile(0.5)), "ours_p99_ms": ms(ours.percentile(0.99)),
+                        "baseline_sync_p50_ms": ms(baseline.percentile(0.5)), "record_bytes": record.len(),
+                        "requests": requests,
+                    })
+                );
+            } else {
+                println!(
+                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                    ours.rate(),
+                    baseline.rate(),
+                    ratio,
+                    ms(ours.percentile(0.5)),
+                    ms(ours.percentile(0.99)),
+                    ms(baseline.percentile(0.5)),
+                    writers * per
+                );
+            }
+            let _ = std::fs::remove_dir_all(&run_dir);
+            let _ = std::fs::remove_dir_all(&base_dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(0)
+}

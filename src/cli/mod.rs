@@ -1,0 +1,91 @@
+//! The `claims-ledger` command line: `serve` runs the service; `load` and `head` are clients of a
+//! running server; `verify` checks a stopped server's data directory offline; `bench` measures
+//! durable append throughput against raw sled.
+pub mod bench;
+mod client;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "claims-ledger", version, about = "Event-sourced claims ledger: who said what, when, where, according to which source")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DurabilityArg {
+    /// fdatasync before every acknowledgement (shared by concurrent writers).
+    Fsync,
+    /// Acknowledge before the sync; a crash may lose the last ~500 ms of acknowledged writes.
+    Relaxed,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the gRPC service on an embedded sled store.
+    Serve {
+        /// Data directory (created if missing).
+        #[arg(long, env = "CLAIMS_LEDGER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, env = "CLAIMS_LEDGER_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Load the built-in Istanbul dataset before serving (idempotent).
+        #[arg(long, env = "CLAIMS_LEDGER_DEMO")]
+        demo: bool,
+        /// When a write is acknowledged.
+        #[arg(long, env = "CLAIMS_LEDGER_DURABILITY", value_enum, default_value = "fsync")]
+        durability: DurabilityArg,
+        /// Write the bound address to this file once listening (for scripts and tests).
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// Submit a dataset file (claims-ledger/dataset/v1 JSON) through the API; idempotent.
+    Load {
+        /// The dataset file.
+        file: PathBuf,
+        #[arg(long, env = "CLAIMS_LEDGER_SERVER", default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the head of a running server's log (event count and last hash).
+    Head {
+        #[arg(long, env = "CLAIMS_LEDGER_SERVER", default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chain of a data directory (server stopped) and name the first bad position.
+    Verify {
+        #[arg(long, env = "CLAIMS_LEDGER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure durable append throughput and latency against raw sled + fdatasync on the same disk.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the parsed command; the exit code is 0 on success.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Cmd::Serve {
+            data_dir,
+            listen,
+            demo,
+            durability,
+            addr_file,
+        } => serve::run(data_dir, listen, demo, durability, addr_file).await,
+        Cmd::Load { file, server, json } => client::load(&file, &server, json).await,
+        Cmd::Head { server, json } => client::head(&server, json).await,
+        Cmd::Verify { data_dir, json } => client::verify(&data_dir, json),
+        Cmd::Bench(args) => bench::run(args).await,
+    }
+}
