@@ -6,9 +6,9 @@
 //! - [`app`]: use cases: idempotency, validate, decide, append; the write model kept in step with the log.
 //! - [`grpc`]: the only place that names tonic and prost types; maps `app::Error` to `Status` once.
 //! - [`cli`]: the `claims-ledger` subcommands: serve, client commands for people, verify, bench.
-pub mod domain;
-pub mod log;
 pub mod app;
-pub mod grpc;
 pub mod cli;
 pub mod dataset;
+pub mod domain;
+pub mod grpc;
+pub mod log;

@@ -95,7 +95,11 @@ async fn sigkill_during_appends_loses_no_acknowledged_event() {
             w.await.unwrap();
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(acked.len() >= 200, "round {round}: only {} appends acknowledged", acked.len());
+        assert!(
+            acked.len() >= 200,
+            "round {round}: only {} appends acknowledged",
+            acked.len()
+        );
         total_acked += acked.len();
 
         let server = ChildServer::start(&data, &["--durability", "fsync"]);
@@ -104,9 +108,13 @@ async fn sigkill_during_appends_loses_no_acknowledged_event() {
             assert_eq!(e.position, i as u64, "gap-free after restart");
         }
         for a in &acked {
-            let e = all
-                .get(a.position as usize)
-                .unwrap_or_else(|| panic!("acknowledged position {} lost ({} events)", a.position, all.len()));
+            let e = all.get(a.position as usize).unwrap_or_else(|| {
+                panic!(
+                    "acknowledged position {} lost ({} events)",
+                    a.position,
+                    all.len()
+                )
+            });
             assert_eq!(e.event_id, a.event_id, "event at {} replaced", a.position);
             assert_eq!(e.hash, a.hash);
             assert_eq!(e.stream, format!("party-{}", a.party_id));
@@ -121,6 +129,10 @@ async fn sigkill_during_appends_loses_no_acknowledged_event() {
         .output()
         .expect("run verify");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "verify failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "verify failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.starts_with("ok: "), "{stdout}");
 }

@@ -152,7 +152,10 @@ async fn invalid_input_names_every_bad_field_and_writes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(field_violations(&err), vec!["options.idempotency_key".to_string()]);
+    assert_eq!(
+        field_violations(&err),
+        vec!["options.idempotency_key".to_string()]
+    );
     assert_eq!(head(&s).await.event_count, 0);
 }
 
@@ -173,7 +176,10 @@ async fn statements_need_exact_spans_and_known_references() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ok.result.unwrap().events[0].stream, format!("statement-{}", ok.statement_id));
+    assert_eq!(
+        ok.result.unwrap().events[0].stream,
+        format!("statement-{}", ok.statement_id)
+    );
     let before = head(&s).await.event_count;
 
     // Byte offsets instead of code points: the text before the quote has a curly quote (3 bytes).
@@ -189,7 +195,10 @@ async fn statements_need_exact_spans_and_known_references() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(field_violations(&err), vec!["command.spans[0].exact".to_string()]);
+    assert_eq!(
+        field_violations(&err),
+        vec!["command.spans[0].exact".to_string()]
+    );
 
     let mut past_end = statement("sergey-lavrov", &source_id, quote);
     past_end.spans[0].end = 10_000;
@@ -200,7 +209,10 @@ async fn statements_need_exact_spans_and_known_references() {
         })
         .await
         .unwrap_err();
-    assert_eq!(field_violations(&err), vec!["command.spans[0].end".to_string()]);
+    assert_eq!(
+        field_violations(&err),
+        vec!["command.spans[0].end".to_string()]
+    );
 
     let err = c
         .record_statement(pb::RecordStatementRequest {
@@ -211,7 +223,10 @@ async fn statements_need_exact_spans_and_known_references() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let info = err.get_details_resource_info().expect("resource info");
-    assert_eq!((info.resource_type.as_str(), info.resource_name.as_str()), ("party", "nobody"));
+    assert_eq!(
+        (info.resource_type.as_str(), info.resource_name.as_str()),
+        ("party", "nobody")
+    );
 
     let err = c
         .record_statement(pb::RecordStatementRequest {
@@ -238,8 +253,15 @@ async fn statements_need_exact_spans_and_known_references() {
         })
         .await
         .unwrap_err();
-    assert_eq!(field_violations(&err), vec!["command.stated_time.at".to_string()]);
-    assert_eq!(head(&s).await.event_count, before, "nothing written on error");
+    assert_eq!(
+        field_violations(&err),
+        vec!["command.stated_time.at".to_string()]
+    );
+    assert_eq!(
+        head(&s).await.event_count,
+        before,
+        "nothing written on error"
+    );
 }
 
 #[tokio::test]
@@ -282,7 +304,11 @@ async fn idempotent_writes_replay_and_conflicting_reuse_is_refused() {
         command: Some(source()),
         ..Default::default()
     };
-    let s1 = c.register_source(source_req.clone()).await.unwrap().into_inner();
+    let s1 = c
+        .register_source(source_req.clone())
+        .await
+        .unwrap()
+        .into_inner();
     let s2 = c.register_source(source_req).await.unwrap().into_inner();
     assert!(!s1.source_id.is_empty());
     assert_eq!(s1.source_id, s2.source_id);
@@ -378,7 +404,12 @@ async fn batches_are_atomic_and_see_their_own_earlier_commands() {
                 ..source()
             }),
             C::RecordStatement(st),
-            C::AssertClaim(claim(statement_id, "ukraine", "preconditions-for-talks", "Crimea")),
+            C::AssertClaim(claim(
+                statement_id,
+                "ukraine",
+                "preconditions-for-talks",
+                "Crimea",
+            )),
         ]
         .into_iter()
         .map(|c| pb::BatchCommand {
@@ -399,7 +430,11 @@ async fn batches_are_atomic_and_see_their_own_earlier_commands() {
         field_violations(&err),
         vec!["commands[2].record_statement.spans[0].exact".to_string()]
     );
-    assert_eq!(head(&s).await.event_count, 0, "a failed batch writes nothing");
+    assert_eq!(
+        head(&s).await.event_count,
+        0,
+        "a failed batch writes nothing"
+    );
 
     let ok = c
         .submit_batch(pb::SubmitBatchRequest {
@@ -412,7 +447,11 @@ async fn batches_are_atomic_and_see_their_own_earlier_commands() {
     assert_eq!(ok.results.len(), 4);
     assert_eq!(ok.results[0].entity_id, "ukraine");
     assert_eq!(ok.results[2].entity_id, statement_id);
-    let positions: Vec<u64> = ok.results.iter().map(|r| r.event.as_ref().unwrap().position).collect();
+    let positions: Vec<u64> = ok
+        .results
+        .iter()
+        .map(|r| r.event.as_ref().unwrap().position)
+        .collect();
     assert_eq!(positions, vec![0, 1, 2, 3]);
 
     let err = c
@@ -490,7 +529,10 @@ async fn corrections_keep_the_target_and_follow_its_status() {
         .issue_correction(correction(pb::CorrectionKind::Supersede, ""))
         .await
         .unwrap_err();
-    assert_eq!(field_violations(&err), vec!["command.replacement_id".to_string()]);
+    assert_eq!(
+        field_violations(&err),
+        vec!["command.replacement_id".to_string()]
+    );
     let ok = c
         .issue_correction(correction(pb::CorrectionKind::Supersede, &claim_ids[1]))
         .await
@@ -536,7 +578,11 @@ async fn corrections_keep_the_target_and_follow_its_status() {
         .await
         .unwrap()
         .into_inner();
-    let types: Vec<_> = stream.events.iter().map(|e| e.event_type.as_str()).collect();
+    let types: Vec<_> = stream
+        .events
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
     assert_eq!(types, vec!["StatementRecorded", "CorrectionIssued"]);
 }
 
@@ -554,7 +600,11 @@ async fn the_log_reads_back_with_verifiable_hashes() {
         .unwrap();
     }
     let mut ev = s.events().await;
-    let h = ev.get_head(pb::GetHeadRequest {}).await.unwrap().into_inner();
+    let h = ev
+        .get_head(pb::GetHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(h.event_count, 10);
 
     // Page through forwards.

@@ -61,7 +61,9 @@ impl From<LogError> for AppError {
                 "command",
                 format!("the encoded event is {size} bytes, at most {max} allowed"),
             ),
-            LogError::InvalidStream(s) => AppError::invalid("stream", format!("invalid stream name {s:?}")),
+            LogError::InvalidStream(s) => {
+                AppError::invalid("stream", format!("invalid stream name {s:?}"))
+            }
             LogError::Poisoned | LogError::Closed => AppError::Unavailable,
             other => AppError::Internal(other.to_string()),
         }

@@ -14,9 +14,7 @@ use crate::domain::limits::MAX_BATCH;
 use crate::domain::{
     decide, Command, Context, DomainError, FieldViolation, Overlay, StreamExpectation,
 };
-use crate::log::{
-    AppendOutcome, AppendRequest, ExpectedRevision, Idempotency, LogError, NewEvent,
-};
+use crate::log::{AppendOutcome, AppendRequest, ExpectedRevision, Idempotency, LogError, NewEvent};
 
 /// Who writes, and the options every write carries.
 #[derive(Debug, Clone, Default)]
@@ -74,8 +72,16 @@ impl App {
         shape: Shape,
     ) -> Result<WriteOutcome, AppError> {
         let mut violations = Vec::new();
-        check_option(&mut violations, "options.idempotency_key", &ctx.idempotency_key);
-        check_option(&mut violations, "options.correlation_id", &ctx.correlation_id);
+        check_option(
+            &mut violations,
+            "options.idempotency_key",
+            &ctx.idempotency_key,
+        );
+        check_option(
+            &mut violations,
+            "options.correlation_id",
+            &ctx.correlation_id,
+        );
         check_option(&mut violations, "options.causation_id", &ctx.causation_id);
         if commands.is_empty() || commands.len() > MAX_BATCH {
             violations.push(FieldViolation {
@@ -126,7 +132,10 @@ impl App {
                     .expect("serde_json writes valid JSON"),
                 })
                 .collect(),
-            expectations: expectations.iter().map(|(s, e, _)| (s.clone(), *e)).collect(),
+            expectations: expectations
+                .iter()
+                .map(|(s, e, _)| (s.clone(), *e))
+                .collect(),
             idempotency,
             recorded_by: ctx.recorded_by,
             correlation_id: ctx.correlation_id,
@@ -145,7 +154,11 @@ impl App {
                 entity_ids,
                 outcome,
             }),
-            Err(LogError::WrongExpectedRevision { stream, expected, actual }) => {
+            Err(LogError::WrongExpectedRevision {
+                stream,
+                expected,
+                actual,
+            }) => {
                 let from_client = expectations
                     .iter()
                     .any(|(s, _, client)| *client && *s == stream);
@@ -170,7 +183,13 @@ impl App {
         &self,
         commands: &[ClientCommand],
         shape: Shape,
-    ) -> Result<(Vec<crate::domain::Event>, Vec<(String, ExpectedRevision, bool)>), AppError> {
+    ) -> Result<
+        (
+            Vec<crate::domain::Event>,
+            Vec<(String, ExpectedRevision, bool)>,
+        ),
+        AppError,
+    > {
         let ctx = Context { now: Utc::now() };
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let mut overlay = Overlay::new(&state);
@@ -185,9 +204,8 @@ impl App {
                 Shape::Single => "command.".to_string(),
                 Shape::Batch => format!("commands[{i}].{}.", c.command.name()),
             };
-            let decision = decide(&overlay, &c.command, &ctx).map_err(|e: DomainError| {
-                AppError::Domain(e.prefixed(&prefix))
-            })?;
+            let decision = decide(&overlay, &c.command, &ctx)
+                .map_err(|e: DomainError| AppError::Domain(e.prefixed(&prefix)))?;
             let stream = decision.event.stream();
             let earlier = touched.get(&stream).copied().unwrap_or(0);
             let domain_expected = match decision.expectation {
@@ -202,8 +220,9 @@ impl App {
                 }
                 // A decision that depends on the stream's exact state pins the pre-batch revision,
                 // unless the batch created the stream itself.
-                Some(f) if matches!(domain_expected, ExpectedRevision::Exact(_))
-                    && *f != ExpectedRevision::NoStream =>
+                Some(f)
+                    if matches!(domain_expected, ExpectedRevision::Exact(_))
+                        && *f != ExpectedRevision::NoStream =>
                 {
                     *f = domain_expected
                 }

@@ -53,7 +53,8 @@ impl Measured {
 }
 
 const SOURCE_TEXT: &str = "Lavrov told reporters: \u{201c}We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.\u{201d}";
-const QUOTE: &str = "We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.";
+const QUOTE: &str =
+    "We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.";
 
 fn statement_command(source_id: &str) -> pb::RecordStatementCommand {
     let start = SOURCE_TEXT
@@ -203,7 +204,12 @@ async fn measure_ours(
 }
 
 /// Raw sled: the same record bytes, `group` inserts per flush + fdatasync, on one thread.
-fn measure_baseline(dir: &Path, group: usize, record: &[u8], seconds: f64) -> anyhow::Result<Measured> {
+fn measure_baseline(
+    dir: &Path,
+    group: usize,
+    record: &[u8],
+    seconds: f64,
+) -> anyhow::Result<Measured> {
     let db = open_db(dir)?;
     let file = std::fs::File::open(dir.join("db"))?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);

@@ -41,7 +41,14 @@ pub async fn load(file: &Path, server: &str, json: bool) -> anyhow::Result<i32> 
         let resp = client
             .submit_batch(req)
             .await
-            .map_err(|s| anyhow::anyhow!("command {i} ({}): {}: {}", entry.idempotency_key, s.code(), s.message()))?
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "command {i} ({}): {}: {}",
+                    entry.idempotency_key,
+                    s.code(),
+                    s.message()
+                )
+            })?
             .into_inner();
         if resp.result.is_some_and(|r| r.deduplicated) {
             present += 1;
@@ -79,7 +86,10 @@ pub async fn head(server: &str, json: bool) -> anyhow::Result<i32> {
             serde_json::json!({"event_count": h.event_count, "position": h.position, "hash": h.hash})
         );
     } else {
-        println!("events: {}\nlast position: {}\nhead hash: {}", h.event_count, h.position, h.hash);
+        println!(
+            "events: {}\nlast position: {}\nhead hash: {}",
+            h.event_count, h.position, h.hash
+        );
     }
     Ok(0)
 }

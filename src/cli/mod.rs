@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "claims-ledger", version, about = "Event-sourced claims ledger: who said what, when, where, according to which source")]
+#[command(
+    name = "claims-ledger",
+    version,
+    about = "Event-sourced claims ledger: who said what, when, where, according to which source"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -39,7 +43,12 @@ pub enum Cmd {
         #[arg(long, env = "CLAIMS_LEDGER_DEMO")]
         demo: bool,
         /// When a write is acknowledged.
-        #[arg(long, env = "CLAIMS_LEDGER_DURABILITY", value_enum, default_value = "fsync")]
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_DURABILITY",
+            value_enum,
+            default_value = "fsync"
+        )]
         durability: DurabilityArg,
         /// Write the bound address to this file once listening (for scripts and tests).
         #[arg(long)]
@@ -49,7 +58,11 @@ pub enum Cmd {
     Load {
         /// The dataset file.
         file: PathBuf,
-        #[arg(long, env = "CLAIMS_LEDGER_SERVER", default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// Print a JSON summary instead of text.
         #[arg(long)]
@@ -57,7 +70,11 @@ pub enum Cmd {
     },
     /// Print the head of a running server's log (event count and last hash).
     Head {
-        #[arg(long, env = "CLAIMS_LEDGER_SERVER", default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         json: bool,

@@ -320,7 +320,10 @@ fn register_source(
     if !is_language_tag(&c.language) {
         v.fail(
             "language",
-            format!("must be a BCP 47 language tag such as \"en\", got {:?}", c.language),
+            format!(
+                "must be a BCP 47 language tag such as \"en\", got {:?}",
+                c.language
+            ),
         );
     }
     if c.text.trim().is_empty() {
@@ -331,7 +334,10 @@ fn register_source(
         .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
     {
         // Keeps the stored JSON at most twice the text's size (see limits).
-        v.fail("text", "must not contain control characters other than tab and line breaks");
+        v.fail(
+            "text",
+            "must not contain control characters other than tab and line breaks",
+        );
     } else if c.text.len() > MAX_SOURCE_TEXT_BYTES {
         v.fail(
             "text",
@@ -437,7 +443,11 @@ fn record_statement(
     for (i, (s, source_id)) in c.spans.iter().zip(span_sources).enumerate() {
         let source_id = source_id.expect("checked above");
         let Some(source) = view.source(&source_id) else {
-            return Err(not_found(&format!("spans[{i}].source_id"), "source", source_id));
+            return Err(not_found(
+                &format!("spans[{i}].source_id"),
+                "source",
+                source_id,
+            ));
         };
         match slice_code_points(&source.text, s.start as usize, s.end as usize) {
             None => v.fail(
@@ -514,7 +524,10 @@ fn assert_claim(view: &impl View, c: &AssertClaim) -> Result<Decision, DomainErr
     if statement.status != Status::Active {
         return Err(precondition(
             "statement_id",
-            format!("statement {statement_id} is {:?} and cannot assert new claims", statement.status),
+            format!(
+                "statement {statement_id} is {:?} and cannot assert new claims",
+                statement.status
+            ),
         ));
     }
     if view.party(&c.party_id).is_none() {
@@ -548,7 +561,10 @@ fn review_claim(view: &impl View, c: &ReviewClaim) -> Result<Decision, DomainErr
             if scaled && r.worst >= r.best {
                 v.fail("rating.worst", "must be less than best");
             } else if scaled && !(r.worst..=r.best).contains(&r.value) {
-                v.fail("rating.value", format!("must be within [{}, {}]", r.worst, r.best));
+                v.fail(
+                    "rating.value",
+                    format!("must be within [{}, {}]", r.worst, r.best),
+                );
             } else if !scaled && r.value != 0 {
                 v.fail("rating.best", "is required when value is set");
             }
@@ -595,7 +611,10 @@ fn issue_correction(view: &impl View, c: &IssueCorrection) -> Result<Decision, D
         Some(r) => v.uuid("replacement_id", r),
         None => None,
     };
-    match (c.kind, c.replacement_id.as_deref().filter(|s| !s.is_empty())) {
+    match (
+        c.kind,
+        c.replacement_id.as_deref().filter(|s| !s.is_empty()),
+    ) {
         (Some(CorrectionKind::Supersede), None) => {
             v.fail("replacement_id", "is required to supersede")
         }

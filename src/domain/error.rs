@@ -40,7 +40,10 @@ pub enum DomainError {
 }
 
 fn join(v: &[FieldViolation]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl DomainError {
@@ -66,12 +69,10 @@ impl DomainError {
                 what,
                 id,
             },
-            DomainError::FailedPrecondition { field, message } => {
-                DomainError::FailedPrecondition {
-                    field: p(field),
-                    message,
-                }
-            }
+            DomainError::FailedPrecondition { field, message } => DomainError::FailedPrecondition {
+                field: p(field),
+                message,
+            },
         }
     }
 

@@ -1,7 +1,9 @@
 //! The write model: the little `decide` needs to know about what exists (ids, status, stream
 //! revisions, source texts), folded from events. `Overlay` layers a batch's own events over the committed
 //! state without copying it, so later commands of a batch can refer to entities created earlier in it.
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -161,30 +163,26 @@ impl State {
     /// Copies into `self` the entity `event` changes, taken from `base`, unless `self` has it already.
     fn copy_target_from(&mut self, base: &State, event: &Event) {
         match event {
-            Event::PartyUpdated(p) => {
-                if !self.parties.contains_key(&p.party_id) {
-                    if let Some(s) = base.parties.get(&p.party_id) {
-                        self.parties.insert(p.party_id.clone(), s.clone());
-                    }
-                }
-            }
-            Event::ClaimReviewed(r) => copy_entry(&mut self.claims, &base.claims, r.claim_id),
+            Event::PartyUpdated(p) => copy_entry(&mut self.parties, &base.parties, &p.party_id),
+            Event::ClaimReviewed(r) => copy_entry(&mut self.claims, &base.claims, &r.claim_id),
             Event::CorrectionIssued(c) => match c.target_kind {
                 TargetKind::Statement => {
-                    copy_entry(&mut self.statements, &base.statements, c.target_id)
+                    copy_entry(&mut self.statements, &base.statements, &c.target_id)
                 }
-                TargetKind::Claim => copy_entry(&mut self.claims, &base.claims, c.target_id),
+                TargetKind::Claim => copy_entry(&mut self.claims, &base.claims, &c.target_id),
             },
             _ => {}
         }
     }
 }
 
-fn copy_entry<T: Clone>(local: &mut HashMap<Uuid, T>, base: &HashMap<Uuid, T>, id: Uuid) {
-    if !local.contains_key(&id) {
-        if let Some(v) = base.get(&id) {
-            local.insert(id, v.clone());
-        }
+fn copy_entry<K: Eq + Hash + Clone, T: Clone>(
+    local: &mut HashMap<K, T>,
+    base: &HashMap<K, T>,
+    id: &K,
+) {
+    if let (Entry::Vacant(slot), Some(v)) = (local.entry(id.clone()), base.get(id)) {
+        slot.insert(v.clone());
     }
 }
 

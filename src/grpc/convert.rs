@@ -212,19 +212,24 @@ pub fn register_source(c: pb::RegisterSourceCommand, prefix: &str) -> Result<Com
     }))
 }
 
-pub fn record_statement(
-    c: pb::RecordStatementCommand,
-    prefix: &str,
-) -> Result<Command, AppError> {
+pub fn record_statement(c: pb::RecordStatementCommand, prefix: &str) -> Result<Command, AppError> {
     let stated_time = match c.stated_time {
         None => None,
         Some(t) => {
             let at = from_ts(&t.at, &format!("{prefix}stated_time.at"))?;
             match (at, precision(t.precision)) {
                 (Some(at), Some(precision)) => Some(StatedTime { at, precision }),
-                (None, _) => return Err(AppError::invalid(format!("{prefix}stated_time.at"), "is required")),
+                (None, _) => {
+                    return Err(AppError::invalid(
+                        format!("{prefix}stated_time.at"),
+                        "is required",
+                    ))
+                }
                 (_, None) => {
-                    return Err(AppError::invalid(format!("{prefix}stated_time.precision"), "is required"))
+                    return Err(AppError::invalid(
+                        format!("{prefix}stated_time.precision"),
+                        "is required",
+                    ))
                 }
             }
         }
@@ -392,9 +397,15 @@ pub fn command_pb(c: &Command) -> pb::batch_command::Command {
         }),
         Command::IssueCorrection(c) => C::IssueCorrection(pb::IssueCorrectionCommand {
             correction_id: s(&c.correction_id),
-            target_kind: c.target_kind.map_or(pb::TargetKind::Unspecified, target_kind_pb) as i32,
+            target_kind: c
+                .target_kind
+                .map_or(pb::TargetKind::Unspecified, target_kind_pb)
+                as i32,
             target_id: c.target_id.clone(),
-            kind: c.kind.map_or(pb::CorrectionKind::Unspecified, correction_kind_pb) as i32,
+            kind: c
+                .kind
+                .map_or(pb::CorrectionKind::Unspecified, correction_kind_pb)
+                as i32,
             reason: c.reason.clone(),
             replacement_id: s(&c.replacement_id),
         }),
@@ -522,9 +533,8 @@ pub fn payload_pb(e: &Event) -> pb::EventPayload {
 
 /// A stored event as the wire envelope, with its typed payload and exact stored bytes.
 pub fn envelope_pb(rec: RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
-    let event = crate::app::decode_event(&rec).map_err(|e| {
-        AppError::Internal(format!("event at position {}: {e}", rec.position))
-    })?;
+    let event = crate::app::decode_event(&rec)
+        .map_err(|e| AppError::Internal(format!("event at position {}: {e}", rec.position)))?;
     Ok(pb::EventEnvelope {
         event_id: rec.event_id.to_string(),
         stream: rec.stream,

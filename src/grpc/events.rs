@@ -35,7 +35,10 @@ fn backwards(direction: i32) -> Result<bool, AppError> {
     match pb::Direction::try_from(direction) {
         Ok(pb::Direction::Backwards) => Ok(true),
         Ok(_) => Ok(false),
-        Err(_) => Err(AppError::invalid("direction", format!("unknown direction {direction}"))),
+        Err(_) => Err(AppError::invalid(
+            "direction",
+            format!("unknown direction {direction}"),
+        )),
     }
 }
 

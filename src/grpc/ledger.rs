@@ -183,7 +183,9 @@ impl pb::ledger_server::Ledger for LedgerService {
         let mut commands = Vec::with_capacity(r.commands.len());
         for (i, c) in r.commands.into_iter().enumerate() {
             let Some(inner) = c.command else {
-                return Err(AppError::invalid(format!("commands[{i}]"), "no command is set").into());
+                return Err(
+                    AppError::invalid(format!("commands[{i}]"), "no command is set").into(),
+                );
             };
             let prefix = format!("commands[{i}].{}.", convert::batch_command_name(&inner));
             commands.push(ClientCommand {

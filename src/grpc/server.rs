@@ -47,7 +47,9 @@ pub async fn serve(
         .add_service(pb::ledger_server::LedgerServer::new(LedgerService::new(
             app.clone(),
         )))
-        .add_service(pb::events_server::EventsServer::new(EventsService::new(app)))
+        .add_service(pb::events_server::EventsServer::new(EventsService::new(
+            app,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

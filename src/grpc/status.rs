@@ -30,7 +30,12 @@ impl From<AppError> for Status {
                 Status::with_error_details(
                     Code::NotFound,
                     message,
-                    ErrorDetails::with_resource_info(what, id, "", format!("referenced by {field}")),
+                    ErrorDetails::with_resource_info(
+                        what,
+                        id,
+                        "",
+                        format!("referenced by {field}"),
+                    ),
                 )
             }
             AppError::Domain(DomainError::AlreadyExists { field, what, id }) => {

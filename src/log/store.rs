@@ -245,12 +245,13 @@ impl EventLog {
                     position: 0,
                     reason: "unreadable head record".into(),
                 })?;
-                let hash: Hash = v.get(8..40).and_then(|h| h.try_into().ok()).ok_or_else(|| {
-                    LogError::Corrupt {
+                let hash: Hash = v
+                    .get(8..40)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(|| LogError::Corrupt {
                         position: count,
                         reason: "unreadable head hash".into(),
-                    }
-                })?;
+                    })?;
                 Head { count, hash }
             }
             None => Head {
@@ -394,7 +395,11 @@ impl EventLog {
             if from >= end {
                 return Ok(out);
             }
-            Box::new(self.shared.db.range(pos_key(b'e', from)..pos_key(b'e', end)))
+            Box::new(
+                self.shared
+                    .db
+                    .range(pos_key(b'e', from)..pos_key(b'e', end)),
+            )
         };
         for item in iter.take(max) {
             let (k, v) = item?;

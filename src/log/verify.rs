@@ -100,21 +100,19 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         expected_pos += 1;
     }
     match db.get(HEAD_KEY)? {
-        Some(h) => {
-            if be_u64(&h) != Some(expected_pos) || h.get(8..40) != Some(prev.as_slice()) {
-                return fail(
-                    expected_pos,
-                    format!(
-                        "head record says {} events, hash {}; the log has {expected_pos}, hash {}",
-                        be_u64(&h).unwrap_or(0),
-                        hex::encode(h.get(8..40).unwrap_or_default()),
-                        hex::encode(prev)
-                    ),
-                );
-            }
+        Some(h) if be_u64(&h) != Some(expected_pos) || h.get(8..40) != Some(prev.as_slice()) => {
+            return fail(
+                expected_pos,
+                format!(
+                    "head record says {} events, hash {}; the log has {expected_pos}, hash {}",
+                    be_u64(&h).unwrap_or(0),
+                    hex::encode(h.get(8..40).unwrap_or_default()),
+                    hex::encode(prev)
+                ),
+            );
         }
         None if expected_pos > 0 => return fail(expected_pos, "head record is missing".into()),
-        None => {}
+        _ => {}
     }
     for (stream, next) in &streams {
         let last = db
@@ -123,7 +121,10 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         if last != Some(next - 1) {
             return fail(
                 expected_pos,
-                format!("stream {stream} records last revision {last:?}, the log has {}", next - 1),
+                format!(
+                    "stream {stream} records last revision {last:?}, the log has {}",
+                    next - 1
+                ),
             );
         }
     }

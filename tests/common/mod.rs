@@ -102,7 +102,7 @@ impl ChildServer {
     pub fn start(data_dir: &Path, extra: &[&str]) -> ChildServer {
         let addr_file = data_dir.with_extension("addr");
         let _ = std::fs::remove_file(&addr_file);
-        let child = Command::new(bin())
+        let mut child = Command::new(bin())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -123,7 +123,14 @@ impl ChildServer {
                     };
                 }
             }
-            assert!(Instant::now() < deadline, "server did not start");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("server exited early: {status}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start within 30 s");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
