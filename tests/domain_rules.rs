@@ -1906,3 +1906,114 @@ fn unknown_event_types_and_versions_do_not_decode() {
         Err(DecodeError::Malformed { .. })
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rules added after review
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_report_cannot_predate_the_statement_it_reports() {
+    let h = with_statement();
+    let mut cmd = statement_cmd();
+    cmd.statement_id = some_id(STATEMENT_2);
+    cmd.reports_statement_id = Some(STATEMENT_ID.to_string());
+    cmd.stated_time = Some(StatedTime {
+        at: at(2020, 1, 1, 0, 0, 0),
+        precision: Precision::Day,
+    });
+    assert_eq!(
+        then_invalid(when(&h, Command::RecordStatement(cmd.clone()))),
+        vec!["stated_time.at"]
+    );
+    // Day precision covers the whole day, so a report "on that day" is fine even though its
+    // period starts at midnight, before the reported instant.
+    cmd.stated_time = Some(StatedTime {
+        at: said(),
+        precision: Precision::Day,
+    });
+    assert!(when(&h, Command::RecordStatement(cmd)).is_ok());
+}
+
+#[test]
+fn a_statement_after_publication_is_reported_once_per_source() {
+    let mut cmd = statement_cmd();
+    cmd.spans = vec![span_of(QUOTE), span_of(ZELENSKYY)];
+    cmd.stated_time = Some(StatedTime {
+        at: published() + Duration::days(3),
+        precision: Precision::Instant,
+    });
+    assert_eq!(
+        then_invalid(when(&world(), Command::RecordStatement(cmd))),
+        vec!["stated_time.at"]
+    );
+}
+
+#[test]
+fn registering_an_existing_party_is_already_exists_before_reference_checks() {
+    let mut d = details("russia", PartyKind::State, "Russia");
+    d.affiliations = vec![Affiliation {
+        organisation_id: "nowhere".into(),
+        role: "Member".into(),
+        since: None,
+        until: None,
+    }];
+    assert_eq!(
+        when(&world(), Command::RegisterParty(d)),
+        already_exists("party_id", "party", "russia")
+    );
+}
+
+#[test]
+fn affiliation_end_dates_are_checked_without_a_start() {
+    let mut d = details("new-party", PartyKind::Group, "New");
+    d.affiliations = vec![Affiliation {
+        organisation_id: "russia".into(),
+        role: "Member".into(),
+        since: None,
+        until: Some(at(1066, 10, 14, 0, 0, 0)),
+    }];
+    assert_eq!(
+        then_invalid(when(&world(), Command::RegisterParty(d))),
+        vec!["affiliations[0].until"]
+    );
+}
+
+#[test]
+fn url_schemes_are_case_insensitive() {
+    let mut cmd = source_cmd();
+    cmd.url = "HTTPS://www.aljazeera.com/news".into();
+    assert!(when(&world()[..3], Command::RegisterSource(cmd)).is_ok());
+}
+
+#[test]
+fn a_supersede_pins_the_replacement_at_the_revision_it_saw() {
+    use claims_ledger::domain::decide::related_expectations;
+    let mut h = with_two_claims();
+    h.push(decided(
+        &h,
+        Command::ReviewClaim(ReviewClaim {
+            claim_id: CLAIM_2.to_string(),
+            ..review_cmd()
+        }),
+    ));
+    let state = given(&h);
+    let d = decide(
+        &state,
+        &Command::IssueCorrection(correction_cmd(
+            CORRECTION_ID,
+            TargetKind::Claim,
+            CLAIM_ID,
+            CorrectionKind::Supersede,
+            Some(CLAIM_2),
+        )),
+        &ctx(),
+    )
+    .unwrap();
+    assert_eq!(d.expectation, StreamExpectation::Exact(0));
+    assert_eq!(
+        related_expectations(&state, &d.event),
+        vec![(format!("claim-{CLAIM_2}"), 1)]
+    );
+    let retract = decide(&state, &retract_claim(CORRECTION_2, CLAIM_ID), &ctx()).unwrap();
+    assert!(related_expectations(&state, &retract.event).is_empty());
+}

@@ -198,7 +198,7 @@ impl App {
         let mut first: HashMap<String, ExpectedRevision> = HashMap::new();
         let mut touched: HashMap<String, u64> = HashMap::new();
         let mut order = Vec::new();
-        let mut client = Vec::new();
+        let mut extra = Vec::new();
         for (i, c) in commands.iter().enumerate() {
             let prefix = match shape {
                 Shape::Single => "command.".to_string(),
@@ -206,6 +206,7 @@ impl App {
             };
             let decision = decide(&overlay, &c.command, &ctx)
                 .map_err(|e: DomainError| AppError::Domain(e.prefixed(&prefix)))?;
+            let related = crate::domain::decide::related_expectations(&overlay, &decision.event);
             let stream = decision.event.stream();
             let earlier = touched.get(&stream).copied().unwrap_or(0);
             let domain_expected = match decision.expectation {
@@ -229,7 +230,13 @@ impl App {
                 Some(_) => {}
             }
             if c.expected != ExpectedRevision::Any {
-                client.push((stream.clone(), c.expected, true));
+                extra.push((stream.clone(), c.expected, true));
+            }
+            // Streams the batch already wrote to are consistent within this atomic append.
+            for (rs, rev) in related {
+                if !touched.contains_key(&rs) {
+                    extra.push((rs, ExpectedRevision::Exact(rev), false));
+                }
             }
             *touched.entry(stream).or_insert(0) += 1;
             overlay.apply(&decision.event);
@@ -242,7 +249,7 @@ impl App {
                 (s, e, false)
             })
             .collect();
-        expectations.extend(client);
+        expectations.extend(extra);
         Ok((events, expectations))
     }
 

@@ -113,7 +113,8 @@ impl Checker {
     }
 
     fn url(&mut self, field: &str, value: &str) {
-        let ok = (value.starts_with("https://") || value.starts_with("http://"))
+        let lower = value.get(..8).unwrap_or(value).to_ascii_lowercase();
+        let ok = (lower.starts_with("https://") || lower.starts_with("http://"))
             && value.len() <= MAX_URL
             && !value.chars().any(|c| c.is_whitespace() || c.is_control())
             && value.split("://").nth(1).is_some_and(|rest| {
@@ -210,7 +211,12 @@ fn precondition(field: &str, message: String) -> DomainError {
     }
 }
 
-fn check_party_details(view: &impl View, c: &PartyDetails) -> Result<Party, DomainError> {
+/// Validates party details; the party must exist (update) or must not (registration).
+fn check_party_details(
+    view: &impl View,
+    c: &PartyDetails,
+    must_exist: bool,
+) -> Result<Party, DomainError> {
     let mut v = Checker::default();
     v.slug("party_id", &c.party_id);
     if c.kind.is_none() {
@@ -235,6 +241,9 @@ fn check_party_details(view: &impl View, c: &PartyDetails) -> Result<Party, Doma
         if let Some(s) = &a.since {
             v.time(&format!("{f}.since"), s, None);
         }
+        if let Some(u) = &a.until {
+            v.time(&format!("{f}.until"), u, None);
+        }
         if let (Some(s), Some(u)) = (a.since, a.until) {
             if u < s {
                 v.fail(format!("{f}.until"), "must not be before since");
@@ -243,6 +252,13 @@ fn check_party_details(view: &impl View, c: &PartyDetails) -> Result<Party, Doma
     }
     v.text("description", &c.description, 0, MAX_DESCRIPTION, false);
     v.finish()?;
+    if must_exist != view.party(&c.party_id).is_some() {
+        return Err(if must_exist {
+            not_found("party_id", "party", &c.party_id)
+        } else {
+            already_exists("party_id", "party", &c.party_id)
+        });
+    }
     for (i, a) in c.affiliations.iter().enumerate() {
         if view.party(&a.organisation_id).is_none() {
             return Err(not_found(
@@ -263,10 +279,7 @@ fn check_party_details(view: &impl View, c: &PartyDetails) -> Result<Party, Doma
 }
 
 fn register_party(view: &impl View, c: &PartyDetails) -> Result<Decision, DomainError> {
-    let party = check_party_details(view, c)?;
-    if view.party(&party.party_id).is_some() {
-        return Err(already_exists("party_id", "party", &party.party_id));
-    }
+    let party = check_party_details(view, c, false)?;
     Ok(Decision {
         event: Event::PartyRegistered(party),
         expectation: StreamExpectation::NoStream,
@@ -274,10 +287,7 @@ fn register_party(view: &impl View, c: &PartyDetails) -> Result<Decision, Domain
 }
 
 fn update_party(view: &impl View, c: &PartyDetails) -> Result<Decision, DomainError> {
-    let party = check_party_details(view, c)?;
-    if view.party(&party.party_id).is_none() {
-        return Err(not_found("party_id", "party", &party.party_id));
-    }
+    let party = check_party_details(view, c, true)?;
     Ok(Decision {
         event: Event::PartyUpdated(party),
         expectation: StreamExpectation::Exists,
@@ -433,12 +443,23 @@ fn record_statement(
         }
     }
     if let Some(r) = reports {
-        if view.statement(&r).is_none() {
+        let Some(reported) = view.statement(&r) else {
             return Err(not_found("reports_statement_id", "statement", r));
+        };
+        // A report cannot end before what it reports was said.
+        if stated.period_end() < reported.stated_time.at {
+            return Err(DomainError::invalid(
+                "stated_time.at",
+                format!(
+                    "is before the reported statement {r} was made ({})",
+                    reported.stated_time.at
+                ),
+            ));
         }
     }
     // Span contents are checked only once every source is known, and reported all at once.
     let mut spans = Vec::with_capacity(c.spans.len());
+    let mut late_sources = Vec::new();
     let mut v = Checker::default();
     for (i, (s, source_id)) in c.spans.iter().zip(span_sources).enumerate() {
         let source_id = source_id.expect("checked above");
@@ -468,7 +489,8 @@ fn record_statement(
             ),
             Some(_) => {}
         }
-        if stated.at > source.published_at {
+        if stated.at > source.published_at && !late_sources.contains(&source_id) {
+            late_sources.push(source_id);
             v.fail(
                 "stated_time.at",
                 format!(
@@ -674,4 +696,27 @@ fn issue_correction(view: &impl View, c: &IssueCorrection) -> Result<Decision, D
         // The decision depends on the target's status, so the target must not have moved since.
         expectation: StreamExpectation::Exact(revision),
     })
+}
+
+/// Streams other than the event's own whose state the decision relied on, with the revision it saw.
+/// A supersede relies on its replacement still being in force: a concurrent retraction of the
+/// replacement must make the supersede fail rather than point at a retracted entity.
+pub fn related_expectations(view: &impl View, event: &Event) -> Vec<(String, u64)> {
+    match event {
+        Event::CorrectionIssued(Correction {
+            target_kind,
+            replacement_id: Some(r),
+            ..
+        }) => match target_kind {
+            TargetKind::Statement => view
+                .statement(r)
+                .map(|s| (super::event::statement_stream(r), s.revision)),
+            TargetKind::Claim => view
+                .claim(r)
+                .map(|s| (super::event::claim_stream(r), s.revision)),
+        }
+        .into_iter()
+        .collect(),
+        _ => Vec::new(),
+    }
 }

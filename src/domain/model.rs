@@ -59,6 +59,22 @@ impl StatedTime {
     }
 }
 
+impl StatedTime {
+    /// The end of the period `at` stands for (exclusive); `at` itself for an instant.
+    pub fn period_end(&self) -> DateTime<Utc> {
+        let d = self.at.date_naive();
+        let next = match self.precision {
+            Precision::Instant => return self.at,
+            Precision::Day => d.succ_opt(),
+            Precision::Month => d.checked_add_months(chrono::Months::new(1)),
+            Precision::Year => d.checked_add_months(chrono::Months::new(12)),
+        };
+        next.and_then(|n| n.and_hms_opt(0, 0, 0))
+            .map(|n| Utc.from_utc_datetime(&n))
+            .unwrap_or(self.at)
+    }
+}
+
 /// How a statement reached the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
