@@ -1257,3 +1257,75 @@ async fn observer_sees_every_committed_event_once_in_order() {
     drop(log);
     verify_ok(dir.path());
 }
+
+/// Long streams span several index chunks (64 revisions each), also inside a single append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_streams_cross_index_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut positions = Vec::new();
+    {
+        let log = open_log(dir.path(), Durability::Fsync, None);
+        // Batches of 1, 7 and 50 events interleaved with another stream, up to 300 revisions.
+        let sizes = [1usize, 7, 50];
+        let mut n = 0usize;
+        let mut i = 0;
+        while n < 300 {
+            let k = sizes[i % 3].min(300 - n);
+            let mut events: Vec<NewEvent> = (n..n + k)
+                .map(|r| new_event("long", &format!(r#"{{"r":{r}}}"#)))
+                .collect();
+            events.push(new_event("other", r#"{"x":1}"#));
+            let out = log
+                .append(request(
+                    events,
+                    &[(
+                        "long",
+                        if n == 0 {
+                            ExpectedRevision::NoStream
+                        } else {
+                            ExpectedRevision::Exact(n as u64 - 1)
+                        },
+                    )],
+                    None,
+                ))
+                .await
+                .expect("append");
+            for a in out.events.iter().filter(|a| a.stream == "long") {
+                assert_eq!(a.stream_revision, positions.len() as u64);
+                positions.push(a.position);
+            }
+            n += k;
+            i += 1;
+        }
+        assert_eq!(log.stream_revision("long").unwrap(), Some(299));
+        let fwd = log.read_stream("long", 60, false, 10).unwrap();
+        let got: Vec<u64> = fwd.iter().map(|e| e.stream_revision).collect();
+        assert_eq!(got, (60..70).collect::<Vec<_>>());
+        assert_eq!(fwd[0].position, positions[60]);
+        let back = log.read_stream("long", 130, true, 5).unwrap();
+        let got: Vec<u64> = back.iter().map(|e| e.position).collect();
+        assert_eq!(
+            got,
+            positions[126..=130]
+                .iter()
+                .rev()
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        let all = log.read_stream("long", 0, false, 1000).unwrap();
+        assert_eq!(all.len(), 300);
+    }
+    let report = verify_ok(dir.path());
+    assert_eq!(report.streams, 2);
+    let log = open_log(dir.path(), Durability::Fsync, None);
+    assert_eq!(log.stream_revision("long").unwrap(), Some(299));
+    let out = log
+        .append(request(
+            vec![new_event("long", "{}")],
+            &[("long", ExpectedRevision::Exact(299))],
+            None,
+        ))
+        .await
+        .expect("continues after reopen");
+    assert_eq!(out.events[0].stream_revision, 300);
+}

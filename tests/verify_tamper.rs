@@ -132,8 +132,12 @@ async fn untouched_log_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_payload_is_named() {
     let (dir, _) = tampered(|db| {
-        let bytes = edited(&stored(db, 7));
-        db.insert(pos_key(b'e', 7), bytes).unwrap();
+        // The value is the hash written with the record, then the record bytes: change the record only.
+        let value = stored(db, 7);
+        let (hash, record) = value.split_at(32);
+        let mut changed = hash.to_vec();
+        changed.extend(edited(record));
+        db.insert(pos_key(b'e', 7), changed).unwrap();
     })
     .await;
     let m = expect_mismatch(dir.path());
@@ -144,10 +148,10 @@ async fn changed_payload_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_payload_with_rewritten_hash_breaks_the_next_link() {
     let (dir, _) = tampered(|db| {
-        let bytes = edited(&stored(db, 7));
-        let hash = sha256(&bytes);
-        db.insert(pos_key(b'e', 7), bytes).unwrap();
-        db.insert(pos_key(b'h', 7), &hash[..]).unwrap();
+        let bytes = edited(&stored(db, 7)[32..]);
+        let mut changed = sha256(&bytes).to_vec();
+        changed.extend(bytes);
+        db.insert(pos_key(b'e', 7), changed).unwrap();
     })
     .await;
     let m = expect_mismatch(dir.path());
@@ -191,4 +195,23 @@ async fn rewritten_head_is_named() {
     let m = expect_mismatch(dir.path());
     assert_eq!(m.position, EVENTS, "{m}");
     assert!(m.reason.contains("head"), "{m}");
+}
+
+/// The stream index is checked against the log too: a dropped index chunk is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_stream_index_is_named() {
+    let (dir, _) = tampered(|db| {
+        let (k, mut v) = db
+            .scan_prefix(b"sclaim-1\0")
+            .next()
+            .expect("index chunk")
+            .unwrap();
+        let mut changed = v.to_vec();
+        changed.truncate(changed.len() - 8);
+        v = changed.into();
+        db.insert(k, v).unwrap();
+    })
+    .await;
+    let m = expect_mismatch(dir.path());
+    assert!(m.reason.contains("stream claim-1"), "{m}");
 }

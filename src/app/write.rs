@@ -126,10 +126,7 @@ impl App {
                     stream: e.stream(),
                     event_type: e.event_type().to_string(),
                     schema_version: crate::domain::event::SCHEMA_VERSION,
-                    payload: serde_json::value::RawValue::from_string(
-                        String::from_utf8(e.payload_json()).expect("serde_json writes UTF-8"),
-                    )
-                    .expect("serde_json writes valid JSON"),
+                    payload: e.payload_raw(),
                 })
                 .collect(),
             expectations: expectations

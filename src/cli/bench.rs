@@ -128,7 +128,7 @@ async fn measure_ours(
     writers: usize,
     per_request: usize,
     seconds: f64,
-) -> anyhow::Result<(Measured, u64)> {
+) -> anyhow::Result<(Measured, u64, Vec<u8>)> {
     let app = App::open(dir, LogOptions::default())?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
@@ -188,7 +188,14 @@ async fn measure_ours(
         latencies.extend(t.await??);
     }
     let elapsed = started.elapsed();
-    let events = app.log().durable_count() - start_count;
+    let end = app.log().durable_count();
+    let events = end - start_count;
+    // A typical stored record of ours, so the baseline writes the same bytes.
+    let record = app
+        .log()
+        .get(end - 1)?
+        .context("the benchmark log is empty")?
+        .stored;
     let _ = stop_tx.send(());
     server.await??;
     latencies.sort();
@@ -200,6 +207,7 @@ async fn measure_ours(
             latencies,
         },
         requests,
+        record,
     ))
 }
 
@@ -237,16 +245,6 @@ fn measure_baseline(
     })
 }
 
-/// A typical stored record from our own log, so the baseline writes the same bytes.
-fn sample_record(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let db = open_db(dir)?;
-    let last = db
-        .scan_prefix([b'e'])
-        .next_back()
-        .context("the benchmark log is empty")??;
-    Ok(last.1.to_vec())
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -262,8 +260,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             let base_dir = args.dir.join(format!("base-{writers}-{per}"));
             let _ = std::fs::remove_dir_all(&run_dir);
             let _ = std::fs::remove_dir_all(&base_dir);
-            let (ours, requests) = measure_ours(&run_dir, writers, per, args.seconds).await?;
-            let record = sample_record(&run_dir)?;
+            let (ours, requests, record) =
+                measure_ours(&run_dir, writers, per, args.seconds).await?;
             let baseline = tokio::task::block_in_place(|| {
                 measure_baseline(&base_dir, writers * per, &record, args.seconds)
             })?;

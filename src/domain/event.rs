@@ -164,7 +164,21 @@ impl Event {
         }
     }
 
-    /// The payload as JSON bytes (the envelope carries type and version).
+    /// The payload as JSON (the envelope carries type and version).
+    pub fn payload_raw(&self) -> Box<serde_json::value::RawValue> {
+        use serde_json::value::to_raw_value as raw;
+        let r = match self {
+            Event::PartyRegistered(p) | Event::PartyUpdated(p) => raw(p),
+            Event::SourceRegistered(s) => raw(s),
+            Event::StatementRecorded(s) => raw(s),
+            Event::ClaimAsserted(c) => raw(c),
+            Event::ClaimReviewed(r) => raw(r),
+            Event::CorrectionIssued(c) => raw(c),
+        };
+        r.expect("domain payloads always serialize to JSON")
+    }
+
+    /// The payload as JSON bytes.
     pub fn payload_json(&self) -> Vec<u8> {
         // Serializing these plain structs cannot fail: no maps with non-string keys, no custom impls.
         let r = match self {

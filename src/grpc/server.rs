@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use super::events::EventsService;
@@ -50,7 +50,11 @@ pub async fn serve(
         .add_service(pb::events_server::EventsServer::new(EventsService::new(
             app,
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Without TCP_NODELAY, small responses wait for delayed ACKs (~40 ms per request).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

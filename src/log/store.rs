@@ -1,13 +1,6 @@
 //! The log on sled, and its single writer thread.
 //!
-//! Layout: one sled tree, keys prefixed by one byte, so that one `apply_batch` is atomic across all of
-//! them:
-//! - `e` + position (u64 BE) → stored record bytes;
-//! - `h` + position → the record's SHA-256, as written (lets `verify` tell changed bytes from a broken link);
-//! - `s` + stream → the stream's last revision (u64 BE);
-//! - `r` + stream + 0x00 + revision → position;
-//! - `i` + idempotency key → JSON [`IdempotencyRecord`];
-//! - `m` + "head" → event count (u64 BE) + last hash.
+//! The on-disk layout is described in `layout`.
 //!
 //! Durability: sled's `flush()` writes its buffers but only calls `sync_file_range`, which neither
 //! flushes the disk cache nor persists file-size changes. After each group the writer therefore calls
@@ -20,6 +13,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -27,6 +21,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::layout::{
+    be_u64, chunk_positions, event_key, event_value, head_value, idempotency_key, parse_head,
+    split_event_value, stream_chunk_key, stream_prefix, CHUNK, HEAD_KEY,
+};
 use super::record::{self, Encode, Hash, RecordedEvent, GENESIS_HASH};
 use super::LogError;
 
@@ -165,34 +163,8 @@ impl Default for LogOptions {
 
 const MAX_STREAM_NAME: usize = 256;
 
-pub(crate) fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + rest.len());
-    k.push(prefix);
-    k.extend_from_slice(rest);
-    k
-}
-
-pub(crate) fn pos_key(prefix: u8, pos: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = prefix;
-    k[1..].copy_from_slice(&pos.to_be_bytes());
-    k
-}
-
-fn stream_rev_key(stream: &str, rev: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(stream.len() + 10);
-    k.push(b'r');
-    k.extend_from_slice(stream.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&rev.to_be_bytes());
-    k
-}
-
-pub(crate) const HEAD_KEY: &[u8] = b"mhead";
-
-pub(crate) fn be_u64(v: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
-}
+/// Longest a group waits for stragglers (see `Writer::run`).
+const MAX_LINGER: Duration = Duration::from_micros(500);
 
 /// Opens sled the same way everywhere (server, verify, tests), so its segment size stays fixed.
 pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
@@ -204,6 +176,32 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
         .segment_size(16 << 20)
         .open()?;
     Ok(db)
+}
+
+/// Reads the event at `pos`, checking its bytes against the hash stored with them.
+fn read_event(db: &sled::Db, pos: u64) -> Result<RecordedEvent, LogError> {
+    match db.get(event_key(pos))? {
+        Some(v) => decode_event_value(pos, &v),
+        None => Err(LogError::Corrupt {
+            position: pos,
+            reason: "missing below the head".into(),
+        }),
+    }
+}
+
+fn decode_event_value(pos: u64, v: &[u8]) -> Result<RecordedEvent, LogError> {
+    let corrupt = |reason: &str| LogError::Corrupt {
+        position: pos,
+        reason: reason.to_string(),
+    };
+    let (hash, bytes) = split_event_value(v).ok_or_else(|| corrupt("truncated event value"))?;
+    let rec = record::decode(pos, bytes.to_vec())?;
+    if rec.hash != hash {
+        return Err(corrupt(
+            "stored bytes do not match the hash written with them",
+        ));
+    }
+    Ok(rec)
 }
 
 struct Shared {
@@ -241,17 +239,10 @@ impl EventLog {
         let data_file = File::open(dir.join("db"))?;
         let head = match db.get(HEAD_KEY)? {
             Some(v) => {
-                let count = be_u64(&v).ok_or_else(|| LogError::Corrupt {
+                let (count, hash) = parse_head(&v).ok_or_else(|| LogError::Corrupt {
                     position: 0,
                     reason: "unreadable head record".into(),
                 })?;
-                let hash: Hash = v
-                    .get(8..40)
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or_else(|| LogError::Corrupt {
-                        position: count,
-                        reason: "unreadable head hash".into(),
-                    })?;
                 Head { count, hash }
             }
             None => Head {
@@ -259,17 +250,9 @@ impl EventLog {
                 hash: GENESIS_HASH,
             },
         };
-        let last_recorded = if head.count > 0 {
-            let pos = head.count - 1;
-            let bytes = db
-                .get(pos_key(b'e', pos))?
-                .ok_or_else(|| LogError::Corrupt {
-                    position: pos,
-                    reason: "head points past the last event".into(),
-                })?;
-            Some(record::decode(pos, bytes.to_vec())?.recorded_at)
-        } else {
-            None
+        let last_recorded = match head.count.checked_sub(1) {
+            Some(pos) => Some(read_event(&db, pos)?.recorded_at),
+            None => None,
         };
         let (durable_tx, _) = watch::channel(head.count);
         let shared = Arc::new(Shared {
@@ -338,15 +321,20 @@ impl EventLog {
         // The record may belong to a group whose sync is still running: wait for it.
         if let Some(last) = rec.events.iter().map(|e| e.position).max() {
             let mut rx = self.watch_durable();
-            rx.wait_for(|count| *count > last)
+            let shared = &self.shared;
+            rx.wait_for(|count| *count > last || shared.poisoned.load(Ordering::Acquire))
                 .await
                 .map_err(|_| LogError::Closed)?;
+            if self.durable_count() <= last {
+                // The original's sync failed: it was never acknowledged and never will be.
+                return Err(LogError::Poisoned);
+            }
         }
         Ok(Some(rec.outcome()))
     }
 
     fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, LogError> {
-        match self.shared.db.get(self::key(b'i', key.as_bytes()))? {
+        match self.shared.db.get(idempotency_key(key))? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -362,13 +350,7 @@ impl EventLog {
         if position >= self.durable_count() {
             return Ok(None);
         }
-        match self.shared.db.get(pos_key(b'e', position))? {
-            None => Err(LogError::Corrupt {
-                position,
-                reason: "missing below the head".into(),
-            }),
-            Some(v) => record::decode(position, v.to_vec()).map(Some),
-        }
+        read_event(&self.shared.db, position).map(Some)
     }
 
     /// Reads up to `max` durable events from `from` (inclusive), forwards or backwards.
@@ -383,47 +365,42 @@ impl EventLog {
         if end == 0 || max == 0 {
             return Ok(out);
         }
+        let db = &self.shared.db;
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if backwards {
             let from = from.min(end - 1);
-            Box::new(
-                self.shared
-                    .db
-                    .range(pos_key(b'e', 0)..=pos_key(b'e', from))
-                    .rev(),
-            )
+            Box::new(db.range(event_key(0)..=event_key(from)).rev())
         } else {
             if from >= end {
                 return Ok(out);
             }
-            Box::new(
-                self.shared
-                    .db
-                    .range(pos_key(b'e', from)..pos_key(b'e', end)),
-            )
+            Box::new(db.range(event_key(from)..event_key(end)))
         };
         for item in iter.take(max) {
             let (k, v) = item?;
             let pos = be_u64(&k[1..]).unwrap_or(u64::MAX);
-            out.push(record::decode(pos, v.to_vec())?);
+            out.push(decode_event_value(pos, &v)?);
         }
         Ok(out)
     }
 
+    /// The positions of a stream's durable events, in revision order (index = revision).
+    fn stream_positions(&self, stream: &str) -> Result<Vec<u64>, LogError> {
+        let durable = self.durable_count();
+        let mut positions = Vec::new();
+        for item in self.shared.db.scan_prefix(stream_prefix(stream)) {
+            let (_, v) = item?;
+            positions.extend(chunk_positions(&v));
+        }
+        // Events not yet synced are invisible; positions grow with revisions, so they form a tail.
+        while positions.last().is_some_and(|p| *p >= durable) {
+            positions.pop();
+        }
+        Ok(positions)
+    }
+
     /// The last durable revision of a stream, if it exists.
     pub fn stream_revision(&self, stream: &str) -> Result<Option<u64>, LogError> {
-        let durable = self.durable_count();
-        let Some(v) = self.shared.db.get(key(b's', stream.as_bytes()))? else {
-            return Ok(None);
-        };
-        let mut rev = be_u64(&v);
-        // A non-durable tail of the stream is invisible: step back to the last durable revision.
-        while let Some(r) = rev {
-            match self.shared.db.get(stream_rev_key(stream, r))? {
-                Some(p) if be_u64(&p).is_some_and(|p| p < durable) => return Ok(Some(r)),
-                _ => rev = r.checked_sub(1),
-            }
-        }
-        Ok(None)
+        Ok((self.stream_positions(stream)?.len() as u64).checked_sub(1))
     }
 
     /// Reads up to `max` durable events of one stream from revision `from`.
@@ -434,7 +411,8 @@ impl EventLog {
         backwards: bool,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, LogError> {
-        let Some(last) = self.stream_revision(stream)? else {
+        let positions = self.stream_positions(stream)?;
+        let Some(last) = (positions.len() as u64).checked_sub(1) else {
             return Ok(Vec::new());
         };
         let revs: Box<dyn Iterator<Item = u64>> = if backwards {
@@ -442,22 +420,9 @@ impl EventLog {
         } else {
             Box::new(from..=last)
         };
-        let mut out = Vec::new();
-        for rev in revs.take(max) {
-            let p = self
-                .shared
-                .db
-                .get(stream_rev_key(stream, rev))?
-                .and_then(|p| be_u64(&p))
-                .ok_or_else(|| LogError::Corrupt {
-                    position: 0,
-                    reason: format!("stream {stream} has no index entry for revision {rev}"),
-                })?;
-            if let Some(e) = self.get(p)? {
-                out.push(e);
-            }
-        }
-        Ok(out)
+        revs.take(max)
+            .map(|rev| read_event(&self.shared.db, positions[rev as usize]))
+            .collect()
     }
 
     /// Whether a failed sync has stopped all writes.
@@ -483,25 +448,53 @@ struct Writer {
 /// a group see earlier ones.
 #[derive(Default)]
 struct Pending {
-    streams: HashMap<String, u64>,
+    streams: HashMap<String, StreamTail>,
     idempotency: HashMap<String, IdempotencyRecord>,
+}
+
+/// A stream's last revision and the contents of its last index chunk.
+#[derive(Clone)]
+struct StreamTail {
+    revision: u64,
+    chunk: Vec<u8>,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut last_group = 0usize;
+        let mut last_sync = Duration::ZERO;
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
-            while jobs.len() < self.options.max_group {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+            self.drain(&mut rx, &mut jobs);
+            // Linger: when the previous group was large and this one is much smaller, the other
+            // writers are most likely on their way back with their next request. Waiting a fraction
+            // of a sync for them makes one sync serve them all, instead of paying a whole sync for a
+            // straggler. A lone writer (groups of 1) never waits.
+            if last_group >= 4 && jobs.len() < last_group / 2 {
+                let deadline = Instant::now() + (last_sync / 2).min(MAX_LINGER);
+                while jobs.len() < last_group / 2 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(20));
+                    self.drain(&mut rx, &mut jobs);
                 }
             }
+            last_group = jobs.len();
+            let started = Instant::now();
             self.commit_group(jobs);
+            last_sync = started.elapsed();
         }
         // All senders are gone: the log was dropped. Leave sled flushed for a clean reopen.
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "final sync failed");
+        }
+    }
+
+    /// Moves every queued job into `jobs`, up to the group limit.
+    fn drain(&self, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+        while jobs.len() < self.options.max_group {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
         }
     }
 
@@ -535,10 +528,7 @@ impl Writer {
             }
         }
         if !written.is_empty() {
-            let mut h = Vec::with_capacity(40);
-            h.extend_from_slice(&head.count.to_be_bytes());
-            h.extend_from_slice(&head.hash);
-            batch.insert(HEAD_KEY, h);
+            batch.insert(HEAD_KEY, head_value(head.count, &head.hash));
             let result = self
                 .db
                 .apply_batch(batch)
@@ -547,6 +537,8 @@ impl Writer {
             if let Err(e) = result {
                 tracing::error!(error = %e, "append failed; the log refuses writes until restart");
                 self.shared.poisoned.store(true, Ordering::Release);
+                // Wake anyone waiting for durability so they see the refusal instead of hanging.
+                self.shared.durable_tx.send_modify(|_| {});
                 for (reply, _) in done {
                     let _ = reply.send(Err(LogError::Poisoned));
                 }
@@ -597,14 +589,35 @@ impl Writer {
         Ok(())
     }
 
-    fn stream_revision(&self, pending: &Pending, stream: &str) -> Result<Option<u64>, LogError> {
-        if let Some(r) = pending.streams.get(stream) {
-            return Ok(Some(*r));
+    fn stream_tail(&self, pending: &Pending, stream: &str) -> Result<Option<StreamTail>, LogError> {
+        if let Some(t) = pending.streams.get(stream) {
+            return Ok(Some(t.clone()));
         }
-        Ok(self
-            .db
-            .get(key(b's', stream.as_bytes()))?
-            .and_then(|v| be_u64(&v)))
+        let Some(item) = self.db.scan_prefix(stream_prefix(stream)).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = item?;
+        let chunk_no = k
+            .len()
+            .checked_sub(4)
+            .and_then(|at| k.get(at..))
+            .and_then(|c| c.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| LogError::Corrupt {
+                position: 0,
+                reason: format!("malformed index key of stream {stream}"),
+            })?;
+        let count = v.len() as u64 / 8;
+        if count == 0 {
+            return Err(LogError::Corrupt {
+                position: 0,
+                reason: format!("empty index chunk of stream {stream}"),
+            });
+        }
+        Ok(Some(StreamTail {
+            revision: u64::from(chunk_no) * CHUNK + count - 1,
+            chunk: v.to_vec(),
+        }))
     }
 
     /// Checks one append and stages it in `batch`. Touches `head`, `pending` and `batch` only once every
@@ -620,7 +633,7 @@ impl Writer {
         if let Some(idem) = &req.idempotency {
             let rec = match pending.idempotency.get(&idem.key) {
                 Some(r) => Some(r.clone()),
-                None => match self.db.get(key(b'i', idem.key.as_bytes()))? {
+                None => match self.db.get(idempotency_key(&idem.key))? {
                     Some(v) => Some(serde_json::from_slice::<IdempotencyRecord>(&v).map_err(
                         |e| LogError::Corrupt {
                             position: 0,
@@ -643,7 +656,7 @@ impl Writer {
             return Err(LogError::EmptyAppend);
         }
         for (stream, expected) in &req.expectations {
-            let actual = self.stream_revision(pending, stream)?;
+            let actual = self.stream_tail(pending, stream)?.map(|t| t.revision);
             let ok = match expected {
                 ExpectedRevision::Any => true,
                 ExpectedRevision::NoStream => actual.is_none(),
@@ -659,7 +672,9 @@ impl Writer {
             }
         }
         // Encode everything first; stage only if all records are acceptable.
-        let mut revisions: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut tails: HashMap<&str, Option<StreamTail>> = HashMap::new();
+        // Index chunks this append writes, by (stream, chunk number).
+        let mut chunks: HashMap<(&str, u64), Vec<u8>> = HashMap::new();
         let mut staged = Vec::with_capacity(req.events.len());
         let mut prev = head.hash;
         for (i, ev) in req.events.iter().enumerate() {
@@ -667,13 +682,19 @@ impl Writer {
             {
                 return Err(LogError::InvalidStream(ev.stream.clone()));
             }
-            let current = match revisions.get(ev.stream.as_str()) {
-                Some(r) => *r,
-                None => self.stream_revision(pending, &ev.stream)?,
+            let current = match tails.remove(ev.stream.as_str()) {
+                Some(t) => t,
+                None => self.stream_tail(pending, &ev.stream)?,
             };
-            let revision = current.map_or(0, |r| r + 1);
-            revisions.insert(&ev.stream, Some(revision));
             let position = head.count + i as u64;
+            let (revision, mut chunk) = match current {
+                Some(t) if (t.revision + 1) % CHUNK != 0 => (t.revision + 1, t.chunk),
+                Some(t) => (t.revision + 1, Vec::new()),
+                None => (0, Vec::new()),
+            };
+            chunk.extend_from_slice(&position.to_be_bytes());
+            chunks.insert((&ev.stream, revision / CHUNK), chunk.clone());
+            tails.insert(&ev.stream, Some(StreamTail { revision, chunk }));
             let bytes = record::encode(&Encode {
                 position,
                 prev_hash: &prev,
@@ -688,9 +709,24 @@ impl Writer {
                 causation_id: req.causation_id.as_deref(),
                 payload: &ev.payload,
             })?;
-            let rec = record::decode(position, bytes)?;
-            prev = rec.hash;
-            staged.push(rec);
+            let hash = record::sha256(&bytes);
+            staged.push(RecordedEvent {
+                position,
+                prev_hash: prev,
+                hash,
+                event_id: ev.event_id,
+                stream: ev.stream.clone(),
+                stream_revision: revision,
+                event_type: ev.event_type.clone(),
+                schema_version: ev.schema_version,
+                recorded_at,
+                recorded_by: req.recorded_by.clone(),
+                correlation_id: req.correlation_id.clone(),
+                causation_id: req.causation_id.clone(),
+                payload: ev.payload.clone(),
+                stored: bytes,
+            });
+            prev = hash;
         }
         let appended: Vec<Appended> = staged
             .iter()
@@ -716,24 +752,23 @@ impl Writer {
             None => None,
         };
         for rec in &staged {
-            batch.insert(&pos_key(b'e', rec.position), rec.stored.as_slice());
-            batch.insert(&pos_key(b'h', rec.position), &rec.hash[..]);
             batch.insert(
-                stream_rev_key(&rec.stream, rec.stream_revision),
-                &rec.position.to_be_bytes()[..],
+                &event_key(rec.position),
+                event_value(&rec.hash, &rec.stored),
             );
-            batch.insert(
-                key(b's', rec.stream.as_bytes()),
-                &rec.stream_revision.to_be_bytes()[..],
-            );
-            pending
-                .streams
-                .insert(rec.stream.clone(), rec.stream_revision);
+        }
+        for ((stream, chunk_no), chunk) in chunks {
+            batch.insert(stream_chunk_key(stream, chunk_no), chunk);
+        }
+        for (stream, tail) in tails {
+            if let Some(tail) = tail {
+                pending.streams.insert(stream.to_string(), tail);
+            }
         }
         head.count += staged.len() as u64;
         head.hash = prev;
         if let Some((k, rec, bytes)) = idempotency {
-            batch.insert(key(b'i', k.as_bytes()), bytes);
+            batch.insert(idempotency_key(&k), bytes);
             pending.idempotency.insert(k, rec);
         }
         Ok((

@@ -5,8 +5,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::layout::{
+    be_u64, chunk_positions, parse_head, parse_stream_chunk_key, split_event_value, CHUNK, EVENT,
+    HEAD_KEY, STREAM,
+};
 use super::record::{self, Hash, GENESIS_HASH};
-use super::store::{be_u64, key, open_db, pos_key, HEAD_KEY};
+use super::store::open_db;
 use super::LogError;
 
 /// What a successful verification saw.
@@ -42,8 +46,9 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
     let fail = |position: u64, reason: String| Ok(Err(Mismatch { position, reason }));
     let mut expected_pos = 0u64;
     let mut prev: Hash = GENESIS_HASH;
-    let mut streams: HashMap<String, u64> = HashMap::new();
-    for item in db.scan_prefix([b'e']) {
+    // Positions of each stream's events, as the log itself says (index = revision).
+    let mut streams: HashMap<String, Vec<u64>> = HashMap::new();
+    for item in db.scan_prefix([EVENT]) {
         let (k, v) = item?;
         let Some(pos) = be_u64(&k[1..]).filter(|_| k.len() == 9) else {
             return fail(expected_pos, format!("malformed event key {k:?}"));
@@ -51,18 +56,17 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         if pos != expected_pos {
             return fail(expected_pos, format!("missing; next event found is {pos}"));
         }
-        let hash = record::sha256(&v);
-        match db.get(pos_key(b'h', pos))? {
-            Some(h) if h.as_ref() == hash.as_slice() => {}
-            Some(_) => {
-                return fail(
-                    pos,
-                    "stored bytes do not match the hash written with them".into(),
-                )
-            }
-            None => return fail(pos, "no hash was written with this event".into()),
+        let Some((stored_hash, bytes)) = split_event_value(&v) else {
+            return fail(pos, "truncated event value".into());
+        };
+        let hash = record::sha256(bytes);
+        if hash != stored_hash {
+            return fail(
+                pos,
+                "stored bytes do not match the hash written with them".into(),
+            );
         }
-        let rec = match record::decode(pos, v.to_vec()) {
+        let rec = match record::decode(pos, bytes.to_vec()) {
             Ok(r) => r,
             Err(e) => return fail(pos, e.to_string()),
         };
@@ -79,34 +83,30 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
                 ),
             );
         }
-        let next_rev = streams.entry(rec.stream.clone()).or_insert(0);
-        if rec.stream_revision != *next_rev {
+        let positions = streams.entry(rec.stream.clone()).or_default();
+        if rec.stream_revision != positions.len() as u64 {
             return fail(
                 pos,
                 format!(
                     "stream {} revision {} where {} was expected",
-                    rec.stream, rec.stream_revision, next_rev
+                    rec.stream,
+                    rec.stream_revision,
+                    positions.len()
                 ),
             );
         }
-        let mut rk = key(b'r', rec.stream.as_bytes());
-        rk.push(0);
-        rk.extend_from_slice(&rec.stream_revision.to_be_bytes());
-        if db.get(&rk)?.and_then(|p| be_u64(&p)) != Some(pos) {
-            return fail(pos, "stream index does not point at this event".into());
-        }
-        *next_rev += 1;
+        positions.push(pos);
         prev = hash;
         expected_pos += 1;
     }
     match db.get(HEAD_KEY)? {
-        Some(h) if be_u64(&h) != Some(expected_pos) || h.get(8..40) != Some(prev.as_slice()) => {
+        Some(h) if parse_head(&h) != Some((expected_pos, prev)) => {
+            let (count, hash) = parse_head(&h).unwrap_or((0, GENESIS_HASH));
             return fail(
-                expected_pos,
+                expected_pos.min(count),
                 format!(
-                    "head record says {} events, hash {}; the log has {expected_pos}, hash {}",
-                    be_u64(&h).unwrap_or(0),
-                    hex::encode(h.get(8..40).unwrap_or_default()),
+                    "head record says {count} events, hash {}; the log has {expected_pos}, hash {}",
+                    hex::encode(hash),
                     hex::encode(prev)
                 ),
             );
@@ -114,19 +114,43 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         None if expected_pos > 0 => return fail(expected_pos, "head record is missing".into()),
         _ => {}
     }
-    for (stream, next) in &streams {
-        let last = db
-            .get(key(b's', stream.as_bytes()))?
-            .and_then(|v| be_u64(&v));
-        if last != Some(next - 1) {
+    // The stream index must list exactly the positions found above.
+    let mut indexed: HashMap<String, Vec<u64>> = HashMap::new();
+    for item in db.scan_prefix([STREAM]) {
+        let (k, v) = item?;
+        let Some((stream, chunk)) = parse_stream_chunk_key(&k) else {
+            return fail(expected_pos, format!("malformed stream index key {k:?}"));
+        };
+        let list = indexed.entry(stream.to_string()).or_default();
+        if list.len() as u64 != chunk * CHUNK {
             return fail(
                 expected_pos,
-                format!(
-                    "stream {stream} records last revision {last:?}, the log has {}",
-                    next - 1
-                ),
+                format!("stream {stream}: index chunk {chunk} out of place"),
             );
         }
+        list.extend(chunk_positions(&v));
+    }
+    for (stream, positions) in &streams {
+        let listed = indexed.remove(stream).unwrap_or_default();
+        if let Some(i) =
+            (0..positions.len().max(listed.len())).find(|i| positions.get(*i) != listed.get(*i))
+        {
+            let at = positions
+                .get(i)
+                .or(listed.get(i))
+                .copied()
+                .unwrap_or(expected_pos);
+            return fail(
+                at,
+                format!("stream {stream}: index disagrees with the log at revision {i}"),
+            );
+        }
+    }
+    if let Some(stream) = indexed.keys().next() {
+        return fail(
+            expected_pos,
+            format!("stream index lists {stream}, which has no events"),
+        );
     }
     Ok(Ok(VerifyReport {
         events: expected_pos,
