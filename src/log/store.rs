@@ -263,20 +263,25 @@ impl EventLog {
             poisoned: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
-        let writer = Writer {
+        let syncer = Syncer {
             shared: shared.clone(),
-            db,
+            db: db.clone(),
             data_file,
             blobs_dir: dir.join("blobs"),
             synced_blobs: HashSet::new(),
+            durability: options.durability,
+            observer,
+        };
+        let writer = Writer {
+            shared: shared.clone(),
+            db,
             head,
             last_recorded,
             options,
-            observer,
         };
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(rx, syncer))?;
         Ok(EventLog { shared, tx })
     }
 
@@ -435,13 +440,9 @@ impl EventLog {
 struct Writer {
     shared: Arc<Shared>,
     db: sled::Db,
-    data_file: File,
-    blobs_dir: PathBuf,
-    synced_blobs: HashSet<std::ffi::OsString>,
     head: Head,
     last_recorded: Option<DateTime<Utc>>,
     options: LogOptions,
-    observer: Option<Arc<dyn CommitObserver>>,
 }
 
 /// What a group has changed so far but not yet written: consulted before sled, so later appends in
@@ -460,32 +461,51 @@ struct StreamTail {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>, syncer: Syncer) {
+        // The syncer makes staged groups durable and answers them, in order, while this thread
+        // stages the next group: applying to sled overlaps with the previous group's fdatasync.
+        // At most two groups wait for it, which bounds memory and keeps groups large.
+        let (to_syncer, staged) = std::sync::mpsc::sync_channel::<StagedGroup>(2);
+        let syncer = std::thread::Builder::new()
+            .name("log-syncer".into())
+            .spawn(move || syncer.run(staged));
+        let syncer = match syncer {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the log syncer; refusing writes");
+                self.shared.poisoned.store(true, Ordering::Release);
+                while let Some(job) = rx.blocking_recv() {
+                    let _ = job.reply.send(Err(LogError::Poisoned));
+                }
+                return;
+            }
+        };
         let mut last_group = 0usize;
-        let mut last_sync = Duration::ZERO;
+        let mut last_cycle = Duration::ZERO;
         while let Some(first) = rx.blocking_recv() {
+            let started = Instant::now();
             let mut jobs = vec![first];
             self.drain(&mut rx, &mut jobs);
             // Linger: when the previous group was large and this one is much smaller, the other
             // writers are most likely on their way back with their next request. Waiting a fraction
-            // of a sync for them makes one sync serve them all, instead of paying a whole sync for a
-            // straggler. A lone writer (groups of 1) never waits.
+            // of a cycle for them makes one sync serve them all, instead of paying a whole sync for
+            // a straggler. A lone writer (groups of 1) never waits.
             if last_group >= 4 && jobs.len() < last_group / 2 {
-                let deadline = Instant::now() + (last_sync / 2).min(MAX_LINGER);
+                let deadline = Instant::now() + (last_cycle / 2).min(MAX_LINGER);
                 while jobs.len() < last_group / 2 && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_micros(20));
                     self.drain(&mut rx, &mut jobs);
                 }
             }
             last_group = jobs.len();
-            let started = Instant::now();
-            self.commit_group(jobs);
-            last_sync = started.elapsed();
+            let group = self.stage_group(jobs);
+            if to_syncer.send(group).is_err() {
+                break;
+            }
+            last_cycle = started.elapsed();
         }
-        // All senders are gone: the log was dropped. Leave sled flushed for a clean reopen.
-        if let Err(e) = self.sync() {
-            tracing::error!(error = %e, "final sync failed");
-        }
+        drop(to_syncer);
+        let _ = syncer.join();
     }
 
     /// Moves every queued job into `jobs`, up to the group limit.
@@ -498,12 +518,19 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, jobs: Vec<Job>) {
+    /// Checks and applies a group to sled (visible to the writer, not yet to readers) and hands it
+    /// to the syncer. Refused appends are answered here; nothing else is answered before its sync.
+    fn stage_group(&mut self, jobs: Vec<Job>) -> StagedGroup {
+        let mut group = StagedGroup {
+            replies: Vec::with_capacity(jobs.len()),
+            events: Vec::new(),
+            head: self.head,
+        };
         if self.shared.poisoned.load(Ordering::Acquire) {
             for j in jobs {
                 let _ = j.reply.send(Err(LogError::Poisoned));
             }
-            return;
+            return group;
         }
         let now = Utc::now();
         // Recorded time never goes backwards, so "as of recorded time" equals "as of position".
@@ -514,52 +541,110 @@ impl Writer {
         let mut pending = Pending::default();
         let mut batch = sled::Batch::default();
         let mut head = self.head;
-        let mut done = Vec::with_capacity(jobs.len());
-        let mut written = Vec::new();
         for job in jobs {
             match self.prepare(&job.req, recorded_at, &mut head, &mut pending, &mut batch) {
                 Ok((outcome, events)) => {
-                    written.extend(events);
-                    done.push((job.reply, outcome));
+                    group.events.extend(events);
+                    group.replies.push((job.reply, outcome));
                 }
                 Err(e) => {
                     let _ = job.reply.send(Err(e));
                 }
             }
         }
-        if !written.is_empty() {
+        if !group.events.is_empty() {
             batch.insert(HEAD_KEY, head_value(head.count, &head.hash));
-            let result = self
-                .db
-                .apply_batch(batch)
-                .map_err(LogError::from)
-                .and_then(|()| self.sync());
-            if let Err(e) = result {
-                tracing::error!(error = %e, "append failed; the log refuses writes until restart");
-                self.shared.poisoned.store(true, Ordering::Release);
-                // Wake anyone waiting for durability so they see the refusal instead of hanging.
-                self.shared.durable_tx.send_modify(|_| {});
-                for (reply, _) in done {
+            if let Err(e) = self.db.apply_batch(batch) {
+                self.shared.poison(&e.into());
+                for (reply, _) in group.replies.drain(..) {
+                    let _ = reply.send(Err(LogError::Poisoned));
+                }
+                group.events.clear();
+                return group;
+            }
+            self.head = head;
+            self.last_recorded = Some(recorded_at);
+            group.head = head;
+        }
+        group
+    }
+}
+
+/// A group applied to sled, waiting for its sync and its answers.
+struct StagedGroup {
+    replies: Vec<(
+        oneshot::Sender<Result<AppendOutcome, LogError>>,
+        AppendOutcome,
+    )>,
+    events: Vec<RecordedEvent>,
+    /// The head after this group.
+    head: Head,
+}
+
+/// Makes staged groups durable, publishes them, and answers their appends, strictly in order.
+struct Syncer {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    data_file: File,
+    blobs_dir: PathBuf,
+    synced_blobs: HashSet<std::ffi::OsString>,
+    durability: Durability,
+    observer: Option<Arc<dyn CommitObserver>>,
+}
+
+impl Shared {
+    fn poison(&self, e: &LogError) {
+        tracing::error!(error = %e, "append failed; the log refuses writes until restart");
+        self.poisoned.store(true, Ordering::Release);
+        // Wake anyone waiting for durability so they see the refusal instead of hanging.
+        self.durable_tx.send_modify(|_| {});
+    }
+}
+
+impl Syncer {
+    fn run(mut self, staged: std::sync::mpsc::Receiver<StagedGroup>) {
+        while let Ok(group) = staged.recv() {
+            self.finish(group);
+        }
+        // The writer is gone: leave sled synced for a clean reopen.
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "final sync failed");
+        }
+    }
+
+    fn finish(&mut self, group: StagedGroup) {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            for (reply, _) in group.replies {
+                let _ = reply.send(Err(LogError::Poisoned));
+            }
+            return;
+        }
+        if !group.events.is_empty() {
+            if let Err(e) = self.sync() {
+                self.shared.poison(&e);
+                for (reply, _) in group.replies {
                     let _ = reply.send(Err(LogError::Poisoned));
                 }
                 return;
             }
-            self.head = head;
-            self.last_recorded = Some(recorded_at);
-            *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
-            self.shared.durable.store(head.count, Ordering::Release);
+            *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = group.head;
+            self.shared
+                .durable
+                .store(group.head.count, Ordering::Release);
             if let Some(obs) = &self.observer {
-                obs.committed(&written);
+                obs.committed(&group.events);
             }
-            self.shared.durable_tx.send_replace(head.count);
+            self.shared.durable_tx.send_replace(group.head.count);
         }
-        for (reply, outcome) in done {
+        // Replays of earlier appends are answered here too: their originals were in earlier groups,
+        // synced before this one.
+        for (reply, outcome) in group.replies {
             let _ = reply.send(Ok(outcome));
         }
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
-        if self.options.durability == Durability::Relaxed {
+        if self.durability == Durability::Relaxed {
             return Ok(());
         }
         self.db.flush()?;
@@ -588,7 +673,9 @@ impl Writer {
         }
         Ok(())
     }
+}
 
+impl Writer {
     fn stream_tail(&self, pending: &Pending, stream: &str) -> Result<Option<StreamTail>, LogError> {
         if let Some(t) = pending.streams.get(stream) {
             return Ok(Some(t.clone()));
