@@ -35,11 +35,22 @@ pub struct BenchArgs {
 
 struct Measured {
     events: u64,
+    /// Disk syncs made during the measurement.
+    syncs: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
 }
 
 impl Measured {
+    fn pooled(mut self, other: Measured) -> Measured {
+        self.events += other.events;
+        self.syncs += other.syncs;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+        self
+    }
+
     fn rate(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
@@ -147,6 +158,7 @@ async fn measure_ours(
         );
     }
     let start_count = app.log().durable_count();
+    let start_syncs = app.log().sync_count();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -203,6 +215,7 @@ async fn measure_ours(
     Ok((
         Measured {
             events,
+            syncs: app.log().sync_count() - start_syncs,
             elapsed,
             latencies,
         },
@@ -240,6 +253,7 @@ fn measure_baseline(
     latencies.sort();
     Ok(Measured {
         events: pos,
+        syncs: latencies.len() as u64,
         elapsed,
         latencies,
     })
@@ -250,9 +264,14 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    // A short warm-up run gives a real stored record for the baseline to write.
+    let warm_dir = args.dir.join("warm-up");
+    let _ = std::fs::remove_dir_all(&warm_dir);
+    let (_, _, record) = measure_ours(&warm_dir, 1, 1, 0.3).await?;
+    let _ = std::fs::remove_dir_all(&warm_dir);
     if !args.json {
-        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | baseline sync p50 ms | baseline events/sync |");
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
     }
     for &per in &args.events_per_request {
         for &writers in &args.writers {
@@ -260,12 +279,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             let base_dir = args.dir.join(format!("base-{writers}-{per}"));
             let _ = std::fs::remove_dir_all(&run_dir);
             let _ = std::fs::remove_dir_all(&base_dir);
-            let (ours, requests, record) =
-                measure_ours(&run_dir, writers, per, args.seconds).await?;
-            let baseline = tokio::task::block_in_place(|| {
-                measure_baseline(&base_dir, writers * per, &record, args.seconds)
+            // The disk's speed drifts with its neighbours: measure the baseline both before and
+            // after ours (half the time each) and pool the two.
+            let group = writers * per;
+            let half = args.seconds / 2.0;
+            let before = tokio::task::block_in_place(|| {
+                measure_baseline(&base_dir.join("before"), group, &record, half)
             })?;
+            let (ours, requests, _) = measure_ours(&run_dir, writers, per, args.seconds).await?;
+            let after = tokio::task::block_in_place(|| {
+                measure_baseline(&base_dir.join("after"), group, &record, half)
+            })?;
+            let baseline = before.pooled(after);
             let ratio = ours.rate() / baseline.rate();
+            let per_sync = ours.events as f64 / ours.syncs.max(1) as f64;
             if args.json {
                 println!(
                     "{}",
@@ -273,20 +300,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                         "writers": writers, "events_per_request": per,
                         "ours_events_per_s": ours.rate(), "baseline_events_per_s": baseline.rate(),
                         "ratio": ratio, "ours_p50_ms": ms(ours.percentile(0.5)), "ours_p99_ms": ms(ours.percentile(0.99)),
+                        "ours_events_per_sync": per_sync, "baseline_events_per_sync": group,
                         "baseline_sync_p50_ms": ms(baseline.percentile(0.5)), "record_bytes": record.len(),
                         "requests": requests,
                     })
                 );
             } else {
                 println!(
-                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {group} | {:.2} |",
                     ours.rate(),
                     baseline.rate(),
                     ratio,
                     ms(ours.percentile(0.5)),
                     ms(ours.percentile(0.99)),
+                    per_sync,
                     ms(baseline.percentile(0.5)),
-                    writers * per
                 );
             }
             let _ = std::fs::remove_dir_all(&run_dir);

@@ -211,6 +211,8 @@ struct Shared {
     durable_tx: watch::Sender<u64>,
     head: Mutex<Head>,
     poisoned: AtomicBool,
+    /// Disk syncs made, for group-commit statistics.
+    syncs: AtomicU64,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -261,6 +263,7 @@ impl EventLog {
             durable_tx,
             head: Mutex::new(head),
             poisoned: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
@@ -430,6 +433,11 @@ impl EventLog {
             .collect()
     }
 
+    /// Number of disk syncs made since the log was opened (each may cover many appends).
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
     /// Whether a failed sync has stopped all writes.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Acquire)
@@ -464,8 +472,9 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>, syncer: Syncer) {
         // The syncer makes staged groups durable and answers them, in order, while this thread
         // stages the next group: applying to sled overlaps with the previous group's fdatasync.
-        // At most two groups wait for it, which bounds memory and keeps groups large.
-        let (to_syncer, staged) = std::sync::mpsc::sync_channel::<StagedGroup>(2);
+        // At most one group waits for it: the writer then blocks, and requests pile up into the
+        // next, larger group, which bounds memory and the number of syncs.
+        let (to_syncer, staged) = std::sync::mpsc::sync_channel::<StagedGroup>(1);
         let syncer = std::thread::Builder::new()
             .name("log-syncer".into())
             .spawn(move || syncer.run(staged));
@@ -603,8 +612,13 @@ impl Shared {
 
 impl Syncer {
     fn run(mut self, staged: std::sync::mpsc::Receiver<StagedGroup>) {
-        while let Ok(group) = staged.recv() {
-            self.finish(group);
+        while let Ok(first) = staged.recv() {
+            // Every group staged while the previous sync ran shares the next one.
+            let mut groups = vec![first];
+            while let Ok(g) = staged.try_recv() {
+                groups.push(g);
+            }
+            self.finish(groups);
         }
         // The writer is gone: leave sled synced for a clean reopen.
         if let Err(e) = self.sync() {
@@ -612,34 +626,38 @@ impl Syncer {
         }
     }
 
-    fn finish(&mut self, group: StagedGroup) {
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            for (reply, _) in group.replies {
+    /// Syncs once for `groups` (in log order), then publishes and answers them.
+    fn finish(&mut self, groups: Vec<StagedGroup>) {
+        let refuse = |groups: Vec<StagedGroup>| {
+            for (reply, _) in groups.into_iter().flat_map(|g| g.replies) {
                 let _ = reply.send(Err(LogError::Poisoned));
             }
-            return;
+        };
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return refuse(groups);
         }
-        if !group.events.is_empty() {
+        if groups.iter().any(|g| !g.events.is_empty()) {
             if let Err(e) = self.sync() {
                 self.shared.poison(&e);
-                for (reply, _) in group.replies {
-                    let _ = reply.send(Err(LogError::Poisoned));
-                }
-                return;
+                return refuse(groups);
             }
-            *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = group.head;
-            self.shared
-                .durable
-                .store(group.head.count, Ordering::Release);
-            if let Some(obs) = &self.observer {
-                obs.committed(&group.events);
-            }
-            self.shared.durable_tx.send_replace(group.head.count);
         }
-        // Replays of earlier appends are answered here too: their originals were in earlier groups,
-        // synced before this one.
-        for (reply, outcome) in group.replies {
-            let _ = reply.send(Ok(outcome));
+        for group in groups {
+            if !group.events.is_empty() {
+                *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = group.head;
+                self.shared
+                    .durable
+                    .store(group.head.count, Ordering::Release);
+                if let Some(obs) = &self.observer {
+                    obs.committed(&group.events);
+                }
+                self.shared.durable_tx.send_replace(group.head.count);
+            }
+            // Replays of earlier appends are answered here too: their originals were in earlier
+            // groups, synced before this one.
+            for (reply, outcome) in group.replies {
+                let _ = reply.send(Ok(outcome));
+            }
         }
     }
 
@@ -649,6 +667,7 @@ impl Syncer {
         }
         self.db.flush()?;
         self.data_file.sync_data()?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.sync_new_blobs()
     }
 
