@@ -60,3 +60,31 @@ pub fn parse(text: &str) -> Result<Dataset, DatasetError> {
     }
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_dataset_parses() {
+        let d = parse(ISTANBUL).unwrap();
+        assert_eq!(d.name, "istanbul-talks");
+        assert!(d.commands.len() > 30);
+    }
+
+    #[test]
+    fn wrong_format_and_repeated_keys_are_refused() {
+        assert!(matches!(
+            parse(r#"{"format":"other","name":"x","commands":[]}"#),
+            Err(DatasetError::Format(_))
+        ));
+        let cmd = r#"{"type":"register_party","party_id":"a","kind":"state","name":"A"}"#;
+        let twice = format!(
+            r#"{{"format":"{FORMAT}","name":"x","commands":[{{"idempotency_key":"k","command":{cmd}}},{{"idempotency_key":"k","command":{cmd}}}]}}"#
+        );
+        assert!(matches!(
+            parse(&twice),
+            Err(DatasetError::Key { index: 1, .. })
+        ));
+    }
+}

@@ -124,3 +124,28 @@ pub enum TargetKind {
     Statement,
     Claim,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn stated_times_truncate_to_their_period_and_know_its_end() {
+        let at = t("2024-06-05T17:45:10Z");
+        let day = StatedTime::normalized(at, Precision::Day);
+        assert_eq!(day.at, t("2024-06-05T00:00:00Z"));
+        assert_eq!(day.period_end(), t("2024-06-06T00:00:00Z"));
+        let month = StatedTime::normalized(at, Precision::Month);
+        assert_eq!(month.at, t("2024-06-01T00:00:00Z"));
+        assert_eq!(month.period_end(), t("2024-07-01T00:00:00Z"));
+        let year = StatedTime::normalized(at, Precision::Year);
+        assert_eq!(year.at, t("2024-01-01T00:00:00Z"));
+        assert_eq!(year.period_end(), t("2025-01-01T00:00:00Z"));
+        let instant = StatedTime::normalized(at, Precision::Instant);
+        assert_eq!((instant.at, instant.period_end()), (at, at));
+    }
+}

@@ -88,3 +88,35 @@ pub(crate) fn parse_head(v: &[u8]) -> Option<(u64, Hash)> {
 pub(crate) fn be_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_chunk_keys_round_trip_and_do_not_collide_with_longer_names() {
+        let k = stream_chunk_key("party-a", 3);
+        assert_eq!(parse_stream_chunk_key(&k), Some(("party-a", 3)));
+        // "party-a" chunks must not be found under the prefix of "party-ab" or vice versa.
+        assert!(!k.starts_with(&stream_prefix("party-ab")));
+        assert!(!stream_chunk_key("party-ab", 0).starts_with(&stream_prefix("party-a")));
+        assert_eq!(parse_stream_chunk_key(b"sx"), None);
+    }
+
+    #[test]
+    fn event_values_keep_the_hash_apart_from_the_record() {
+        let v = event_value(&[7u8; 32], b"{}");
+        assert_eq!(split_event_value(&v), Some(([7u8; 32], &b"{}"[..])));
+        assert_eq!(split_event_value(&v[..31]), None);
+        assert_eq!(parse_head(&head_value(9, &[1u8; 32])), Some((9, [1u8; 32])));
+        let positions: Vec<u64> =
+            chunk_positions(&[0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 1, 0]).collect();
+        assert_eq!(positions, vec![5, 256]);
+    }
+
+    #[test]
+    fn event_keys_sort_by_position() {
+        assert!(event_key(255) < event_key(256));
+        assert!(event_key(u64::MAX - 1) < event_key(u64::MAX));
+    }
+}
