@@ -43,13 +43,28 @@ fn writes_covered_by_a_sync(dir: &Path, durability: &str, n: usize) -> usize {
     let addr_file = dir.join(format!("addr-{durability}"));
     let trace_file = dir.join(format!("trace-{durability}"));
     let mut strace = Command::new("strace")
-        .args(["-f", "-qq", "-ttt", "-T", "-y", "-e", "trace=fdatasync,fsync", "-o"])
+        .args([
+            "-f",
+            "-qq",
+            "-ttt",
+            "-T",
+            "-y",
+            "-e",
+            "trace=fdatasync,fsync",
+            "-o",
+        ])
         .arg(&trace_file)
         .arg(bin())
         .arg("serve")
         .arg("--data-dir")
         .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--durability", durability, "--addr-file"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--durability",
+            durability,
+            "--addr-file",
+        ])
         .arg(&addr_file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -166,6 +166,9 @@ const MAX_STREAM_NAME: usize = 256;
 /// Longest a group waits for stragglers (see `Writer::run`).
 const MAX_LINGER: Duration = Duration::from_micros(500);
 
+/// Longest the syncer waits for a group being staged to join its sync (see `Syncer::run`).
+const MAX_COALESCE: Duration = Duration::from_millis(2);
+
 /// Opens sled the same way everywhere (server, verify, tests), so its segment size stays fixed.
 pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
     std::fs::create_dir_all(dir)?;
@@ -213,6 +216,8 @@ struct Shared {
     poisoned: AtomicBool,
     /// Disk syncs made, for group-commit statistics.
     syncs: AtomicU64,
+    /// The writer is staging a group right now (the syncer waits for it rather than syncing twice).
+    staging: AtomicBool,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -264,6 +269,7 @@ impl EventLog {
             head: Mutex::new(head),
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            staging: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
@@ -507,8 +513,11 @@ impl Writer {
                 }
             }
             last_group = jobs.len();
+            self.shared.staging.store(true, Ordering::Release);
             let group = self.stage_group(jobs);
-            if to_syncer.send(group).is_err() {
+            let sent = to_syncer.send(group);
+            self.shared.staging.store(false, Ordering::Release);
+            if sent.is_err() {
                 break;
             }
             last_cycle = started.elapsed();
@@ -615,8 +624,20 @@ impl Syncer {
         while let Ok(first) = staged.recv() {
             // Every group staged while the previous sync ran shares the next one.
             let mut groups = vec![first];
-            while let Ok(g) = staged.try_recv() {
-                groups.push(g);
+            // A group being staged right now joins this sync: one sync for both costs less than two.
+            let deadline = Instant::now() + MAX_COALESCE;
+            loop {
+                while let Ok(g) = staged.try_recv() {
+                    groups.push(g);
+                }
+                if !self.shared.staging.load(Ordering::Acquire) || Instant::now() >= deadline {
+                    break;
+                }
+                match staged.recv_timeout(Duration::from_micros(100)) {
+                    Ok(g) => groups.push(g),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
             }
             self.finish(groups);
         }
