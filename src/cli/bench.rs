@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::app::{App, ClientCommand, Shape, WriteContext};
 use crate::grpc::pb;
-use crate::log::{open_db, LogOptions};
+use crate::log::{open_db, ExpectedRevision, LogOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Drive the application layer directly instead of through gRPC (same validation, log and
+    /// fsync; no network, no protobuf). Shows how much of the cost is the transport.
+    #[arg(long)]
+    pub in_process: bool,
 }
 
 struct Measured {
@@ -139,6 +143,7 @@ async fn measure_ours(
     writers: usize,
     per_request: usize,
     seconds: f64,
+    in_process: bool,
 ) -> anyhow::Result<(Measured, u64, Vec<u8>)> {
     let app = App::open(dir, LogOptions::default())?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -165,11 +170,31 @@ async fn measure_ours(
     for w in 0..writers {
         let mut client = pb::ledger_client::LedgerClient::new(channels[w % channels.len()].clone());
         let cmd = statement_command(&source_id);
+        let direct = in_process.then(|| {
+            let c = crate::grpc::convert::record_statement(cmd.clone(), "command.")
+                .expect("the bench command converts");
+            (app.clone(), c)
+        });
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                if per_request == 1 {
+                if let Some((app, command)) = &direct {
+                    let commands = (0..per_request)
+                        .map(|_| ClientCommand {
+                            command: command.clone(),
+                            expected: ExpectedRevision::Any,
+                        })
+                        .collect();
+                    let shape = if per_request == 1 {
+                        Shape::Single
+                    } else {
+                        Shape::Batch
+                    };
+                    app.write(WriteContext::default(), commands, shape)
+                        .await
+                        .map_err(tonic::Status::from)?;
+                } else if per_request == 1 {
                     client
                         .record_statement(pb::RecordStatementRequest {
                             command: Some(cmd.clone()),
@@ -267,7 +292,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     // A short warm-up run gives a real stored record for the baseline to write.
     let warm_dir = args.dir.join("warm-up");
     let _ = std::fs::remove_dir_all(&warm_dir);
-    let (_, _, record) = measure_ours(&warm_dir, 1, 1, 0.3).await?;
+    let (_, _, record) = measure_ours(&warm_dir, 1, 1, 0.3, false).await?;
     let _ = std::fs::remove_dir_all(&warm_dir);
     if !args.json {
         println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms |");
@@ -286,7 +311,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             let before = tokio::task::block_in_place(|| {
                 measure_baseline(&base_dir.join("before"), group, &record, half)
             })?;
-            let (ours, requests, _) = measure_ours(&run_dir, writers, per, args.seconds).await?;
+            let (ours, requests, _) =
+                measure_ours(&run_dir, writers, per, args.seconds, args.in_process).await?;
             let after = tokio::task::block_in_place(|| {
                 measure_baseline(&base_dir.join("after"), group, &record, half)
             })?;
