@@ -1,13 +1,13 @@
-//! The log on sled, and its single writer thread.
-//!
-//! The on-disk layout is described in `layout`.
+//! The log on sled: one writer thread that validates and stages appends, and one syncer thread that
+//! makes them durable and answers them. The on-disk layout is described in `layout`.
 //!
 //! Durability: sled's `flush()` writes its buffers but only calls `sync_file_range`, which neither
-//! flushes the disk cache nor persists file-size changes. After each group the writer therefore calls
-//! `fdatasync` on sled's data file itself, and on any new blob file, before any waiting append is
-//! acknowledged. Concurrent appends queue while a sync runs and then share the next one (group commit).
-//! If a sync fails the log refuses all further writes until restart: after a failed fsync the kernel
-//! may have dropped the dirty pages, so nothing written since can be trusted to be on disk.
+//! flushes the disk cache nor persists file-size changes. The syncer therefore calls `fdatasync` on
+//! sled's data file itself (and on any blob file) before any append of a group is acknowledged, and
+//! only then makes the group visible to readers. Group commit is pipelined: while the syncer syncs
+//! group k, the writer checks and applies group k+1, and appends arriving meanwhile share the next
+//! sync. If a sync fails the log refuses all further writes until restart: after a failed fsync the
+//! kernel may have dropped the dirty pages, so nothing written since can be trusted to be on disk.
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
