@@ -5,12 +5,14 @@
 //!
 //! No tonic or prost here; the transport converts to and from these types.
 mod error;
+mod subscribe;
 mod write;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use error::AppError;
+pub use subscribe::{Start, SubscribeOptions, SubscriptionItem};
 pub use write::{ClientCommand, Shape, WriteContext, WriteOutcome};
 
 use crate::domain::event::DecodeError;
@@ -22,6 +24,8 @@ use crate::log::{CommitObserver, EventLog, LogError, LogOptions, RecordedEvent};
 pub struct App {
     log: EventLog,
     state: Arc<RwLock<State>>,
+    /// Set once when the server shuts down; subscriptions end on it.
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Decodes a stored record's payload into a domain event.
@@ -61,7 +65,11 @@ impl App {
             state: state.clone(),
         });
         let log = EventLog::open(dir, options, Some(observer))?;
-        let app = App { log, state };
+        let app = App {
+            log,
+            state,
+            shutdown: Arc::new(tokio::sync::watch::channel(false).0),
+        };
         app.replay()?;
         Ok(app)
     }
@@ -88,6 +96,11 @@ impl App {
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         tracing::info!(events = end, "write model rebuilt from the log");
         Ok(())
+    }
+
+    /// Ends every subscription (with `AppError::ShuttingDown`) so that a graceful shutdown can finish.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
     }
 
     /// The event log, for reads.

@@ -131,3 +131,106 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
         }
     }
 }
+
+/// One readable line per event: position, time, stream@revision, type, a short summary.
+fn event_line(e: &pb::EventEnvelope) -> String {
+    use pb::event_payload::Kind;
+    let summary = match e.payload.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(Kind::PartyRegistered(p)) | Some(Kind::PartyUpdated(p)) => p.name.clone(),
+        Some(Kind::SourceRegistered(s)) => format!("{} — {}", s.publisher, s.title),
+        Some(Kind::StatementRecorded(s)) => {
+            format!("{} {}: {}", s.speaker_id, s.attribution_verb, s.content)
+        }
+        Some(Kind::ClaimAsserted(c)) => format!("{} on {}: {}", c.party_id, c.topic, c.stance),
+        Some(Kind::ClaimReviewed(r)) => format!(
+            "{}: {}",
+            r.reviewer,
+            r.rating.as_ref().map(|x| x.label.as_str()).unwrap_or("")
+        ),
+        Some(Kind::CorrectionIssued(c)) => format!(
+            "{} {}: {}",
+            c.target_id,
+            pb::CorrectionKind::try_from(c.kind)
+                .map(|k| k.as_str_name())
+                .unwrap_or("?"),
+            c.reason
+        ),
+        None => String::new(),
+    };
+    let at = e
+        .recorded_at
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    format!(
+        "{:>8}  {at}  {}@{}  {}  {summary}",
+        e.position, e.stream, e.stream_revision, e.event_type
+    )
+}
+
+/// The envelope as one JSON object (payload as the stored JSON), for NDJSON output.
+fn event_json(e: &pb::EventEnvelope) -> serde_json::Value {
+    let stored: serde_json::Value =
+        serde_json::from_slice(&e.stored_bytes).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "position": e.position, "event_id": e.event_id, "stream": e.stream,
+        "stream_revision": e.stream_revision, "event_type": e.event_type,
+        "schema_version": e.schema_version, "recorded_by": e.recorded_by,
+        "recorded_at": stored.get("recorded_at"), "correlation_id": e.correlation_id,
+        "causation_id": e.causation_id, "prev_hash": e.prev_hash, "hash": e.hash,
+        "payload": stored.get("payload"),
+    })
+}
+
+pub async fn tail(
+    server: &str,
+    from: &str,
+    stream_prefixes: Vec<String>,
+    event_types: Vec<String>,
+    json: bool,
+    limit: u64,
+) -> anyhow::Result<i32> {
+    let (from_position, from_end) = match from {
+        "start" => (0, false),
+        "end" => (0, true),
+        p => (
+            p.parse::<u64>()
+                .with_context(|| format!("--from takes a position, start or end, not {p:?}"))?,
+            false,
+        ),
+    };
+    let mut client = pb::events_client::EventsClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            from_position,
+            from_end,
+            stream_prefixes,
+            event_types,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut seen = 0u64;
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+    {
+        if let Some(pb::subscribe_response::Kind::Event(e)) = msg.kind {
+            if json {
+                println!("{}", event_json(&e));
+            } else {
+                println!("{}", event_line(&e));
+            }
+            seen += 1;
+            if limit > 0 && seen >= limit {
+                break;
+            }
+        }
+    }
+    Ok(0)
+}

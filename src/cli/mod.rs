@@ -68,6 +68,30 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Follow a running server's log: catch up, then print events as they come.
+    Tail {
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// Where to start: a position, `start` or `end`.
+        #[arg(long, default_value = "end")]
+        from: String,
+        /// Only streams starting with this prefix (repeatable).
+        #[arg(long = "stream-prefix")]
+        stream_prefixes: Vec<String>,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type")]
+        event_types: Vec<String>,
+        /// Print NDJSON (one event per line) instead of readable lines.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events (for scripts); 0 follows forever.
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+    },
     /// Print the head of a running server's log (event count and last hash).
     Head {
         #[arg(
@@ -102,6 +126,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => serve::run(data_dir, listen, demo, durability, addr_file).await,
         Cmd::Load { file, server, json } => client::load(&file, &server, json).await,
         Cmd::Head { server, json } => client::head(&server, json).await,
+        Cmd::Tail {
+            server,
+            from,
+            stream_prefixes,
+            event_types,
+            json,
+            limit,
+        } => client::tail(&server, &from, stream_prefixes, event_types, json, limit).await,
         Cmd::Verify { data_dir, json } => client::verify(&data_dir, json),
         Cmd::Bench(args) => bench::run(args).await,
     }

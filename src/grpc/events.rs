@@ -1,10 +1,14 @@
 //! `claimsledger.v1.Events`: reads of the log itself (head, whole log, one stream), with typed payloads
 //! and the exact stored bytes so that clients can recompute every hash.
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::envelope_pb;
 use super::pb;
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, Start, SubscribeOptions, SubscriptionItem};
 use crate::log::RecordedEvent;
 
 const DEFAULT_PAGE: u32 = 100;
@@ -46,8 +50,60 @@ fn envelopes(events: Vec<RecordedEvent>) -> Result<Vec<pb::EventEnvelope>, AppEr
     events.into_iter().map(envelope_pb).collect()
 }
 
+fn subscription_message(item: SubscriptionItem) -> Result<pb::SubscribeResponse, AppError> {
+    use pb::subscribe_response::Kind;
+    let kind = match item {
+        SubscriptionItem::Event(rec) => Kind::Event(envelope_pb(*rec)?),
+        SubscriptionItem::Checkpoint(p) => Kind::Checkpoint(pb::Checkpoint { next_position: p }),
+        SubscriptionItem::CaughtUp(p) => Kind::CaughtUp(pb::CaughtUp { next_position: p }),
+        SubscriptionItem::Heartbeat(p) => Kind::Heartbeat(pb::Heartbeat {
+            next_position: p,
+            at: Some(super::convert::ts(&chrono::Utc::now())),
+        }),
+    };
+    Ok(pb::SubscribeResponse { kind: Some(kind) })
+}
+
+fn or_default(v: u32, default: u32) -> u32 {
+    if v == 0 {
+        default
+    } else {
+        v
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::events_server::Events for EventsService {
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = req.into_inner();
+        let options = SubscribeOptions {
+            start: if r.from_end {
+                Start::End
+            } else {
+                Start::Position(r.from_position)
+            },
+            stream_prefixes: r.stream_prefixes,
+            event_types: r.event_types,
+            checkpoint_every_events: u64::from(or_default(r.checkpoint_every_events, 1000)),
+            checkpoint_every: Duration::from_millis(u64::from(or_default(
+                r.checkpoint_every_ms,
+                5000,
+            ))),
+            heartbeat: Duration::from_millis(u64::from(or_default(r.heartbeat_ms, 10_000))),
+        };
+        let rx = self.app.subscribe(options)?;
+        let stream = ReceiverStream::new(rx)
+            .map(|item| item.and_then(subscription_message).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_head(
         &self,
         _req: Request<pb::GetHeadRequest>,

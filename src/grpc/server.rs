@@ -40,6 +40,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    // Subscriptions never end by themselves: tell them to, or the graceful shutdown would wait forever.
+    let shutdown_app = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        shutdown_app.begin_shutdown();
+    };
     Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

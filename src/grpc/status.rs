@@ -91,7 +91,7 @@ impl From<AppError> for Status {
                 ),
             ),
             AppError::NotFound(_) => Status::not_found(message),
-            AppError::Unavailable => Status::unavailable(message),
+            AppError::Unavailable | AppError::ShuttingDown => Status::unavailable(message),
             AppError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Status::internal("internal error; see the server log")

@@ -1,0 +1,227 @@
+//! Subscriptions: catch up from any position, then follow the log live, in one loop that always
+//! reads the durable log. There is no separate live buffer to switch to, so the hand-over from
+//! catch-up to live cannot lose, repeat or reorder an event; the durable-count watch only says *when*
+//! to read. A slow consumer fills its own bounded channel and then its reader simply pauses: writers
+//! never wait for subscribers, and a lagging subscriber is by construction reading from the log.
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{App, AppError};
+use crate::domain::FieldViolation;
+use crate::log::RecordedEvent;
+
+/// Events read from the log per step.
+const PAGE: usize = 256;
+/// Messages buffered per subscriber before its reader pauses.
+const BUFFER: usize = 128;
+const MAX_FILTERS: usize = 64;
+const MAX_PREFIX: usize = 256;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The first position to deliver.
+    Position(u64),
+    /// After the last durable event.
+    End,
+}
+
+/// A subscription's start, filters and pacing.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    pub start: Start,
+    pub stream_prefixes: Vec<String>,
+    pub event_types: Vec<String>,
+    pub checkpoint_every_events: u64,
+    pub checkpoint_every: Duration,
+    pub heartbeat: Duration,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            start: Start::Position(0),
+            stream_prefixes: Vec::new(),
+            event_types: Vec::new(),
+            checkpoint_every_events: 1000,
+            checkpoint_every: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One message of a subscription. Positions are "next to scan": resume from them.
+#[derive(Debug, Clone)]
+pub enum SubscriptionItem {
+    Event(Box<RecordedEvent>),
+    Checkpoint(u64),
+    CaughtUp(u64),
+    Heartbeat(u64),
+}
+
+impl SubscribeOptions {
+    fn check(&self) -> Result<(), AppError> {
+        let mut v = Vec::new();
+        let mut fail = |field: &str, description: String| {
+            v.push(FieldViolation {
+                field: field.to_string(),
+                description,
+            })
+        };
+        if self.stream_prefixes.len() > MAX_FILTERS {
+            fail("stream_prefixes", format!("at most {MAX_FILTERS} prefixes"));
+        }
+        for (i, p) in self.stream_prefixes.iter().enumerate() {
+            if p.is_empty() || p.len() > MAX_PREFIX {
+                fail(
+                    &format!("stream_prefixes[{i}]"),
+                    format!("must be 1..{MAX_PREFIX} bytes"),
+                );
+            }
+        }
+        if self.event_types.len() > MAX_FILTERS {
+            fail("event_types", format!("at most {MAX_FILTERS} types"));
+        }
+        for (i, t) in self.event_types.iter().enumerate() {
+            if t.is_empty() || t.len() > MAX_PREFIX {
+                fail(
+                    &format!("event_types[{i}]"),
+                    format!("must be 1..{MAX_PREFIX} bytes"),
+                );
+            }
+        }
+        if self.heartbeat < Duration::from_millis(100) {
+            fail("heartbeat_ms", "must be at least 100".into());
+        }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::Invalid(v))
+        }
+    }
+
+    fn matches(&self, e: &RecordedEvent) -> bool {
+        (self.stream_prefixes.is_empty()
+            || self
+                .stream_prefixes
+                .iter()
+                .any(|p| e.stream.starts_with(p.as_str())))
+            && (self.event_types.is_empty() || self.event_types.contains(&e.event_type))
+    }
+}
+
+impl App {
+    /// Starts a subscription; its messages arrive on the returned channel until the receiver is
+    /// dropped, the server shuts down (`AppError::ShuttingDown`), or reading the log fails.
+    pub fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<mpsc::Receiver<Result<SubscriptionItem, AppError>>, AppError> {
+        options.check()?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let app = self.clone();
+        tokio::spawn(async move { app.run_subscription(options, tx).await });
+        Ok(rx)
+    }
+
+    async fn run_subscription(
+        self,
+        o: SubscribeOptions,
+        tx: mpsc::Sender<Result<SubscriptionItem, AppError>>,
+    ) {
+        let log = self.log();
+        let mut durable = log.watch_durable();
+        let mut shutdown = self.shutdown.subscribe();
+        let mut pos = match o.start {
+            Start::Position(p) => p,
+            Start::End => log.durable_count(),
+        };
+        let mut scanned = 0u64;
+        let mut last_checkpoint = Instant::now();
+        let mut last_sent = Instant::now();
+        let mut caught_up = false;
+        loop {
+            if *shutdown.borrow_and_update() {
+                let _ = tx.send(Err(AppError::ShuttingDown)).await;
+                return;
+            }
+            // Mark the current count seen before reading it, so no later commit is missed.
+            durable.borrow_and_update();
+            if pos < log.durable_count() {
+                let page = match log.read_all(pos, false, PAGE) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for rec in page {
+                    pos = rec.position + 1;
+                    scanned += 1;
+                    if o.matches(&rec) {
+                        if tx
+                            .send(Ok(SubscriptionItem::Event(Box::new(rec))))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        last_sent = Instant::now();
+                    }
+                    if scanned >= o.checkpoint_every_events
+                        || last_checkpoint.elapsed() >= o.checkpoint_every
+                    {
+                        if tx
+                            .send(Ok(SubscriptionItem::Checkpoint(pos)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        scanned = 0;
+                        last_checkpoint = Instant::now();
+                        last_sent = last_checkpoint;
+                    }
+                }
+                continue;
+            }
+            if !caught_up {
+                caught_up = true;
+                if tx.send(Ok(SubscriptionItem::CaughtUp(pos))).await.is_err() {
+                    return;
+                }
+                last_sent = Instant::now();
+            }
+            // Idle: report progress over events the filter skipped, so a resume need not rescan them.
+            if scanned > 0 {
+                if tx
+                    .send(Ok(SubscriptionItem::Checkpoint(pos)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                scanned = 0;
+                last_checkpoint = Instant::now();
+                last_sent = last_checkpoint;
+            }
+            tokio::select! {
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep_until(last_sent + o.heartbeat) => {
+                    if tx.send(Ok(SubscriptionItem::Heartbeat(pos))).await.is_err() {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
