@@ -67,6 +67,10 @@ impl From<LogError> for AppError {
             LogError::InvalidStream(s) => {
                 AppError::invalid("stream", format!("invalid stream name {s:?}"))
             }
+            LogError::CursorBeyondHead { position, durable } => AppError::invalid(
+                "position",
+                format!("{position} is beyond the end of the log ({durable} events)"),
+            ),
             LogError::Poisoned | LogError::Closed => AppError::Unavailable,
             other => AppError::Internal(other.to_string()),
         }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use error::AppError;
-pub use subscribe::{Start, SubscribeOptions, SubscriptionItem};
+pub use subscribe::{Start, SubscribeOptions, SubscriptionItem, SubscriptionState};
 pub use write::{ClientCommand, Shape, WriteContext, WriteOutcome};
 
 use crate::domain::event::DecodeError;

@@ -32,6 +32,8 @@ pub enum Start {
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {
     pub start: Start,
+    /// A named durable subscription: start at its acknowledged position if it has one.
+    pub name: Option<String>,
     pub stream_prefixes: Vec<String>,
     pub event_types: Vec<String>,
     pub checkpoint_every_events: u64,
@@ -43,6 +45,7 @@ impl Default for SubscribeOptions {
     fn default() -> Self {
         SubscribeOptions {
             start: Start::Position(0),
+            name: None,
             stream_prefixes: Vec::new(),
             event_types: Vec::new(),
             checkpoint_every_events: 1000,
@@ -92,6 +95,9 @@ impl SubscribeOptions {
                 );
             }
         }
+        if let Some(Err(e)) = self.name.as_deref().map(check_name) {
+            fail(&e.field, e.description);
+        }
         if self.heartbeat < Duration::from_millis(100) {
             fail("heartbeat_ms", "must be at least 100".into());
         }
@@ -112,14 +118,70 @@ impl SubscribeOptions {
     }
 }
 
+/// A subscription name: 1..128 of `A-Z a-z 0-9 . _ -`.
+fn check_name(name: &str) -> Result<(), FieldViolation> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldViolation {
+            field: "subscription_name".into(),
+            description: "must be 1..128 characters of A-Z a-z 0-9 . _ -".into(),
+        })
+    }
+}
+
+/// A named subscription's stored position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionState {
+    pub acknowledged: u64,
+    pub lag: u64,
+}
+
 impl App {
+    /// Records that the named subscriber processed everything before `position`; returns the stored
+    /// position (never lower than before).
+    pub async fn ack(&self, name: &str, position: u64) -> Result<u64, AppError> {
+        check_name(name).map_err(|v| AppError::Invalid(vec![v]))?;
+        Ok(self.log.store_cursor(name, position).await?)
+    }
+
+    /// The named subscriber's acknowledged position and lag.
+    pub fn subscription(&self, name: &str) -> Result<SubscriptionState, AppError> {
+        check_name(name).map_err(|v| AppError::Invalid(vec![v]))?;
+        let acknowledged = self
+            .log
+            .cursor(name)?
+            .ok_or_else(|| AppError::NotFound(format!("subscription {name:?}")))?;
+        Ok(SubscriptionState {
+            acknowledged,
+            lag: self.log.durable_count().saturating_sub(acknowledged),
+        })
+    }
+
+    /// Forgets a named subscriber's position; returns whether it existed.
+    pub async fn delete_subscription(&self, name: &str) -> Result<bool, AppError> {
+        check_name(name).map_err(|v| AppError::Invalid(vec![v]))?;
+        Ok(self.log.delete_cursor(name).await?)
+    }
+
     /// Starts a subscription; its messages arrive on the returned channel until the receiver is
     /// dropped, the server shuts down (`AppError::ShuttingDown`), or reading the log fails.
     pub fn subscribe(
         &self,
         options: SubscribeOptions,
     ) -> Result<mpsc::Receiver<Result<SubscriptionItem, AppError>>, AppError> {
+        let mut options = options;
         options.check()?;
+        if let Some(name) = &options.name {
+            if let Some(acked) = self.log.cursor(name)? {
+                options.start = Start::Position(acked);
+            }
+        }
         let (tx, rx) = mpsc::channel(BUFFER);
         let app = self.clone();
         tokio::spawn(async move { app.run_subscription(options, tx).await });

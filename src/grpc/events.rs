@@ -78,6 +78,36 @@ type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, S
 impl pb::events_server::Events for EventsService {
     type SubscribeStream = SubscribeStream;
 
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let r = req.into_inner();
+        let acknowledged_position = self.app.ack(&r.subscription_name, r.position).await?;
+        Ok(Response::new(pb::AckResponse {
+            acknowledged_position,
+        }))
+    }
+
+    async fn get_subscription(
+        &self,
+        req: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
+        let r = req.into_inner();
+        let s = self.app.subscription(&r.subscription_name)?;
+        Ok(Response::new(pb::GetSubscriptionResponse {
+            subscription_name: r.subscription_name,
+            acknowledged_position: s.acknowledged,
+            lag: s.lag,
+        }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        req: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let r = req.into_inner();
+        let existed = self.app.delete_subscription(&r.subscription_name).await?;
+        Ok(Response::new(pb::DeleteSubscriptionResponse { existed }))
+    }
+
     async fn subscribe(
         &self,
         req: Request<pb::SubscribeRequest>,
@@ -89,6 +119,7 @@ impl pb::events_server::Events for EventsService {
             } else {
                 Start::Position(r.from_position)
             },
+            name: (!r.subscription_name.is_empty()).then_some(r.subscription_name),
             stream_prefixes: r.stream_prefixes,
             event_types: r.event_types,
             checkpoint_every_events: u64::from(or_default(r.checkpoint_every_events, 1000)),

@@ -7,12 +7,14 @@
 //!   `chunk * CHUNK ..`; a stream's revision count is implied by its chunks.
 //! - `i` + idempotency key → JSON idempotency record.
 //! - `mhead` → event count (u64 BE) ‖ hash of the last event.
+//! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE).
 use super::record::Hash;
 
 pub(crate) const EVENT: u8 = b'e';
 pub(crate) const STREAM: u8 = b's';
 pub(crate) const IDEMPOTENCY: u8 = b'i';
 pub(crate) const HEAD_KEY: &[u8] = b"mhead";
+pub(crate) const CURSOR: u8 = b'c';
 /// Positions per stream-index chunk: small enough that rewriting the last chunk is cheap.
 pub(crate) const CHUNK: u64 = 64;
 
@@ -71,6 +73,13 @@ pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(IDEMPOTENCY);
     k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub(crate) fn cursor_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.push(CURSOR);
+    k.extend_from_slice(name.as_bytes());
     k
 }
 

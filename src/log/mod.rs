@@ -32,6 +32,10 @@ pub enum LogError {
     RecordTooLarge { size: usize, max: usize },
     #[error("invalid stream name {0:?}")]
     InvalidStream(String),
+    /// A subscriber acknowledged a position the log has not reached. Acknowledge only what was
+    /// delivered.
+    #[error("position {position} is beyond the end of the log ({durable} events)")]
+    CursorBeyondHead { position: u64, durable: u64 },
     #[error("an append needs at least one event")]
     EmptyAppend,
     #[error("cannot encode event: {0}")]

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::layout::{
-    be_u64, chunk_positions, event_key, event_value, head_value, idempotency_key, parse_head,
-    split_event_value, stream_chunk_key, stream_prefix, CHUNK, HEAD_KEY,
+    be_u64, chunk_positions, cursor_key, event_key, event_value, head_value, idempotency_key,
+    parse_head, split_event_value, stream_chunk_key, stream_prefix, CHUNK, HEAD_KEY,
 };
 use super::record::{self, Encode, Hash, RecordedEvent, GENESIS_HASH};
 use super::LogError;
@@ -218,6 +218,8 @@ struct Shared {
     syncs: AtomicU64,
     /// The writer is staging a group right now (the syncer waits for it rather than syncing twice).
     staging: AtomicBool,
+    /// sled's data file, for fdatasync of writes made outside the syncer (subscription cursors).
+    data_file: File,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -270,6 +272,7 @@ impl EventLog {
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             staging: AtomicBool::new(false),
+            data_file: data_file.try_clone()?,
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
@@ -437,6 +440,52 @@ impl EventLog {
         revs.take(max)
             .map(|rev| read_event(&self.shared.db, positions[rev as usize]))
             .collect()
+    }
+
+    /// The acknowledged position of a named subscriber, if it ever acknowledged.
+    pub fn cursor(&self, name: &str) -> Result<Option<u64>, LogError> {
+        Ok(self
+            .shared
+            .db
+            .get(cursor_key(name))?
+            .and_then(|v| be_u64(&v)))
+    }
+
+    /// Durably records that the named subscriber has processed everything before `position`.
+    /// Cursors only move forward: an older acknowledgement (a retry, a reordered message) keeps the
+    /// stored one. Returns the stored position. Syncs to disk before returning.
+    pub async fn store_cursor(&self, name: &str, position: u64) -> Result<u64, LogError> {
+        let shared = self.shared.clone();
+        let key = cursor_key(name);
+        let durable = self.durable_count();
+        if position > durable {
+            return Err(LogError::CursorBeyondHead { position, durable });
+        }
+        tokio::task::spawn_blocking(move || {
+            let stored = shared.db.update_and_fetch(&key, |old| {
+                let old = old.and_then(be_u64).unwrap_or(0);
+                Some(old.max(position).to_be_bytes().to_vec())
+            })?;
+            shared.db.flush()?;
+            shared.data_file.sync_data()?;
+            Ok(stored.and_then(|v| be_u64(&v)).unwrap_or(position))
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
+    }
+
+    /// Forgets a named subscriber's position. Returns whether it existed.
+    pub async fn delete_cursor(&self, name: &str) -> Result<bool, LogError> {
+        let shared = self.shared.clone();
+        let key = cursor_key(name);
+        tokio::task::spawn_blocking(move || {
+            let existed = shared.db.remove(&key)?.is_some();
+            shared.db.flush()?;
+            shared.data_file.sync_data()?;
+            Ok(existed)
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
     }
 
     /// Number of disk syncs made since the log was opened (each may cover many appends).
