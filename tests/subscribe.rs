@@ -342,3 +342,49 @@ async fn shutdown_ends_subscriptions_with_unavailable() {
         .expect("graceful shutdown finishes with a subscriber connected")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_events_as_lines_or_ndjson() {
+    let s = TestServer::start().await;
+    append_parties(&s, 0, 5).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("tail")
+            .args(["--server", &s.addr])
+            .args(args)
+            .output()
+            .expect("run tail");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let ndjson = run(&["--from", "start", "--json", "--limit", "5"]);
+    let lines: Vec<serde_json::Value> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let positions: Vec<u64> = lines
+        .iter()
+        .map(|v| v["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, vec![0, 1, 2, 3, 4]);
+    assert_eq!(lines[2]["stream"], "party-w0-p2");
+    assert_eq!(lines[2]["payload"]["party_id"], "w0-p2");
+    let log = whole_log(&s).await;
+    assert_eq!(lines[4]["hash"], log[4].hash);
+
+    let text = run(&[
+        "--from",
+        "3",
+        "--stream-prefix",
+        "party-w0-p4",
+        "--limit",
+        "1",
+    ]);
+    assert!(text.contains("party-w0-p4@0"), "{text}");
+    assert!(text.contains("PartyRegistered"), "{text}");
+    assert_eq!(text.lines().count(), 1);
+}
