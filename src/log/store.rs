@@ -272,13 +272,12 @@ impl EventLog {
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             staging: AtomicBool::new(false),
-            data_file: data_file.try_clone()?,
+            data_file,
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
             shared: shared.clone(),
             db: db.clone(),
-            data_file,
             blobs_dir: dir.join("blobs"),
             synced_blobs: HashSet::new(),
             durability: options.durability,
@@ -635,136 +634,7 @@ impl Writer {
         }
         group
     }
-}
 
-/// A group applied to sled, waiting for its sync and its answers.
-struct StagedGroup {
-    replies: Vec<(
-        oneshot::Sender<Result<AppendOutcome, LogError>>,
-        AppendOutcome,
-    )>,
-    events: Vec<RecordedEvent>,
-    /// The head after this group.
-    head: Head,
-}
-
-/// Makes staged groups durable, publishes them, and answers their appends, strictly in order.
-struct Syncer {
-    shared: Arc<Shared>,
-    db: sled::Db,
-    data_file: File,
-    blobs_dir: PathBuf,
-    synced_blobs: HashSet<std::ffi::OsString>,
-    durability: Durability,
-    observer: Option<Arc<dyn CommitObserver>>,
-}
-
-impl Shared {
-    fn poison(&self, e: &LogError) {
-        tracing::error!(error = %e, "append failed; the log refuses writes until restart");
-        self.poisoned.store(true, Ordering::Release);
-        // Wake anyone waiting for durability so they see the refusal instead of hanging.
-        self.durable_tx.send_modify(|_| {});
-    }
-}
-
-impl Syncer {
-    fn run(mut self, staged: std::sync::mpsc::Receiver<StagedGroup>) {
-        while let Ok(first) = staged.recv() {
-            // Every group staged while the previous sync ran shares the next one.
-            let mut groups = vec![first];
-            // A group being staged right now joins this sync: one sync for both costs less than two.
-            let deadline = Instant::now() + MAX_COALESCE;
-            loop {
-                while let Ok(g) = staged.try_recv() {
-                    groups.push(g);
-                }
-                if !self.shared.staging.load(Ordering::Acquire) || Instant::now() >= deadline {
-                    break;
-                }
-                match staged.recv_timeout(Duration::from_micros(100)) {
-                    Ok(g) => groups.push(g),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            self.finish(groups);
-        }
-        // The writer is gone: leave sled synced for a clean reopen.
-        if let Err(e) = self.sync() {
-            tracing::error!(error = %e, "final sync failed");
-        }
-    }
-
-    /// Syncs once for `groups` (in log order), then publishes and answers them.
-    fn finish(&mut self, groups: Vec<StagedGroup>) {
-        let refuse = |groups: Vec<StagedGroup>| {
-            for (reply, _) in groups.into_iter().flat_map(|g| g.replies) {
-                let _ = reply.send(Err(LogError::Poisoned));
-            }
-        };
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            return refuse(groups);
-        }
-        if groups.iter().any(|g| !g.events.is_empty()) {
-            if let Err(e) = self.sync() {
-                self.shared.poison(&e);
-                return refuse(groups);
-            }
-        }
-        for group in groups {
-            if !group.events.is_empty() {
-                *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = group.head;
-                self.shared
-                    .durable
-                    .store(group.head.count, Ordering::Release);
-                if let Some(obs) = &self.observer {
-                    obs.committed(&group.events);
-                }
-                self.shared.durable_tx.send_replace(group.head.count);
-            }
-            // Replays of earlier appends are answered here too: their originals were in earlier
-            // groups, synced before this one.
-            for (reply, outcome) in group.replies {
-                let _ = reply.send(Ok(outcome));
-            }
-        }
-    }
-
-    fn sync(&mut self) -> Result<(), LogError> {
-        if self.durability == Durability::Relaxed {
-            return Ok(());
-        }
-        self.db.flush()?;
-        self.data_file.sync_data()?;
-        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-        self.sync_new_blobs()
-    }
-
-    /// sled writes values it deems too big to separate blob files and never syncs them. Records are
-    /// bounded so this should not happen; if it does, the blobs are synced here rather than lost.
-    fn sync_new_blobs(&mut self) -> Result<(), LogError> {
-        let entries = match std::fs::read_dir(&self.blobs_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut any = false;
-        for entry in entries {
-            let entry = entry?;
-            if self.synced_blobs.insert(entry.file_name()) {
-                File::open(entry.path())?.sync_all()?;
-                any = true;
-            }
-        }
-        if any {
-            File::open(&self.blobs_dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-}
-
-impl Writer {
     fn stream_tail(&self, pending: &Pending, stream: &str) -> Result<Option<StreamTail>, LogError> {
         if let Some(t) = pending.streams.get(stream) {
             return Ok(Some(t.clone()));
@@ -955,5 +825,131 @@ impl Writer {
             },
             staged,
         ))
+    }
+}
+
+/// A group applied to sled, waiting for its sync and its answers.
+struct StagedGroup {
+    replies: Vec<(
+        oneshot::Sender<Result<AppendOutcome, LogError>>,
+        AppendOutcome,
+    )>,
+    events: Vec<RecordedEvent>,
+    /// The head after this group.
+    head: Head,
+}
+
+/// Makes staged groups durable, publishes them, and answers their appends, strictly in order.
+struct Syncer {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    blobs_dir: PathBuf,
+    synced_blobs: HashSet<std::ffi::OsString>,
+    durability: Durability,
+    observer: Option<Arc<dyn CommitObserver>>,
+}
+
+impl Shared {
+    fn poison(&self, e: &LogError) {
+        tracing::error!(error = %e, "append failed; the log refuses writes until restart");
+        self.poisoned.store(true, Ordering::Release);
+        // Wake anyone waiting for durability so they see the refusal instead of hanging.
+        self.durable_tx.send_modify(|_| {});
+    }
+}
+
+impl Syncer {
+    fn run(mut self, staged: std::sync::mpsc::Receiver<StagedGroup>) {
+        while let Ok(first) = staged.recv() {
+            // Every group staged while the previous sync ran shares the next one.
+            let mut groups = vec![first];
+            // A group being staged right now joins this sync: one sync for both costs less than two.
+            let deadline = Instant::now() + MAX_COALESCE;
+            loop {
+                while let Ok(g) = staged.try_recv() {
+                    groups.push(g);
+                }
+                if !self.shared.staging.load(Ordering::Acquire) || Instant::now() >= deadline {
+                    break;
+                }
+                match staged.recv_timeout(Duration::from_micros(100)) {
+                    Ok(g) => groups.push(g),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.finish(groups);
+        }
+        // The writer is gone: leave sled synced for a clean reopen.
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "final sync failed");
+        }
+    }
+
+    /// Syncs once for `groups` (in log order), then publishes and answers them.
+    fn finish(&mut self, groups: Vec<StagedGroup>) {
+        let refuse = |groups: Vec<StagedGroup>| {
+            for (reply, _) in groups.into_iter().flat_map(|g| g.replies) {
+                let _ = reply.send(Err(LogError::Poisoned));
+            }
+        };
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return refuse(groups);
+        }
+        if groups.iter().any(|g| !g.events.is_empty()) {
+            if let Err(e) = self.sync() {
+                self.shared.poison(&e);
+                return refuse(groups);
+            }
+        }
+        for group in groups {
+            if !group.events.is_empty() {
+                *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = group.head;
+                self.shared
+                    .durable
+                    .store(group.head.count, Ordering::Release);
+                if let Some(obs) = &self.observer {
+                    obs.committed(&group.events);
+                }
+                self.shared.durable_tx.send_replace(group.head.count);
+            }
+            // Replays of earlier appends are answered here too: their originals were in earlier
+            // groups, synced before this one.
+            for (reply, outcome) in group.replies {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        if self.durability == Durability::Relaxed {
+            return Ok(());
+        }
+        self.db.flush()?;
+        self.shared.data_file.sync_data()?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_new_blobs()
+    }
+
+    /// sled writes values it deems too big to separate blob files and never syncs them. Records are
+    /// bounded so this should not happen; if it does, the blobs are synced here rather than lost.
+    fn sync_new_blobs(&mut self) -> Result<(), LogError> {
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut any = false;
+        for entry in entries {
+            let entry = entry?;
+            if self.synced_blobs.insert(entry.file_name()) {
+                File::open(entry.path())?.sync_all()?;
+                any = true;
+            }
+        }
+        if any {
+            File::open(&self.blobs_dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }

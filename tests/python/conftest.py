@@ -9,6 +9,10 @@
   (``127.0.0.1:PORT``, as written to the addr file).
 * ``fresh_server`` (function scope) is the same on an empty data directory, for tests that need their
   own log; ``start_server`` is the underlying factory (also used to restart on an existing data dir).
+* ``demo_server`` (session scope) is a server started with ``serve --demo`` (the built-in Istanbul
+  dataset loaded before serving) on its own data dir, yielding its address. Tests must not write to it,
+  so that its log stays exactly the demo dataset. ``fresh_demo_server`` (function scope) is a
+  ``--demo`` server of its own, for tests that write. ``start_server(demo=True)`` starts one.
 """
 
 from __future__ import annotations
@@ -109,10 +113,11 @@ def _binary() -> Path:
 class ServerProcess:
     """One running `claims-ledger serve`."""
 
-    def __init__(self, binary: Path, data_dir: Path, work_dir: Path):
+    def __init__(self, binary: Path, data_dir: Path, work_dir: Path, demo: bool = False):
         self.binary = binary
         self.data_dir = data_dir
         self.work_dir = work_dir
+        self.demo = demo
         self.addr_file = work_dir / "addr"
         self.stdout_path = work_dir / "stdout.log"
         self.stderr_path = work_dir / "stderr.log"
@@ -130,6 +135,7 @@ class ServerProcess:
             "127.0.0.1:0",
             "--addr-file",
             str(self.addr_file),
+            *(["--demo"] if self.demo else []),
         ]
 
     def output(self, limit: int = 8000) -> str:
@@ -238,14 +244,15 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory):
-    """Factory: `start_server(data_dir=None)` starts a server (on a new empty data dir by default)."""
+    """Factory: `start_server(data_dir=None, demo=False)` starts a server (on a new empty data dir by
+    default; with `demo=True` as `serve --demo`, which loads the built-in dataset before serving)."""
     started: list[ServerProcess] = []
 
-    def start(data_dir: Path | None = None) -> ServerProcess:
-        work_dir = tmp_path_factory.mktemp("ledger")
+    def start(data_dir: Path | None = None, demo: bool = False) -> ServerProcess:
+        work_dir = tmp_path_factory.mktemp("ledger-demo" if demo else "ledger")
         if data_dir is None:
             data_dir = work_dir / "data"
-        server = ServerProcess(_binary(), Path(data_dir), work_dir)
+        server = ServerProcess(_binary(), Path(data_dir), work_dir, demo=demo)
         started.append(server)
         server.start()
         return server
@@ -276,6 +283,26 @@ def fresh_server(start_server):
 
 
 @pytest.fixture(scope="session")
+def demo_server_process(start_server) -> ServerProcess:
+    """The session's `serve --demo` server; read-only for tests (its log is the demo dataset)."""
+    return start_server(demo=True)
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_server_process: ServerProcess) -> str:
+    """Address (127.0.0.1:PORT) of the session's shared `serve --demo` server."""
+    return demo_server_process.addr  # type: ignore[return-value]
+
+
+@pytest.fixture()
+def fresh_demo_server(start_server):
+    """A `serve --demo` server of its own (on its own data dir), stopped after the test."""
+    srv = start_server(demo=True)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def channel(server: str):
     with grpc.insecure_channel(server) as ch:
         yield ch
@@ -283,13 +310,14 @@ def channel(server: str):
 
 @pytest.fixture(autouse=True)
 def _server_still_alive(request: pytest.FixtureRequest):
-    """After each test that used the shared server, fail if the server has died."""
+    """After each test that used a shared server, fail if that server has died."""
     yield
-    if "server_process" in request.fixturenames:
-        srv: ServerProcess = request.getfixturevalue("server_process")
-        if not srv.running():
-            pytest.fail(
-                f"the shared server died during the test (exit status {srv.proc.returncode})\n"
-                f"{srv.output()}",
-                pytrace=False,
-            )
+    for name in ("server_process", "demo_server_process"):
+        if name in request.fixturenames:
+            srv: ServerProcess = request.getfixturevalue(name)
+            if not srv.running():
+                pytest.fail(
+                    f"the shared server ({name}) died during the test "
+                    f"(exit status {srv.proc.returncode})\n{srv.output()}",
+                    pytrace=False,
+                )
