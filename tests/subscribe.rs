@@ -388,3 +388,33 @@ async fn tail_prints_events_as_lines_or_ndjson() {
     assert!(text.contains("PartyRegistered"), "{text}");
     assert_eq!(text.lines().count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_beyond_the_end_is_out_of_range() {
+    let s = TestServer::start().await;
+    append_parties(&s, 0, 3).await;
+    let err = s
+        .events()
+        .await
+        .subscribe(pb::SubscribeRequest {
+            from_position: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    // Exactly the end is fine: caught up at once.
+    let mut sub = subscribe(
+        &s,
+        pb::SubscribeRequest {
+            from_position: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = sub.message().await.unwrap().unwrap().kind.unwrap();
+    assert!(
+        matches!(first, Kind::CaughtUp(pb::CaughtUp { next_position: 3 })),
+        "{first:?}"
+    );
+}

@@ -24,6 +24,9 @@ pub enum AppError {
     /// The idempotency key was used for different content.
     #[error("idempotency key {key:?} was already used for a different request")]
     IdempotencyConflict { key: String },
+    /// A position past the end of the log. Resume from a position this log has reached.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The requested stream or event does not exist.
     #[error("{0} not found")]
     NotFound(String),

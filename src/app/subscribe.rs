@@ -182,6 +182,16 @@ impl App {
                 options.start = Start::Position(acked);
             }
         }
+        // A position past the end (a checkpoint from another or a newer copy of the log) would
+        // silently skip whatever is appended up to it.
+        let count = self.log.durable_count();
+        if let Start::Position(p) = options.start {
+            if p > count {
+                return Err(AppError::OutOfRange(format!(
+                    "position {p} is beyond the end of the log ({count} events)"
+                )));
+            }
+        }
         let (tx, rx) = mpsc::channel(BUFFER);
         let app = self.clone();
         tokio::spawn(async move { app.run_subscription(options, tx).await });
@@ -256,7 +266,8 @@ impl App {
                 }
                 last_sent = Instant::now();
             }
-            // Idle: report progress over events the filter skipped, so a resume need not rescan them.
+            // Idle: report progress over everything scanned since the last checkpoint (which matters
+            // when the filter skipped events), so a resume need not rescan them.
             if scanned > 0 {
                 if tx
                     .send(Ok(SubscriptionItem::Checkpoint(pos)))

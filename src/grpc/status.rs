@@ -91,6 +91,7 @@ impl From<AppError> for Status {
                 ),
             ),
             AppError::NotFound(_) => Status::not_found(message),
+            AppError::OutOfRange(_) => Status::out_of_range(message),
             AppError::Unavailable | AppError::ShuttingDown => Status::unavailable(message),
             AppError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
