@@ -142,6 +142,31 @@ pub struct SubscriptionState {
     pub lag: u64,
 }
 
+/// A subscription's outgoing side: where it is, and when it last said something.
+struct Outbox {
+    tx: mpsc::Sender<Result<SubscriptionItem, AppError>>,
+    /// The next position to scan.
+    pos: u64,
+    /// Events scanned since the last checkpoint.
+    scanned: u64,
+    last_checkpoint: Instant,
+    last_sent: Instant,
+}
+
+impl Outbox {
+    /// Sends one message; false once the subscriber has gone away.
+    async fn send(&mut self, item: SubscriptionItem) -> bool {
+        self.last_sent = Instant::now();
+        self.tx.send(Ok(item)).await.is_ok()
+    }
+
+    async fn checkpoint(&mut self) -> bool {
+        self.scanned = 0;
+        self.last_checkpoint = Instant::now();
+        self.send(SubscriptionItem::Checkpoint(self.pos)).await
+    }
+}
+
 impl App {
     /// Records that the named subscriber processed everything before `position`; returns the stored
     /// position (never lower than before).
@@ -206,79 +231,57 @@ impl App {
         let log = self.log();
         let mut durable = log.watch_durable();
         let mut shutdown = self.shutdown.subscribe();
-        let mut pos = match o.start {
-            Start::Position(p) => p,
-            Start::End => log.durable_count(),
+        let mut out = Outbox {
+            tx,
+            pos: match o.start {
+                Start::Position(p) => p,
+                Start::End => log.durable_count(),
+            },
+            scanned: 0,
+            last_checkpoint: Instant::now(),
+            last_sent: Instant::now(),
         };
-        let mut scanned = 0u64;
-        let mut last_checkpoint = Instant::now();
-        let mut last_sent = Instant::now();
         let mut caught_up = false;
         loop {
             if *shutdown.borrow_and_update() {
-                let _ = tx.send(Err(AppError::ShuttingDown)).await;
+                let _ = out.tx.send(Err(AppError::ShuttingDown)).await;
                 return;
             }
             // Mark the current count seen before reading it, so no later commit is missed.
             durable.borrow_and_update();
-            if pos < log.durable_count() {
-                let page = match log.read_all(pos, false, PAGE) {
+            if out.pos < log.durable_count() {
+                let page = match log.read_all(out.pos, false, PAGE) {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                        let _ = out.tx.send(Err(e.into())).await;
                         return;
                     }
                 };
                 for rec in page {
-                    pos = rec.position + 1;
-                    scanned += 1;
-                    if o.matches(&rec) {
-                        if tx
-                            .send(Ok(SubscriptionItem::Event(Box::new(rec))))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        last_sent = Instant::now();
+                    out.pos = rec.position + 1;
+                    out.scanned += 1;
+                    if o.matches(&rec) && !out.send(SubscriptionItem::Event(Box::new(rec))).await {
+                        return;
                     }
-                    if scanned >= o.checkpoint_every_events
-                        || last_checkpoint.elapsed() >= o.checkpoint_every
+                    if (out.scanned >= o.checkpoint_every_events
+                        || out.last_checkpoint.elapsed() >= o.checkpoint_every)
+                        && !out.checkpoint().await
                     {
-                        if tx
-                            .send(Ok(SubscriptionItem::Checkpoint(pos)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        scanned = 0;
-                        last_checkpoint = Instant::now();
-                        last_sent = last_checkpoint;
+                        return;
                     }
                 }
                 continue;
             }
             if !caught_up {
                 caught_up = true;
-                if tx.send(Ok(SubscriptionItem::CaughtUp(pos))).await.is_err() {
+                if !out.send(SubscriptionItem::CaughtUp(out.pos)).await {
                     return;
                 }
-                last_sent = Instant::now();
             }
             // Idle: report progress over everything scanned since the last checkpoint (which matters
             // when the filter skipped events), so a resume need not rescan them.
-            if scanned > 0 {
-                if tx
-                    .send(Ok(SubscriptionItem::Checkpoint(pos)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                scanned = 0;
-                last_checkpoint = Instant::now();
-                last_sent = last_checkpoint;
+            if out.scanned > 0 && !out.checkpoint().await {
+                return;
             }
             tokio::select! {
                 changed = durable.changed() => {
@@ -287,13 +290,12 @@ impl App {
                     }
                 }
                 _ = shutdown.changed() => {}
-                _ = tokio::time::sleep_until(last_sent + o.heartbeat) => {
-                    if tx.send(Ok(SubscriptionItem::Heartbeat(pos))).await.is_err() {
+                _ = tokio::time::sleep_until(out.last_sent + o.heartbeat) => {
+                    if !out.send(SubscriptionItem::Heartbeat(out.pos)).await {
                         return;
                     }
-                    last_sent = Instant::now();
                 }
-                _ = tx.closed() => return,
+                _ = out.tx.closed() => return,
             }
         }
     }
