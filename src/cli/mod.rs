@@ -2,6 +2,7 @@
 //! running server; `verify` checks a stopped server's data directory offline; `bench` measures
 //! durable append throughput against raw sled.
 pub mod bench;
+pub mod bench_subscribe;
 mod client;
 mod serve;
 
@@ -112,6 +113,9 @@ pub enum Cmd {
     },
     /// Measure durable append throughput and latency against raw sled + fdatasync on the same disk.
     Bench(bench::BenchArgs),
+    /// Measure subscriptions: catch-up rate against a raw sled scan, and fan-out to many live
+    /// subscribers against the append rate with none.
+    BenchSubscribe(bench_subscribe::SubscribeBenchArgs),
 }
 
 /// Runs the parsed command; the exit code is 0 on success.
@@ -136,5 +140,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => client::tail(&server, &from, stream_prefixes, event_types, json, limit).await,
         Cmd::Verify { data_dir, json } => client::verify(&data_dir, json),
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::BenchSubscribe(args) => bench_subscribe::run(args).await,
     }
 }
