@@ -827,6 +827,7 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
             measure_fanout(&server, &writer_channels, &source_id, f, args.live_seconds).await?,
         );
     }
+    let stalled = measure_stalled(&server, &writer_channels, &source_id, args.live_seconds).await?;
     let base_after = append_for(&writer_channels, &source_id, half, None).await?;
     let (before_rate, after_rate) = (base_before.rate(), base_after.rate());
     let baseline = base_before.pooled(base_after);
@@ -838,6 +839,16 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
     let catch_up_ratio = ours_rate / raw_rate;
 
     if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "kind": "stalled_subscriber", "append_events_per_s": stalled.appends.rate(),
+                "baseline_append_events_per_s": baseline.rate(),
+                "ratio": stalled.appends.rate() / baseline.rate(),
+                "received_everything_afterwards": stalled.complete,
+                "delivered_afterwards": stalled.delivered,
+            })
+        );
         println!(
             "{}",
             serde_json::json!({
@@ -930,7 +941,70 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
                 f.drain.as_secs_f64(),
             );
         }
+        println!();
+        println!("| slow subscriber | append events/s | baseline append events/s | **ratio** | then received everything, in order |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| 1 that never reads while writers append | {:.0} | {:.0} | **{:.2}** | {} ({} events) |",
+            stalled.appends.rate(),
+            baseline.rate(),
+            stalled.appends.rate() / baseline.rate(),
+            if stalled.complete { "yes" } else { "no" },
+            stalled.delivered,
+        );
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(0)
+}
+
+/// The append rate while one subscriber never reads, and whether it then receives everything.
+struct Stalled {
+    appends: Appends,
+    complete: bool,
+    delivered: u64,
+}
+
+/// Opens a subscription from position 0 — more than any buffer holds — and does not read it while
+/// the writers append; afterwards reads it to the end and checks order and completeness.
+async fn measure_stalled(
+    server: &Server,
+    writer_channels: &[Channel],
+    source_id: &str,
+    seconds: f64,
+) -> anyhow::Result<Stalled> {
+    use pb::subscribe_response::Kind;
+    let mut client = pb::events_client::EventsClient::new(server.channel().await?);
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest::default())
+        .await?
+        .into_inner();
+    let appends = append_for(writer_channels, source_id, seconds, None).await?;
+    let mut ends = pb::events_client::EventsClient::new(server.channel().await?);
+    let end = ends
+        .get_head(pb::GetHeadRequest {})
+        .await?
+        .into_inner()
+        .event_count;
+    let (mut delivered, mut complete) = (0u64, true);
+    while delivered < end {
+        let message = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .context("the stalled subscriber got nothing for 60 s after the writers stopped")??;
+        match message.and_then(|m| m.kind) {
+            Some(Kind::Event(e)) => {
+                complete &= e.position == delivered;
+                delivered += 1;
+            }
+            Some(_) => {}
+            None => {
+                complete = false;
+                break;
+            }
+        }
+    }
+    Ok(Stalled {
+        appends,
+        complete: complete && delivered == end,
+        delivered,
+    })
 }
