@@ -40,6 +40,14 @@ pub struct WriteOutcome {
     pub outcome: AppendOutcome,
 }
 
+/// What a stream must look like for an append to go ahead, and who asked for it (a client's own
+/// expectation fails as FAILED_PRECONDITION; the server's "must not exist yet" as ALREADY_EXISTS).
+struct Expectation {
+    stream: String,
+    expected: ExpectedRevision,
+    from_client: bool,
+}
+
 /// Where field paths of a command start: `command.` for single RPCs, `commands[i].<kind>.` in batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -131,7 +139,7 @@ impl App {
                 .collect(),
             expectations: expectations
                 .iter()
-                .map(|(s, e, _)| (s.clone(), *e))
+                .map(|e| (e.stream.clone(), e.expected))
                 .collect(),
             idempotency,
             recorded_by: ctx.recorded_by,
@@ -158,7 +166,7 @@ impl App {
             }) => {
                 let from_client = expectations
                     .iter()
-                    .any(|(s, _, client)| *client && *s == stream);
+                    .any(|e| e.from_client && e.stream == stream);
                 if !from_client && expected == ExpectedRevision::NoStream {
                     Err(AppError::CreatedConcurrently { stream })
                 } else {
@@ -175,18 +183,11 @@ impl App {
 
     /// Decides every command against the write model plus the batch's own earlier events, and derives
     /// the expectations, each tagged with whether the client asked for it.
-    #[allow(clippy::type_complexity)]
     fn decide_all(
         &self,
         commands: &[ClientCommand],
         shape: Shape,
-    ) -> Result<
-        (
-            Vec<crate::domain::Event>,
-            Vec<(String, ExpectedRevision, bool)>,
-        ),
-        AppError,
-    > {
+    ) -> Result<(Vec<crate::domain::Event>, Vec<Expectation>), AppError> {
         let ctx = Context { now: Utc::now() };
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let mut overlay = Overlay::new(&state);
@@ -227,23 +228,32 @@ impl App {
                 Some(_) => {}
             }
             if c.expected != ExpectedRevision::Any {
-                extra.push((stream.clone(), c.expected, true));
+                extra.push(Expectation {
+                    stream: stream.clone(),
+                    expected: c.expected,
+                    from_client: true,
+                });
             }
             // Streams the batch already wrote to are consistent within this atomic append.
             for (rs, rev) in related {
                 if !touched.contains_key(&rs) {
-                    extra.push((rs, ExpectedRevision::Exact(rev), false));
+                    extra.push(Expectation {
+                        stream: rs,
+                        expected: ExpectedRevision::Exact(rev),
+                        from_client: false,
+                    });
                 }
             }
             *touched.entry(stream).or_insert(0) += 1;
             overlay.apply(&decision.event);
             events.push(decision.event);
         }
-        let mut expectations: Vec<(String, ExpectedRevision, bool)> = order
+        let mut expectations: Vec<Expectation> = order
             .into_iter()
-            .map(|s| {
-                let e = first[&s];
-                (s, e, false)
+            .map(|stream| Expectation {
+                expected: first[&stream],
+                stream,
+                from_client: false,
             })
             .collect();
         expectations.extend(extra);
