@@ -1,5 +1,6 @@
-//! `claimsledger.v1.Events`: reads of the log itself (head, whole log, one stream), with typed payloads
-//! and the exact stored bytes so that clients can recompute every hash.
+//! `claimsledger.v1.Events`: reads of the log itself (head, whole log, one stream) and subscriptions
+//! (`Subscribe`, and the cursors of named ones), with typed payloads and the exact stored bytes so
+//! that clients can recompute every hash. The subscription logic itself is `app::subscribe`.
 use std::pin::Pin;
 use std::time::Duration;
 
