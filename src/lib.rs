@@ -2,6 +2,8 @@
 //!
 //! Layout, from the inside out (each layer may use only the ones above it):
 //! - [`domain`]: pure types and rules: commands, events, validation, the write model.
+//! - [`merkle`]: pure RFC 6962 / 9162 Merkle trees: incremental frontier, proofs from stored subtree
+//!   hashes, verification that trusts nothing (groundwork for tamper evidence; not yet wired to the log).
 //! - [`log`]: the append-only, hash-chained event log on sled, with group commit and real fsync.
 //! - [`app`]: use cases: idempotency, validate, decide, append; the write model kept in step with the log.
 //! - [`grpc`]: the only place that names tonic and prost types; maps `app::Error` to `Status` once.
@@ -12,3 +14,4 @@ pub mod dataset;
 pub mod domain;
 pub mod grpc;
 pub mod log;
+pub mod merkle;
