@@ -26,6 +26,8 @@ pub struct App {
     state: Arc<RwLock<State>>,
     /// Set once when the server shuts down; subscriptions end on it.
     shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The latest durable events, shared by live subscribers instead of each rereading the log.
+    recent: Arc<RwLock<subscribe::Recent>>,
 }
 
 /// Decodes a stored record's payload into a domain event.
@@ -39,10 +41,15 @@ pub fn decode_event(rec: &RecordedEvent) -> Result<Event, DecodeError> {
 
 struct StateObserver {
     state: Arc<RwLock<State>>,
+    recent: Arc<RwLock<subscribe::Recent>>,
 }
 
 impl CommitObserver for StateObserver {
     fn committed(&self, events: &[RecordedEvent]) {
+        self.recent
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(events);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for rec in events {
             match decode_event(rec) {
@@ -61,14 +68,17 @@ impl App {
     /// Opens the log in `dir` and folds it into the write model.
     pub fn open(dir: &Path, options: LogOptions) -> Result<App, AppError> {
         let state = Arc::new(RwLock::new(State::default()));
+        let recent = Arc::new(RwLock::new(subscribe::Recent::default()));
         let observer = Arc::new(StateObserver {
             state: state.clone(),
+            recent: recent.clone(),
         });
         let log = EventLog::open(dir, options, Some(observer))?;
         let app = App {
             log,
             state,
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
+            recent,
         };
         app.replay()?;
         Ok(app)

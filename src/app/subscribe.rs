@@ -3,6 +3,8 @@
 //! catch-up to live cannot lose, repeat or reorder an event; the durable-count watch only says *when*
 //! to read. A slow consumer fills its own bounded channel and then its reader simply pauses: writers
 //! never wait for subscribers, and a lagging subscriber is by construction reading from the log.
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -14,6 +16,8 @@ use crate::log::RecordedEvent;
 
 /// Events read from the log per step.
 const PAGE: usize = 256;
+/// Durable events kept in memory for live subscribers.
+const RECENT: usize = 4096;
 /// Messages buffered per subscriber before its reader pauses.
 const BUFFER: usize = 128;
 const MAX_FILTERS: usize = 64;
@@ -55,10 +59,48 @@ impl Default for SubscribeOptions {
     }
 }
 
+/// The latest durable events, appended by the commit observer in log order. Live subscribers read
+/// them here instead of each decoding the same records from sled; anything older, or not yet here,
+/// is read from the log, so this is a cache of the log and never a second source of truth.
+#[derive(Default)]
+pub(crate) struct Recent {
+    events: VecDeque<Arc<RecordedEvent>>,
+}
+
+impl Recent {
+    pub(crate) fn extend(&mut self, events: &[RecordedEvent]) {
+        for e in events {
+            // Contiguity is what makes a hit trustworthy; a gap (impossible in log order) resets.
+            if self
+                .events
+                .back()
+                .is_some_and(|b| b.position + 1 != e.position)
+            {
+                self.events.clear();
+            }
+            self.events.push_back(Arc::new(e.clone()));
+        }
+        while self.events.len() > RECENT {
+            self.events.pop_front();
+        }
+    }
+
+    /// Up to `max` events from position `from`, if this cache holds `from`.
+    fn read(&self, from: u64, max: usize) -> Option<Vec<Arc<RecordedEvent>>> {
+        let first = self.events.front()?.position;
+        let skip = usize::try_from(from.checked_sub(first)?).ok()?;
+        if skip >= self.events.len() {
+            return None;
+        }
+        Some(self.events.iter().skip(skip).take(max).cloned().collect())
+    }
+}
+
 /// One message of a subscription. Positions are "next to scan": resume from them.
 #[derive(Debug, Clone)]
 pub enum SubscriptionItem {
-    Event(Box<RecordedEvent>),
+    /// Shared: every subscriber of a live event gets the same allocation.
+    Event(Arc<RecordedEvent>),
     Checkpoint(u64),
     CaughtUp(u64),
     Heartbeat(u64),
@@ -250,17 +292,25 @@ impl App {
             // Mark the current count seen before reading it, so no later commit is missed.
             durable.borrow_and_update();
             if out.pos < log.durable_count() {
-                let page = match log.read_all(out.pos, false, PAGE) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = out.tx.send(Err(e.into())).await;
-                        return;
-                    }
+                let cached = self
+                    .recent
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(out.pos, PAGE);
+                let page = match cached {
+                    Some(page) => page,
+                    None => match log.read_all(out.pos, false, PAGE) {
+                        Ok(p) => p.into_iter().map(Arc::new).collect(),
+                        Err(e) => {
+                            let _ = out.tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    },
                 };
                 for rec in page {
                     out.pos = rec.position + 1;
                     out.scanned += 1;
-                    if o.matches(&rec) && !out.send(SubscriptionItem::Event(Box::new(rec))).await {
+                    if o.matches(&rec) && !out.send(SubscriptionItem::Event(rec)).await {
                         return;
                     }
                     if (out.scanned >= o.checkpoint_every_events
@@ -298,5 +348,61 @@ impl App {
                 _ = out.tx.closed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(position: u64) -> RecordedEvent {
+        let stored = format!(r#"{{"position":{position}}}"#).into_bytes();
+        RecordedEvent {
+            position,
+            prev_hash: [0; 32],
+            hash: [0; 32],
+            event_id: uuid::Uuid::nil(),
+            stream: "s".into(),
+            stream_revision: position,
+            event_type: "T".into(),
+            schema_version: 1,
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+            recorded_by: "t".into(),
+            correlation_id: None,
+            causation_id: None,
+            payload: serde_json::value::RawValue::from_string("{}".into()).expect("json"),
+            stored,
+        }
+    }
+
+    fn positions(v: Option<Vec<Arc<RecordedEvent>>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.position).collect())
+    }
+
+    #[test]
+    fn recent_events_answer_only_what_they_hold_contiguously() {
+        let mut r = Recent::default();
+        assert_eq!(positions(r.read(0, 10)), None);
+        r.extend(&(5..10).map(rec).collect::<Vec<_>>());
+        assert_eq!(
+            positions(r.read(4, 10)),
+            None,
+            "older than the cache: read the log"
+        );
+        assert_eq!(positions(r.read(7, 10)), Some(vec![7, 8, 9]));
+        assert_eq!(positions(r.read(5, 2)), Some(vec![5, 6]));
+        assert_eq!(
+            positions(r.read(10, 10)),
+            None,
+            "not yet here: read the log"
+        );
+        // A gap can only mean a foreign sequence: start over rather than serve it.
+        r.extend(&[rec(20)]);
+        assert_eq!(positions(r.read(9, 10)), None);
+        assert_eq!(positions(r.read(20, 10)), Some(vec![20]));
+        // Bounded.
+        r.extend(&(21..21 + RECENT as u64 + 10).map(rec).collect::<Vec<_>>());
+        assert_eq!(positions(r.read(20, 1)), None);
+        assert_eq!(r.events.len(), RECENT);
     }
 }

@@ -532,24 +532,24 @@ pub fn payload_pb(e: &Event) -> pb::EventPayload {
 }
 
 /// A stored event as the wire envelope, with its typed payload and exact stored bytes.
-pub fn envelope_pb(rec: RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
-    let event = crate::app::decode_event(&rec)
+pub fn envelope_pb(rec: &RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
+    let event = crate::app::decode_event(rec)
         .map_err(|e| AppError::Internal(format!("event at position {}: {e}", rec.position)))?;
     Ok(pb::EventEnvelope {
         event_id: rec.event_id.to_string(),
-        stream: rec.stream,
+        stream: rec.stream.clone(),
         stream_revision: rec.stream_revision,
         position: rec.position,
-        event_type: rec.event_type,
+        event_type: rec.event_type.clone(),
         schema_version: rec.schema_version,
         recorded_at: Some(ts(&rec.recorded_at)),
-        recorded_by: rec.recorded_by,
-        correlation_id: rec.correlation_id.unwrap_or_default(),
-        causation_id: rec.causation_id.unwrap_or_default(),
+        recorded_by: rec.recorded_by.clone(),
+        correlation_id: rec.correlation_id.clone().unwrap_or_default(),
+        causation_id: rec.causation_id.clone().unwrap_or_default(),
         prev_hash: hex::encode(rec.prev_hash),
         hash: hex::encode(rec.hash),
         payload: Some(payload_pb(&event)),
-        stored_bytes: rec.stored,
+        stored_bytes: rec.stored.clone(),
     })
 }
 

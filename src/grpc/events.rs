@@ -1,7 +1,9 @@
 //! `claimsledger.v1.Events`: reads of the log itself (head, whole log, one stream) and subscriptions
 //! (`Subscribe`, and the cursors of named ones), with typed payloads and the exact stored bytes so
 //! that clients can recompute every hash. The subscription logic itself is `app::subscribe`.
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
@@ -17,11 +19,15 @@ const MAX_PAGE: u32 = 1000;
 
 pub struct EventsService {
     app: App,
+    envelopes: Arc<EnvelopeCache>,
 }
 
 impl EventsService {
     pub fn new(app: App) -> Self {
-        EventsService { app }
+        EventsService {
+            app,
+            envelopes: Arc::default(),
+        }
     }
 }
 
@@ -48,13 +54,47 @@ fn backwards(direction: i32) -> Result<bool, AppError> {
 }
 
 fn envelopes(events: Vec<RecordedEvent>) -> Result<Vec<pb::EventEnvelope>, AppError> {
-    events.into_iter().map(envelope_pb).collect()
+    events.iter().map(envelope_pb).collect()
 }
 
-fn subscription_message(item: SubscriptionItem) -> Result<pb::SubscribeResponse, AppError> {
+/// Envelopes of recent events, converted once and shared by every subscriber that sends them.
+#[derive(Default)]
+pub struct EnvelopeCache {
+    entries: Mutex<HashMap<u64, Arc<pb::EventEnvelope>>>,
+}
+
+/// Envelopes kept; older positions are converted again when a lagging subscriber reaches them.
+const ENVELOPES: u64 = 4096;
+
+impl EnvelopeCache {
+    fn envelope(&self, rec: &RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
+        let hit = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.position)
+            .cloned();
+        if let Some(e) = hit {
+            return Ok((*e).clone());
+        }
+        let envelope = Arc::new(envelope_pb(rec)?);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(rec.position, envelope.clone());
+        if entries.len() as u64 > 2 * ENVELOPES {
+            let keep_from = rec.position.saturating_sub(ENVELOPES);
+            entries.retain(|p, _| *p >= keep_from);
+        }
+        Ok((*envelope).clone())
+    }
+}
+
+fn subscription_message(
+    cache: &EnvelopeCache,
+    item: SubscriptionItem,
+) -> Result<pb::SubscribeResponse, AppError> {
     use pb::subscribe_response::Kind;
     let kind = match item {
-        SubscriptionItem::Event(rec) => Kind::Event(envelope_pb(*rec)?),
+        SubscriptionItem::Event(rec) => Kind::Event(cache.envelope(&rec)?),
         SubscriptionItem::Checkpoint(p) => Kind::Checkpoint(pb::Checkpoint { next_position: p }),
         SubscriptionItem::CaughtUp(p) => Kind::CaughtUp(pb::CaughtUp { next_position: p }),
         SubscriptionItem::Heartbeat(p) => Kind::Heartbeat(pb::Heartbeat {
@@ -131,8 +171,11 @@ impl pb::events_server::Events for EventsService {
             heartbeat: Duration::from_millis(u64::from(or_default(r.heartbeat_ms, 10_000))),
         };
         let rx = self.app.subscribe(options)?;
-        let stream = ReceiverStream::new(rx)
-            .map(|item| item.and_then(subscription_message).map_err(Status::from));
+        let cache = self.envelopes.clone();
+        let stream = ReceiverStream::new(rx).map(move |item| {
+            item.and_then(|i| subscription_message(&cache, i))
+                .map_err(Status::from)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
