@@ -67,7 +67,12 @@ pub struct EnvelopeCache {
 const ENVELOPES: u64 = 4096;
 
 impl EnvelopeCache {
-    fn envelope(&self, rec: &RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
+    /// The envelope of `rec`; `head` is the log's event count. Only events near the head are shared
+    /// (that is where live subscribers are); a catch-up far behind converts its own.
+    fn envelope(&self, rec: &RecordedEvent, head: u64) -> Result<pb::EventEnvelope, AppError> {
+        if rec.position + ENVELOPES < head {
+            return envelope_pb(rec);
+        }
         let hit = self
             .entries
             .lock()
@@ -90,11 +95,12 @@ impl EnvelopeCache {
 
 fn subscription_message(
     cache: &EnvelopeCache,
+    head: u64,
     item: SubscriptionItem,
 ) -> Result<pb::SubscribeResponse, AppError> {
     use pb::subscribe_response::Kind;
     let kind = match item {
-        SubscriptionItem::Event(rec) => Kind::Event(cache.envelope(&rec)?),
+        SubscriptionItem::Event(rec) => Kind::Event(cache.envelope(&rec, head)?),
         SubscriptionItem::Checkpoint(p) => Kind::Checkpoint(pb::Checkpoint { next_position: p }),
         SubscriptionItem::CaughtUp(p) => Kind::CaughtUp(pb::CaughtUp { next_position: p }),
         SubscriptionItem::Heartbeat(p) => Kind::Heartbeat(pb::Heartbeat {
@@ -172,8 +178,10 @@ impl pb::events_server::Events for EventsService {
         };
         let rx = self.app.subscribe(options)?;
         let cache = self.envelopes.clone();
+        let app = self.app.clone();
         let stream = ReceiverStream::new(rx).map(move |item| {
-            item.and_then(|i| subscription_message(&cache, i))
+            let head = app.log().durable_count();
+            item.and_then(|i| subscription_message(&cache, head, i))
                 .map_err(Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
