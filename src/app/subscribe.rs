@@ -1,7 +1,8 @@
 //! Subscriptions: catch up from any position, then follow the log live, in one loop that always
-//! reads the durable log. There is no separate live buffer to switch to, so the hand-over from
-//! catch-up to live cannot lose, repeat or reorder an event; the durable-count watch only says *when*
-//! to read. A slow consumer fills its own bounded channel and then its reader simply pauses: writers
+//! reads durable events by position — from `Recent`, an in-memory copy of the log's tail, when it
+//! holds them, else from the log. There is no separate live stream to switch to, so the hand-over
+//! from catch-up to live cannot lose, repeat or reorder an event; the durable-count watch only says
+//! *when* to read. A slow consumer fills its own bounded channel and then its reader simply pauses: writers
 //! never wait for subscribers, and a lagging subscriber is by construction reading from the log.
 use std::collections::VecDeque;
 use std::sync::Arc;
