@@ -160,3 +160,72 @@ fn serve_demo_twice_changes_nothing_and_verifies() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["events"].as_u64(), Some(counts[0] as u64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_and_verify_commands_report_the_chain() {
+    let s = TestServer::start().await;
+    load(&s.addr);
+    let out = Command::new(bin())
+        .args(["head", "--json", "--server", &s.addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let head: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let events = all_events(&s.addr).await;
+    assert_eq!(head["event_count"].as_u64(), Some(events.len() as u64));
+    assert_eq!(head["hash"], events.last().unwrap().hash);
+
+    let dir = s.stop().await;
+    // The stopped server's threads let go of sled's lock a moment after it stops: retry briefly.
+    let verify = |args: &[&str]| {
+        for _ in 0..100 {
+            let out = Command::new(bin())
+                .arg("verify")
+                .args(args)
+                .arg("--data-dir")
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            if !String::from_utf8_lossy(&out.stderr).contains("lock") {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the data directory stayed locked");
+    };
+    let ok = verify(&[]);
+    assert!(ok.status.success());
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.starts_with("ok: "), "{text}");
+    assert!(text.contains(head["hash"].as_str().unwrap()), "{text}");
+
+    // Flip one byte of one stored record, as someone with disk access could.
+    {
+        let db = (0..100)
+            .find_map(|_| {
+                claims_ledger::log::open_db(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    None
+                })
+            })
+            .expect("open the stopped server's data directory");
+        let mut key = vec![b'e'];
+        key.extend_from_slice(&17u64.to_be_bytes());
+        let mut value = db.get(&key).unwrap().unwrap().to_vec();
+        let last = value.len() - 2;
+        value[last] ^= 0x01;
+        db.insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+    let bad = verify(&["--json"]);
+    assert_eq!(bad.status.code(), Some(1), "a failed verification exits 1");
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_bad_position"].as_u64(), Some(17), "{v}");
+
+    let missing = Command::new(bin())
+        .args(["verify", "--data-dir", "/nonexistent/claims-ledger-data"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
