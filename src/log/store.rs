@@ -701,8 +701,18 @@ impl Writer {
         if req.events.is_empty() {
             return Err(LogError::EmptyAppend);
         }
+        // Each stream's tail before this append, looked up once; events below update it.
+        let mut tails: HashMap<&str, Option<StreamTail>> = HashMap::new();
         for (stream, expected) in &req.expectations {
-            let actual = self.stream_tail(pending, stream)?.map(|t| t.revision);
+            let tail = match tails.get(stream.as_str()) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = self.stream_tail(pending, stream)?;
+                    tails.insert(stream, t.clone());
+                    t
+                }
+            };
+            let actual = tail.map(|t| t.revision);
             let ok = match expected {
                 ExpectedRevision::Any => true,
                 ExpectedRevision::NoStream => actual.is_none(),
@@ -718,7 +728,6 @@ impl Writer {
             }
         }
         // Encode everything first; stage only if all records are acceptable.
-        let mut tails: HashMap<&str, Option<StreamTail>> = HashMap::new();
         // Index chunks this append writes, by (stream, chunk number).
         let mut chunks: HashMap<(&str, u64), Vec<u8>> = HashMap::new();
         let mut staged = Vec::with_capacity(req.events.len());
