@@ -59,11 +59,7 @@ impl Measured {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
     fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
+        percentile(&self.latencies, p)
     }
 }
 
@@ -284,7 +280,15 @@ fn measure_baseline(
     })
 }
 
-fn ms(d: Duration) -> f64 {
+/// The `p` quantile (0..=1) of sorted latencies; zero when there are none.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
+use super::bench::{ms, percentile};
 use crate::app::{App, ClientCommand, Shape, WriteContext};
 use crate::domain::limits::MAX_BATCH;
 use crate::grpc::convert;
@@ -451,11 +452,7 @@ impl Appends {
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        ms(self.latencies[i])
+        ms(percentile(&self.latencies, p))
     }
 }
 
@@ -783,10 +780,6 @@ async fn measure_fanout(
         fanout.delivery_rate = fanout.deliveries as f64 / span.as_secs_f64().max(1e-9);
     }
     Ok(fanout)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn rate(events: u64, d: Duration) -> f64 {
