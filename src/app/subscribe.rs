@@ -116,26 +116,20 @@ impl SubscribeOptions {
                 description,
             })
         };
-        if self.stream_prefixes.len() > MAX_FILTERS {
-            fail("stream_prefixes", format!("at most {MAX_FILTERS} prefixes"));
-        }
-        for (i, p) in self.stream_prefixes.iter().enumerate() {
-            if p.is_empty() || p.len() > MAX_PREFIX {
-                fail(
-                    &format!("stream_prefixes[{i}]"),
-                    format!("must be 1..{MAX_PREFIX} bytes"),
-                );
+        for (field, items) in [
+            ("stream_prefixes", &self.stream_prefixes),
+            ("event_types", &self.event_types),
+        ] {
+            if items.len() > MAX_FILTERS {
+                fail(field, format!("at most {MAX_FILTERS} entries"));
             }
-        }
-        if self.event_types.len() > MAX_FILTERS {
-            fail("event_types", format!("at most {MAX_FILTERS} types"));
-        }
-        for (i, t) in self.event_types.iter().enumerate() {
-            if t.is_empty() || t.len() > MAX_PREFIX {
-                fail(
-                    &format!("event_types[{i}]"),
-                    format!("must be 1..{MAX_PREFIX} bytes"),
-                );
+            for (i, item) in items.iter().enumerate() {
+                if item.is_empty() || item.len() > MAX_PREFIX {
+                    fail(
+                        &format!("{field}[{i}]"),
+                        format!("must be 1..{MAX_PREFIX} bytes"),
+                    );
+                }
             }
         }
         if let Some(Err(e)) = self.name.as_deref().map(check_name) {
