@@ -693,3 +693,73 @@ async fn concurrent_creations_of_one_id_yield_one_winner() {
     assert_eq!(ok, 1);
     assert_eq!(head(&s).await.event_count, 1);
 }
+
+#[tokio::test]
+async fn oversized_and_out_of_range_input_is_refused_precisely() {
+    let s = TestServer::start().await;
+    let mut c = s.ledger().await;
+    let err = c
+        .register_source(pb::RegisterSourceRequest {
+            command: Some(pb::RegisterSourceCommand {
+                text: "word ".repeat(14_000),
+                ..source()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(field_violations(&err), vec!["command.text".to_string()]);
+
+    // An enum number the proto does not define is treated like UNSPECIFIED: a missing value.
+    let err = c
+        .register_party(pb::RegisterPartyRequest {
+            command: Some(pb::RegisterPartyCommand {
+                kind: 99,
+                ..party("russia", pb::PartyKind::State)
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field_violations(&err), vec!["command.kind".to_string()]);
+
+    // A timestamp outside what protobuf allows is named, not mangled.
+    let err = c
+        .register_source(pb::RegisterSourceRequest {
+            command: Some(pb::RegisterSourceCommand {
+                published_at: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -5,
+                }),
+                ..source()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        field_violations(&err),
+        vec!["command.published_at".to_string()]
+    );
+
+    let mut too_many = Vec::new();
+    for i in 0..300 {
+        too_many.push(pb::BatchCommand {
+            expected_revision: None,
+            command: Some(pb::batch_command::Command::RegisterParty(party(
+                &format!("p{i}"),
+                pb::PartyKind::Group,
+            ))),
+        });
+    }
+    let err = c
+        .submit_batch(pb::SubmitBatchRequest {
+            options: None,
+            commands: too_many,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field_violations(&err), vec!["commands".to_string()]);
+    assert_eq!(head(&s).await.event_count, 0, "nothing written");
+}
