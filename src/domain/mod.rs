@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod limits;
 pub mod model;
+pub mod positions;
 pub mod state;
 
 pub use command::Command;
