@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn the_built_in_dataset_parses() {
-        let d = parse(ISTANBUL).unwrap();
+        let d = parse(ISTANBUL).expect("test fixture is valid");
         assert_eq!(d.name, "istanbul-talks");
         assert!(d.commands.len() > 30);
     }

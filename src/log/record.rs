@@ -172,9 +172,10 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_hash_their_exact_bytes() {
-        let payload = RawValue::from_string(r#"{"name":"Росси́я “quoted”"}"#.into()).unwrap();
-        let bytes = sample(&payload, &[3u8; 32]).unwrap();
-        let rec = decode(4, bytes.clone()).unwrap();
+        let payload = RawValue::from_string(r#"{"name":"Росси́я “quoted”"}"#.into())
+            .expect("test fixture is valid");
+        let bytes = sample(&payload, &[3u8; 32]).expect("test fixture is valid");
+        let rec = decode(4, bytes.clone()).expect("test fixture is valid");
         assert_eq!(rec.hash, sha256(&bytes));
         assert_eq!(rec.prev_hash, [3u8; 32]);
         assert_eq!(rec.payload.get(), payload.get());
@@ -182,14 +183,21 @@ mod tests {
         assert_eq!(rec.correlation_id.as_deref(), Some("c"));
         assert_eq!(rec.causation_id, None);
         // Canonical: encoding the same content again gives the same bytes.
-        assert_eq!(sample(&payload, &[3u8; 32]).unwrap(), bytes);
+        assert_eq!(
+            sample(&payload, &[3u8; 32]).expect("test fixture is valid"),
+            bytes
+        );
         // The previous hash is part of the bytes, so the chain is in the hash.
-        assert_ne!(sha256(&sample(&payload, &[4u8; 32]).unwrap()), rec.hash);
+        assert_ne!(
+            sha256(&sample(&payload, &[4u8; 32]).expect("test fixture is valid")),
+            rec.hash
+        );
     }
 
     #[test]
     fn oversized_records_and_garbage_are_refused() {
-        let big = RawValue::from_string(format!("\"{}\"", "x".repeat(MAX_RECORD_BYTES))).unwrap();
+        let big = RawValue::from_string(format!("\"{}\"", "x".repeat(MAX_RECORD_BYTES)))
+            .expect("test fixture is valid");
         assert!(matches!(
             sample(&big, &GENESIS_HASH),
             Err(LogError::RecordTooLarge { .. })
