@@ -37,16 +37,18 @@ pub struct BenchArgs {
     pub in_process: bool,
 }
 
-struct Measured {
-    events: u64,
+/// One measured window: events done, syncs made, time taken, sorted request latencies.
+pub(crate) struct Measured {
+    pub(crate) events: u64,
     /// Disk syncs made during the measurement.
-    syncs: u64,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
+    pub(crate) syncs: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latencies: Vec<Duration>,
 }
 
 impl Measured {
-    fn pooled(mut self, other: Measured) -> Measured {
+    /// Two windows as one (for baselines measured before and after).
+    pub(crate) fn pooled(mut self, other: Measured) -> Measured {
         self.events += other.events;
         self.syncs += other.syncs;
         self.elapsed += other.elapsed;
@@ -55,10 +57,10 @@ impl Measured {
         self
     }
 
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
-    fn percentile(&self, p: f64) -> Duration {
+    pub(crate) fn percentile(&self, p: f64) -> Duration {
         percentile(&self.latencies, p)
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-use super::bench::{ms, percentile};
+use super::bench::{ms, Measured};
 use crate::app::{App, ClientCommand, Shape, WriteContext};
 use crate::domain::limits::MAX_BATCH;
 use crate::grpc::convert;
@@ -430,29 +430,30 @@ impl Latencies {
     }
 }
 
-/// The appends of one measured window.
+/// The appends of one measured window, and when it started.
 struct Appends {
-    events: u64,
+    window: Measured,
     started: Instant,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
 }
 
 impl Appends {
-    fn pooled(mut self, other: Appends) -> Appends {
-        self.events += other.events;
-        self.elapsed += other.elapsed;
-        self.latencies.extend(other.latencies);
-        self.latencies.sort();
-        self
+    fn pooled(self, other: Appends) -> Appends {
+        Appends {
+            window: self.window.pooled(other.window),
+            started: self.started,
+        }
     }
 
     fn rate(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
+        self.window.rate()
+    }
+
+    fn events(&self) -> u64 {
+        self.window.events
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
-        ms(percentile(&self.latencies, p))
+        ms(self.window.percentile(p))
     }
 }
 
@@ -500,10 +501,13 @@ async fn append_for(
     let elapsed = started.elapsed();
     latencies.sort();
     Ok(Appends {
-        events: latencies.len() as u64,
+        window: Measured {
+            events: latencies.len() as u64,
+            syncs: 0,
+            elapsed,
+            latencies,
+        },
         started,
-        elapsed,
-        latencies,
     })
 }
 
@@ -694,11 +698,11 @@ async fn measure_fanout(
     let appends = append_for(writer_channels, source_id, seconds, Some(acks.clone())).await?;
     let writers_done = Instant::now();
     let end = server.app.log().durable_count();
-    if end - start != appends.events {
+    if end - start != appends.events() {
         bail!(
             "the log grew by {} events while the writers had {} acknowledged",
             end - start,
-            appends.events
+            appends.events()
         );
     }
     control.send_replace(Control {
@@ -856,7 +860,7 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
             "{}",
             serde_json::json!({
                 "kind": "append_baseline", "subscribers": 0, "writers": WRITERS,
-                "events": baseline.events, "append_events_per_s": baseline.rate(),
+                "events": baseline.events(), "append_events_per_s": baseline.rate(),
                 "ack_p50_ms": baseline.percentile_ms(0.5), "ack_p99_ms": baseline.percentile_ms(0.99),
                 "before_events_per_s": before_rate, "after_events_per_s": after_rate,
             })
@@ -866,7 +870,7 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
                 "{}",
                 serde_json::json!({
                     "kind": "fanout", "subscribers": f.subscribers, "connections": f.connections,
-                    "writers": WRITERS, "events": f.appends.events,
+                    "writers": WRITERS, "events": f.appends.events(),
                     "append_events_per_s": f.appends.rate(),
                     "baseline_append_events_per_s": baseline.rate(),
                     "ratio": f.appends.rate() / baseline.rate(),
@@ -912,7 +916,7 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
                 "| {} | {} | {} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.0} | {:.2} | {} | {} | {} | {share:.0}% | {:.2} |",
                 f.subscribers,
                 f.connections,
-                f.appends.events,
+                f.appends.events(),
                 f.appends.rate(),
                 baseline.rate(),
                 f.appends.rate() / baseline.rate(),
