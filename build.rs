@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/claimsledger/v1/types.proto",
         "proto/claimsledger/v1/ledger.proto",
         "proto/claimsledger/v1/events.proto",
+        "proto/claimsledger/v1/query.proto",
+        "proto/claimsledger/v1/admin.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

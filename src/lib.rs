@@ -5,6 +5,8 @@
 //! - [`merkle`]: pure RFC 6962 / 9162 Merkle trees: incremental frontier, proofs from stored subtree
 //!   hashes, verification that trusts nothing (groundwork for tamper evidence; not yet wired to the log).
 //! - [`log`]: the append-only, hash-chained event log on sled, with group commit and real fsync.
+//! - [`projection`]: read models on sled (their own database), applied in atomic batches with a
+//!   checkpoint, rebuilt into a fresh generation and switched over atomically.
 //! - [`app`]: use cases: idempotency, validate, decide, append; the write model kept in step with the log.
 //! - [`grpc`]: the only place that names tonic and prost types; maps `app::Error` to `Status` once.
 //! - [`cli`]: the `claims-ledger` subcommands: serve, client commands for people, verify, bench.
@@ -15,3 +17,4 @@ pub mod domain;
 pub mod grpc;
 pub mod log;
 pub mod merkle;
+pub mod projection;

@@ -14,28 +14,32 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::event::{Claim, Event};
 use super::model::{CorrectionKind, StatedTime, TargetKind};
 
 /// How and when (log position) a claim or statement stopped counting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
 pub enum Ended {
     Retracted { at: u64 },
     Superseded { at: u64, by: Uuid },
 }
 
 impl Ended {
-    fn at(&self) -> u64 {
+    /// The log position of the correction that ended it.
+    pub fn at(&self) -> u64 {
         match self {
             Ended::Retracted { at } | Ended::Superseded { at, .. } => *at,
         }
     }
 }
 
-/// One asserted claim, as the positions fold knows it.
-#[derive(Debug, Clone, PartialEq)]
+/// One asserted claim, as the positions fold knows it. Self-contained: whether it counts under any
+/// clock follows from this entry alone, so a store can keep entries as rows and answer from them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClaimEntry {
     pub claim: Claim,
     /// The asserting statement's stated time.
@@ -44,6 +48,72 @@ pub struct ClaimEntry {
     pub position: u64,
     /// When the claim itself stopped counting, if it did.
     pub ended: Option<Ended>,
+    /// When its statement stopped counting, if it did.
+    #[serde(default)]
+    pub statement_ended: Option<Ended>,
+}
+
+impl ClaimEntry {
+    /// Whether this entry was recorded before `as_of.recorded` and stated by `as_of.stated`.
+    pub fn known(&self, as_of: AsOf) -> bool {
+        as_of.recorded.is_none_or(|p| self.position < p)
+            && as_of.stated.is_none_or(|t| self.stated.at <= t)
+    }
+
+    /// Whether this entry was known and in force at `as_of` (both clocks).
+    pub fn in_force(&self, as_of: AsOf) -> bool {
+        self.known(as_of)
+            && counts_at(&self.ended, as_of.recorded)
+            && counts_at(&self.statement_ended, as_of.recorded)
+    }
+
+    /// Records that the claim stopped counting; the first correction wins, so replays change nothing.
+    pub fn end(&mut self, ended: Ended) {
+        self.ended.get_or_insert(ended);
+    }
+
+    /// Records that its statement stopped counting; the first correction wins.
+    pub fn end_statement(&mut self, ended: Ended) {
+        self.statement_ended.get_or_insert(ended);
+    }
+}
+
+/// What a correction does to the positions: `None` for an erratum, which leaves its target in force.
+pub fn ending_of(c: &crate::domain::event::Correction, position: u64) -> Option<Ended> {
+    match (c.kind, c.replacement_id) {
+        (CorrectionKind::Retract, _) => Some(Ended::Retracted { at: position }),
+        (CorrectionKind::Supersede, Some(by)) => Some(Ended::Superseded { at: position, by }),
+        _ => None,
+    }
+}
+
+/// The current stance among `entries` (one party, one topic) at `as_of`: the counting claim with the
+/// latest stated time, ties broken by log position.
+pub fn current_of(entries: &[ClaimEntry], as_of: AsOf) -> Option<&ClaimEntry> {
+    entries
+        .iter()
+        .filter(|e| e.in_force(as_of))
+        .max_by_key(|e| (e.stated.at, e.position))
+}
+
+/// The history among `entries` (one party, one topic) known at `as_of`, in stated-time order (ties by
+/// position), each flagged `changed` when its stance differs from the previous entry's.
+pub fn history_of(entries: &[ClaimEntry], as_of: AsOf) -> Vec<HistoryEntry<'_>> {
+    let mut known: Vec<&ClaimEntry> = entries.iter().filter(|e| e.known(as_of)).collect();
+    known.sort_by_key(|e| (e.stated.at, e.position));
+    let mut previous: Option<&str> = None;
+    known
+        .into_iter()
+        .map(|entry| {
+            let changed = previous != Some(entry.claim.stance.as_str());
+            previous = Some(entry.claim.stance.as_str());
+            HistoryEntry {
+                entry,
+                changed,
+                in_force: entry.in_force(as_of),
+            }
+        })
+        .collect()
 }
 
 /// One entry of a position's history.
@@ -81,6 +151,8 @@ pub struct Positions {
     /// (party, topic) → claims in assertion order.
     claims: BTreeMap<(String, String), Vec<ClaimEntry>>,
     claim_keys: HashMap<Uuid, (String, String)>,
+    /// statement → its claims, so a statement's correction reaches them.
+    statement_claims: HashMap<Uuid, Vec<Uuid>>,
 }
 
 fn counts_at(ended: &Option<Ended>, recorded: Option<u64>) -> bool {
@@ -125,34 +197,41 @@ impl Positions {
                 }
                 let key = (c.party_id.clone(), c.topic.clone());
                 self.claim_keys.insert(c.claim_id, key.clone());
+                self.statement_claims
+                    .entry(c.statement_id)
+                    .or_default()
+                    .push(c.claim_id);
                 self.claims.entry(key).or_default().push(ClaimEntry {
                     claim: c.clone(),
                     stated: st.stated,
                     position,
                     ended: None,
+                    statement_ended: st.ended,
                 });
             }
             Event::CorrectionIssued(c) => {
-                let ended = match (c.kind, c.replacement_id) {
-                    (CorrectionKind::Retract, _) => Ended::Retracted { at: position },
-                    (CorrectionKind::Supersede, Some(by)) => Ended::Superseded { at: position, by },
-                    // An erratum leaves the target in force.
-                    _ => return,
+                let Some(ended) = ending_of(c, position) else {
+                    return;
                 };
                 match c.target_kind {
                     TargetKind::Statement => {
                         if let Some(s) = self.statements.get_mut(&c.target_id) {
                             s.ended.get_or_insert(ended);
                         }
+                        let claims = self
+                            .statement_claims
+                            .get(&c.target_id)
+                            .cloned()
+                            .unwrap_or_default();
+                        for id in &claims {
+                            if let Some(e) = self.entry_mut(id) {
+                                e.end_statement(ended);
+                            }
+                        }
                     }
                     TargetKind::Claim => {
-                        let entry = self
-                            .claim_keys
-                            .get(&c.target_id)
-                            .and_then(|k| self.claims.get_mut(k))
-                            .and_then(|v| v.iter_mut().find(|e| e.claim.claim_id == c.target_id));
-                        if let Some(e) = entry {
-                            e.ended.get_or_insert(ended);
+                        if let Some(e) = self.entry_mut(&c.target_id) {
+                            e.end(ended);
                         }
                     }
                 }
@@ -161,30 +240,24 @@ impl Positions {
         }
     }
 
-    /// Whether `e` was known and in force at `as_of` (both clocks).
-    fn in_force(&self, e: &ClaimEntry, as_of: AsOf) -> bool {
-        let statement_ended = self
-            .statements
-            .get(&e.claim.statement_id)
-            .and_then(|s| s.ended);
-        self.known(e, as_of)
-            && counts_at(&e.ended, as_of.recorded)
-            && counts_at(&statement_ended, as_of.recorded)
+    fn entry_mut(&mut self, claim_id: &Uuid) -> Option<&mut ClaimEntry> {
+        let key = self.claim_keys.get(claim_id)?;
+        self.claims
+            .get_mut(key)?
+            .iter_mut()
+            .find(|e| e.claim.claim_id == *claim_id)
     }
 
-    /// Whether `e` was recorded before `as_of.recorded` and stated by `as_of.stated`.
-    fn known(&self, e: &ClaimEntry, as_of: AsOf) -> bool {
-        as_of.recorded.is_none_or(|p| e.position < p)
-            && as_of.stated.is_none_or(|t| e.stated.at <= t)
+    /// Every claim entry of (`party`, `topic`), in assertion order.
+    pub fn entries(&self, party: &str, topic: &str) -> &[ClaimEntry] {
+        self.claims
+            .get(&(party.to_string(), topic.to_string()))
+            .map_or(&[], |v| v.as_slice())
     }
 
     /// The current stance of `party` on `topic`, at `as_of`.
     pub fn current(&self, party: &str, topic: &str, as_of: AsOf) -> Option<&ClaimEntry> {
-        self.claims
-            .get(&(party.to_string(), topic.to_string()))?
-            .iter()
-            .filter(|e| self.in_force(e, as_of))
-            .max_by_key(|e| (e.stated.at, e.position))
+        current_of(self.entries(party, topic), as_of)
     }
 
     /// Every topic `party` has claims on, in order.
@@ -198,23 +271,6 @@ impl Positions {
 
     /// The history of `party` on `topic` known at `as_of`, in stated-time order (ties by position).
     pub fn history(&self, party: &str, topic: &str, as_of: AsOf) -> Vec<HistoryEntry<'_>> {
-        let Some(all) = self.claims.get(&(party.to_string(), topic.to_string())) else {
-            return Vec::new();
-        };
-        let mut known: Vec<&ClaimEntry> = all.iter().filter(|e| self.known(e, as_of)).collect();
-        known.sort_by_key(|e| (e.stated.at, e.position));
-        let mut previous: Option<&str> = None;
-        known
-            .into_iter()
-            .map(|entry| {
-                let changed = previous != Some(entry.claim.stance.as_str());
-                previous = Some(entry.claim.stance.as_str());
-                HistoryEntry {
-                    entry,
-                    changed,
-                    in_force: self.in_force(entry, as_of),
-                }
-            })
-            .collect()
+        history_of(self.entries(party, topic), as_of)
     }
 }
