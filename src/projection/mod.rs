@@ -13,6 +13,7 @@
 //! under the lock once it has caught up.
 pub mod rows;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -324,10 +325,10 @@ fn decode(rec: &RecordedEvent) -> Result<Event, ProjectionError> {
 
 /// Applies `events` (consecutive, in log order) to `tree` in one atomic batch with its checkpoint.
 /// Events below the checkpoint are skipped; a gap is an error.
-fn apply_to_tree(
+fn apply_to_tree<E: Borrow<RecordedEvent>>(
     tree: &sled::Tree,
     checkpoint: &mut Checkpoint,
-    events: &[RecordedEvent],
+    events: &[E],
 ) -> Result<(), ProjectionError> {
     let mut staged = Staged {
         tree,
@@ -335,6 +336,7 @@ fn apply_to_tree(
     };
     let mut next = *checkpoint;
     for rec in events {
+        let rec: &RecordedEvent = rec.borrow();
         if rec.position < next.applied {
             continue;
         }
@@ -487,7 +489,7 @@ impl Projections {
     }
 
     /// Applies `events` (consecutive, in log order) to the serving generation.
-    pub fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    pub fn apply<E: Borrow<RecordedEvent>>(&self, events: &[E]) -> Result<(), ProjectionError> {
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
         let Active {
             tree, checkpoint, ..
@@ -573,6 +575,9 @@ impl Projections {
         Ok(())
     }
 }
+
+/// A raw row: key and value bytes.
+pub type Row = (Vec<u8>, Vec<u8>);
 
 /// One consistent view of the serving generation.
 pub struct Snapshot<'a> {
@@ -729,7 +734,7 @@ impl Snapshot<'_> {
     }
 
     /// Every row of this generation except the checkpoint, in key order: for comparing generations.
-    pub fn dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    pub fn dump(&self) -> Result<Vec<Row>, ProjectionError> {
         let mut out = Vec::new();
         for item in self.tree().iter() {
             let (k, v) = item?;
