@@ -2,6 +2,7 @@
 //! running server; `verify` checks a stopped server's data directory offline; `bench` measures
 //! durable append throughput against raw sled.
 pub mod bench;
+pub mod bench_query;
 pub mod bench_subscribe;
 mod client;
 mod serve;
@@ -116,6 +117,9 @@ pub enum Cmd {
     /// Measure subscriptions: catch-up rate against a raw sled scan, and fan-out to many live
     /// subscribers against the append rate with none.
     BenchSubscribe(bench_subscribe::SubscribeBenchArgs),
+    /// Measure the read side: projection rebuild rate against a raw sled scan, query latency with
+    /// and without durable writers, and append throughput with projections on against off.
+    BenchQuery(bench_query::QueryBenchArgs),
 }
 
 /// Runs the parsed command; the exit code is 0 on success.
@@ -141,5 +145,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Verify { data_dir, json } => client::verify(&data_dir, json),
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::BenchSubscribe(args) => bench_subscribe::run(args).await,
+        Cmd::BenchQuery(args) => bench_query::run(args).await,
     }
 }

@@ -126,11 +126,14 @@ fn get_row<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Staged row writes, key → value.
+type Writes = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// A batch being applied: writes are staged here and read back before they reach sled, so that
 /// later events of the batch see earlier ones.
 struct Staged<'a> {
     tree: &'a sled::Tree,
-    writes: BTreeMap<Vec<u8>, Vec<u8>>,
+    writes: Writes,
 }
 
 impl Staged<'_> {
@@ -335,7 +338,7 @@ fn stage<E: Borrow<RecordedEvent>>(
     tree: &sled::Tree,
     from: Checkpoint,
     events: &[E],
-) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, Checkpoint), ProjectionError> {
+) -> Result<(Writes, Checkpoint), ProjectionError> {
     let mut staged = Staged {
         tree,
         writes: BTreeMap::new(),
@@ -363,7 +366,7 @@ fn stage<E: Borrow<RecordedEvent>>(
 
 fn write_batch(
     tree: &sled::Tree,
-    writes: BTreeMap<Vec<u8>, Vec<u8>>,
+    writes: Writes,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), ProjectionError> {
     let mut batch = sled::Batch::default();
@@ -438,6 +441,22 @@ impl Projections {
     /// of `log` (a log restored from elsewhere, or a relaxed-durability log that lost its tail), the
     /// serving generation is rebuilt from position 0 before this returns.
     pub fn open(dir: &Path, log: &EventLog) -> Result<Projections, ProjectionError> {
+        let (p, version_ok) = Projections::open_unchecked(dir)?;
+        let checkpoint = p.read().checkpoint;
+        if !version_ok || !matches_log(log, &checkpoint)? {
+            tracing::warn!(
+                applied = checkpoint.applied,
+                version_ok,
+                "projections do not match this log; rebuilding from position 0"
+            );
+            p.rebuild(log, &mut |_| {})?;
+        }
+        Ok(p)
+    }
+
+    /// Opens without checking against a log; also says whether the rows are of this version. For
+    /// callers about to rebuild anyway (the offline `rebuild`), so they do not replay twice.
+    pub fn open_unchecked(dir: &Path) -> Result<(Projections, bool), ProjectionError> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
@@ -475,15 +494,7 @@ impl Projections {
             rebuilding: Mutex::new(()),
             rebuild_running: Default::default(),
         };
-        if !version_ok || !matches_log(log, &checkpoint)? {
-            tracing::warn!(
-                applied = checkpoint.applied,
-                version_ok,
-                "projections do not match this log; rebuilding from position 0"
-            );
-            p.rebuild(log, &mut |_| {})?;
-        }
-        Ok(p)
+        Ok((p, version_ok))
     }
 
     /// Events applied by the serving generation.
