@@ -36,6 +36,9 @@ pub enum AppError {
     /// Writes are refused until restart (a sync failed). Retry against a healthy server.
     #[error("the ledger is not accepting writes")]
     Unavailable,
+    /// The projections did not reach the position asked for in time. Retry, or ask for less.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Anything else; logged server-side, never shown to clients in detail.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,6 +78,15 @@ impl From<LogError> for AppError {
                 format!("{position} is beyond the end of the log ({durable} events)"),
             ),
             LogError::Poisoned | LogError::Closed => AppError::Unavailable,
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::projection::ProjectionError> for AppError {
+    fn from(e: crate::projection::ProjectionError) -> AppError {
+        match e {
+            crate::projection::ProjectionError::Log(l) => l.into(),
             other => AppError::Internal(other.to_string()),
         }
     }

@@ -5,6 +5,8 @@
 //!
 //! No tonic or prost here; the transport converts to and from these types.
 mod error;
+mod projector;
+pub mod query;
 mod subscribe;
 mod write;
 
@@ -18,6 +20,7 @@ pub use write::{ClientCommand, Shape, WriteContext, WriteOutcome};
 use crate::domain::event::DecodeError;
 use crate::domain::{Event, State};
 use crate::log::{CommitObserver, EventLog, LogError, LogOptions, RecordedEvent};
+use crate::projection::Projections;
 
 /// The application: the log plus the write model folded from it.
 #[derive(Clone)]
@@ -28,6 +31,15 @@ pub struct App {
     shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// The latest durable events, shared by live subscribers instead of each rereading the log.
     recent: Arc<RwLock<subscribe::Recent>>,
+    /// The read models; `None` only when opened without them (benchmarks).
+    projections: Option<Arc<Projections>>,
+    /// The projector task, awaited by [`App::finish`].
+    projector: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Where the read models live inside a data directory.
+pub fn projections_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("projections")
 }
 
 /// Decodes a stored record's payload into a domain event.
@@ -65,8 +77,14 @@ impl CommitObserver for StateObserver {
 }
 
 impl App {
-    /// Opens the log in `dir` and folds it into the write model.
+    /// Opens the log in `dir`, folds it into the write model, and opens the projections. Inside a
+    /// tokio runtime the projector starts at once and catches up from the projections' checkpoint.
     pub fn open(dir: &Path, options: LogOptions) -> Result<App, AppError> {
+        App::open_with(dir, options, true)
+    }
+
+    /// As [`App::open`]; `projections: false` runs without read models (to measure their cost).
+    pub fn open_with(dir: &Path, options: LogOptions, projections: bool) -> Result<App, AppError> {
         let state = Arc::new(RwLock::new(State::default()));
         let recent = Arc::new(RwLock::new(subscribe::Recent::default()));
         let observer = Arc::new(StateObserver {
@@ -74,13 +92,23 @@ impl App {
             recent: recent.clone(),
         });
         let log = EventLog::open(dir, options, Some(observer))?;
+        let projections = if projections {
+            Some(Arc::new(Projections::open(&projections_dir(dir), &log)?))
+        } else {
+            None
+        };
         let app = App {
             log,
             state,
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
             recent,
+            projections,
+            projector: Arc::default(),
         };
         app.replay()?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            app.spawn_projector();
+        }
         Ok(app)
     }
 
@@ -111,6 +139,25 @@ impl App {
     /// Ends every subscription (with `AppError::ShuttingDown`) so that a graceful shutdown can finish.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Ends subscriptions and waits for the projector to flush and stop, so that once every `App`
+    /// clone is dropped the data directory is closed.
+    pub async fn finish(&self) {
+        self.begin_shutdown();
+        let handle = self
+            .projector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+    }
+
+    /// A receiver of the projections' applied count (`None` without projections).
+    pub fn watch_projection(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.projections.as_ref().map(|p| p.watch_applied())
     }
 
     /// The event log, for reads.

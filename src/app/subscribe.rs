@@ -87,7 +87,7 @@ impl Recent {
     }
 
     /// Up to `max` events from position `from`, if this cache holds `from`.
-    fn read(&self, from: u64, max: usize) -> Option<Vec<Arc<RecordedEvent>>> {
+    pub(crate) fn read(&self, from: u64, max: usize) -> Option<Vec<Arc<RecordedEvent>>> {
         let first = self.events.front()?.position;
         let skip = usize::try_from(from.checked_sub(first)?).ok()?;
         if skip >= self.events.len() {

@@ -51,7 +51,8 @@ pub async fn run(
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, &f)?;
     }
-    crate::grpc::server::serve(listener, app, shutdown_signal()).await?;
+    crate::grpc::server::serve(listener, app.clone(), shutdown_signal()).await?;
+    app.finish().await;
     tracing::info!("stopped");
     Ok(0)
 }

@@ -28,7 +28,10 @@ fn ts_opt(t: &Option<DateTime<Utc>>) -> Option<Timestamp> {
 }
 
 /// A wire timestamp as a time; an out-of-range one is a field violation.
-fn from_ts(t: &Option<Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, AppError> {
+pub(super) fn from_ts(
+    t: &Option<Timestamp>,
+    field: &str,
+) -> Result<Option<DateTime<Utc>>, AppError> {
     match t {
         None => Ok(None),
         Some(t) => u32::try_from(t.nanos)
@@ -84,7 +87,7 @@ fn precision_pb(p: Precision) -> pb::TimePrecision {
     }
 }
 
-fn mode(v: i32) -> Option<Mode> {
+pub(super) fn mode(v: i32) -> Option<Mode> {
     match pb::StatementMode::try_from(v).ok()? {
         pb::StatementMode::Unspecified => None,
         pb::StatementMode::DirectQuote => Some(Mode::DirectQuote),
@@ -95,7 +98,7 @@ fn mode(v: i32) -> Option<Mode> {
     }
 }
 
-fn mode_pb(m: Mode) -> pb::StatementMode {
+pub(super) fn mode_pb(m: Mode) -> pb::StatementMode {
     match m {
         Mode::DirectQuote => pb::StatementMode::DirectQuote,
         Mode::Paraphrase => pb::StatementMode::Paraphrase,
@@ -412,7 +415,7 @@ pub fn command_pb(c: &Command) -> pb::batch_command::Command {
     }
 }
 
-fn stated_time_pb(t: &StatedTime) -> pb::StatedTime {
+pub(super) fn stated_time_pb(t: &StatedTime) -> pb::StatedTime {
     pb::StatedTime {
         at: Some(ts(&t.at)),
         precision: precision_pb(t.precision) as i32,
@@ -428,7 +431,7 @@ fn rating_pb(r: &Rating) -> pb::Rating {
     }
 }
 
-fn spans_pb(spans: &[Span]) -> Vec<pb::Span> {
+pub(super) fn spans_pb(spans: &[Span]) -> Vec<pb::Span> {
     spans
         .iter()
         .map(|x| pb::Span {
@@ -440,7 +443,7 @@ fn spans_pb(spans: &[Span]) -> Vec<pb::Span> {
         .collect()
 }
 
-fn party_payload(p: &Party) -> pb::PartyPayload {
+pub(super) fn party_payload(p: &Party) -> pb::PartyPayload {
     pb::PartyPayload {
         party_id: p.party_id.clone(),
         kind: party_kind_pb(p.kind) as i32,
@@ -451,7 +454,7 @@ fn party_payload(p: &Party) -> pb::PartyPayload {
     }
 }
 
-fn source_payload(s: &Source) -> pb::SourceRegisteredPayload {
+pub(super) fn source_payload(s: &Source) -> pb::SourceRegisteredPayload {
     pb::SourceRegisteredPayload {
         source_id: s.source_id.to_string(),
         publisher: s.publisher.clone(),
@@ -465,7 +468,7 @@ fn source_payload(s: &Source) -> pb::SourceRegisteredPayload {
     }
 }
 
-fn statement_payload(s: &Statement) -> pb::StatementRecordedPayload {
+pub(super) fn statement_payload(s: &Statement) -> pb::StatementRecordedPayload {
     pb::StatementRecordedPayload {
         statement_id: s.statement_id.to_string(),
         speaker_id: s.speaker_id.clone(),
@@ -483,7 +486,7 @@ fn statement_payload(s: &Statement) -> pb::StatementRecordedPayload {
     }
 }
 
-fn claim_payload(c: &Claim) -> pb::ClaimAssertedPayload {
+pub(super) fn claim_payload(c: &Claim) -> pb::ClaimAssertedPayload {
     pb::ClaimAssertedPayload {
         claim_id: c.claim_id.to_string(),
         statement_id: c.statement_id.to_string(),
@@ -494,7 +497,7 @@ fn claim_payload(c: &Claim) -> pb::ClaimAssertedPayload {
     }
 }
 
-fn review_payload(r: &Review) -> pb::ClaimReviewedPayload {
+pub(super) fn review_payload(r: &Review) -> pb::ClaimReviewedPayload {
     pb::ClaimReviewedPayload {
         review_id: r.review_id.to_string(),
         claim_id: r.claim_id.to_string(),
@@ -505,7 +508,7 @@ fn review_payload(r: &Review) -> pb::ClaimReviewedPayload {
     }
 }
 
-fn correction_payload(c: &Correction) -> pb::CorrectionIssuedPayload {
+pub(super) fn correction_payload(c: &Correction) -> pb::CorrectionIssuedPayload {
     pb::CorrectionIssuedPayload {
         correction_id: c.correction_id.to_string(),
         target_kind: target_kind_pb(c.target_kind) as i32,

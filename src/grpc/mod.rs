@@ -4,6 +4,7 @@
 pub mod convert;
 mod events;
 mod ledger;
+mod query;
 pub mod server;
 mod status;
 

@@ -9,6 +9,7 @@ use tonic::transport::Server;
 use super::events::EventsService;
 use super::ledger::LedgerService;
 use super::pb;
+use super::query::{AdminService, QueryService};
 use crate::app::App;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,26 @@ pub async fn serve(
     health
         .set_serving::<pb::events_server::EventsServer<EventsService>>()
         .await;
+    // Queries answer from projections: report NOT_SERVING until they have caught up with the log
+    // as it was at start, so a load balancer does not route reads to a replaying server.
+    health
+        .set_not_serving::<pb::query_server::QueryServer<QueryService>>()
+        .await;
+    if let Some(mut applied) = app.watch_projection() {
+        let target = app.log().durable_count();
+        let query_health = health.clone();
+        tokio::spawn(async move {
+            // Holds only a receiver, so it never keeps the data directory open.
+            if applied.wait_for(|a| *a >= target).await.is_ok() {
+                query_health
+                    .set_serving::<pb::query_server::QueryServer<QueryService>>()
+                    .await;
+            }
+        });
+    }
+    health
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -54,8 +75,12 @@ pub async fn serve(
             app.clone(),
         )))
         .add_service(pb::events_server::EventsServer::new(EventsService::new(
-            app,
+            app.clone(),
         )))
+        .add_service(pb::query_server::QueryServer::new(QueryService::new(
+            app.clone(),
+        )))
+        .add_service(pb::admin_server::AdminServer::new(AdminService::new(app)))
         // Without TCP_NODELAY, small responses wait for delayed ACKs (~40 ms per request).
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

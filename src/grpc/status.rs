@@ -92,6 +92,7 @@ impl From<AppError> for Status {
             ),
             AppError::NotFound(_) => Status::not_found(message),
             AppError::OutOfRange(_) => Status::out_of_range(message),
+            AppError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             AppError::Unavailable | AppError::ShuttingDown => Status::unavailable(message),
             AppError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

@@ -13,6 +13,7 @@
 //! under the lock once it has caught up.
 pub mod rows;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -161,7 +162,8 @@ impl Staged<'_> {
 }
 
 /// Applies one event's row updates. Each update is idempotent: applying an event twice leaves the
-/// rows as applying it once did.
+/// rows as applying it once did. An event only ever reaches entities recorded before it, so a replay
+/// out of order cannot link what the log never linked.
 fn apply_event(
     st: &mut Staged<'_>,
     rec: &RecordedEvent,
@@ -236,7 +238,8 @@ fn apply_event(
             let st_key = uuid_key(STATEMENT, &c.statement_id).to_vec();
             // `decide` never asserts on an unknown statement; a foreign log that does is left out
             // rather than given an invented stated time, as in the pure fold.
-            let Some(mut statement) = st.get::<StatementRow>(&st_key)? else {
+            let statement = st.get::<StatementRow>(&st_key)?;
+            let Some(mut statement) = statement.filter(|s| s.origin.position < pos) else {
                 return Ok(());
             };
             if st.contains(&claim_key)? {
@@ -285,7 +288,10 @@ fn apply_event(
             match c.target_kind {
                 TargetKind::Statement => {
                     let key = uuid_key(STATEMENT, &c.target_id).to_vec();
-                    if let Some(mut s) = st.get::<StatementRow>(&key)? {
+                    // Only what existed when the correction was made: a replayed correction must
+                    // not reach an entity recorded after it (the pure fold never sees one).
+                    let target = st.get::<StatementRow>(&key)?;
+                    if let Some(mut s) = target.filter(|s| s.origin.position < pos) {
                         s.ended.get_or_insert(ended);
                         for claim_id in &s.claims {
                             let ck = uuid_key(CLAIM, claim_id).to_vec();
@@ -299,7 +305,8 @@ fn apply_event(
                 }
                 TargetKind::Claim => {
                     let key = uuid_key(CLAIM, &c.target_id).to_vec();
-                    if let Some(mut row) = st.get::<ClaimRow>(&key)? {
+                    let target = st.get::<ClaimRow>(&key)?;
+                    if let Some(mut row) = target.filter(|r| r.origin.position < pos) {
                         row.entry.end(ended);
                         st.put(key, &row)?;
                     }
@@ -322,19 +329,20 @@ fn decode(rec: &RecordedEvent) -> Result<Event, ProjectionError> {
     })
 }
 
-/// Applies `events` (consecutive, in log order) to `tree` in one atomic batch with its checkpoint.
-/// Events below the checkpoint are skipped; a gap is an error.
-fn apply_to_tree(
+/// Stages the row updates of `events` (consecutive, in log order) from position `from` on; events
+/// below `from` are skipped, a gap is an error. Returns the writes and the checkpoint they lead to.
+fn stage<E: Borrow<RecordedEvent>>(
     tree: &sled::Tree,
-    checkpoint: &mut Checkpoint,
-    events: &[RecordedEvent],
-) -> Result<(), ProjectionError> {
+    from: Checkpoint,
+    events: &[E],
+) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, Checkpoint), ProjectionError> {
     let mut staged = Staged {
         tree,
         writes: BTreeMap::new(),
     };
-    let mut next = *checkpoint;
+    let mut next = from;
     for rec in events {
+        let rec: &RecordedEvent = rec.borrow();
         if rec.position < next.applied {
             continue;
         }
@@ -350,15 +358,37 @@ fn apply_to_tree(
             last_hash: rec.hash,
         };
     }
+    Ok((staged.writes, next))
+}
+
+fn write_batch(
+    tree: &sled::Tree,
+    writes: BTreeMap<Vec<u8>, Vec<u8>>,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), ProjectionError> {
+    let mut batch = sled::Batch::default();
+    for (k, v) in writes {
+        batch.insert(k, v);
+    }
+    if let Some(c) = checkpoint {
+        batch.insert(CHECKPOINT, checkpoint_value(c));
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+/// Applies `events` (consecutive, in log order) to `tree` in one atomic batch with its checkpoint.
+/// Events below the checkpoint are skipped; a gap is an error.
+fn apply_to_tree<E: Borrow<RecordedEvent>>(
+    tree: &sled::Tree,
+    checkpoint: &mut Checkpoint,
+    events: &[E],
+) -> Result<(), ProjectionError> {
+    let (writes, next) = stage(tree, *checkpoint, events)?;
     if next == *checkpoint {
         return Ok(());
     }
-    let mut batch = sled::Batch::default();
-    for (k, v) in staged.writes {
-        batch.insert(k, v);
-    }
-    batch.insert(CHECKPOINT, checkpoint_value(&next));
-    tree.apply_batch(batch)?;
+    write_batch(tree, writes, Some(&next))?;
     *checkpoint = next;
     Ok(())
 }
@@ -487,7 +517,7 @@ impl Projections {
     }
 
     /// Applies `events` (consecutive, in log order) to the serving generation.
-    pub fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    pub fn apply<E: Borrow<RecordedEvent>>(&self, events: &[E]) -> Result<(), ProjectionError> {
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
         let Active {
             tree, checkpoint, ..
@@ -495,6 +525,25 @@ impl Projections {
         apply_to_tree(tree, checkpoint, events)?;
         self.applied_tx.send_replace(checkpoint.applied);
         Ok(())
+    }
+
+    /// Applies the row updates of `events` again, ignoring and keeping the checkpoint. Rows must not
+    /// change: every update is idempotent. Exists so tests can check exactly that.
+    #[doc(hidden)]
+    pub fn reapply_rows<E: Borrow<RecordedEvent>>(
+        &self,
+        events: &[E],
+    ) -> Result<(), ProjectionError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        let from = Checkpoint {
+            applied: first.borrow().position,
+            last_hash: GENESIS_HASH,
+        };
+        let (writes, _) = stage(&active.tree, from, events)?;
+        write_batch(&active.tree, writes, None)
     }
 
     /// Applies every durable event of `log` the serving generation has not seen, in atomic batches.
@@ -573,6 +622,9 @@ impl Projections {
         Ok(())
     }
 }
+
+/// A raw row: key and value bytes.
+pub type Row = (Vec<u8>, Vec<u8>);
 
 /// One consistent view of the serving generation.
 pub struct Snapshot<'a> {
@@ -729,7 +781,7 @@ impl Snapshot<'_> {
     }
 
     /// Every row of this generation except the checkpoint, in key order: for comparing generations.
-    pub fn dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    pub fn dump(&self) -> Result<Vec<Row>, ProjectionError> {
         let mut out = Vec::new();
         for item in self.tree().iter() {
             let (k, v) = item?;

@@ -38,8 +38,46 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let app = App::open(dir.path(), LogOptions::default()).expect("open app");
+        TestServer::start_in(tempfile::tempdir().expect("tempdir")).await
+    }
+
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.addr.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn ledger(&self) -> pb::ledger_client::LedgerClient<Channel> {
+        pb::ledger_client::LedgerClient::new(self.channel().await)
+    }
+
+    pub async fn events(&self) -> pb::events_client::EventsClient<Channel> {
+        pb::events_client::EventsClient::new(self.channel().await)
+    }
+
+    pub async fn query(&self) -> pb::query_client::QueryClient<Channel> {
+        pb::query_client::QueryClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(self.channel().await)
+    }
+
+    /// Starts a server on an existing data directory (for restart tests).
+    pub async fn start_in(dir: TempDir) -> TestServer {
+        // After a stop, the previous server's threads release the directory's lock a moment later.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let app = loop {
+            match App::open(dir.path(), LogOptions::default()) {
+                Ok(app) => break app,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("open app: {e}"),
+            }
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -60,22 +98,6 @@ impl TestServer {
         }
     }
 
-    pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.addr.clone())
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect")
-    }
-
-    pub async fn ledger(&self) -> pb::ledger_client::LedgerClient<Channel> {
-        pb::ledger_client::LedgerClient::new(self.channel().await)
-    }
-
-    pub async fn events(&self) -> pb::events_client::EventsClient<Channel> {
-        pb::events_client::EventsClient::new(self.channel().await)
-    }
-
     pub async fn stop(mut self) -> TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -83,6 +105,7 @@ impl TestServer {
         if let Some(h) = self.handle.take() {
             let _ = h.await;
         }
+        self.app.finish().await;
         self.dir
     }
 }
