@@ -89,9 +89,20 @@ fn fmt_dt(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-/// A timestamp as RFC 3339, or `-` when absent or out of range.
+/// A timestamp for people: RFC 3339 to the millisecond at most (recording times carry nanoseconds
+/// nobody reads), or `-` when absent or out of range.
 fn fmt_ts(t: Option<&Timestamp>) -> String {
-    t.and_then(to_dt).map(fmt_dt).unwrap_or_else(|| "-".into())
+    t.and_then(to_dt).map_or_else(
+        || "-".into(),
+        |t| {
+            let f = if t.timestamp_subsec_nanos() == 0 {
+                SecondsFormat::Secs
+            } else {
+                SecondsFormat::Millis
+            };
+            t.to_rfc3339_opts(f, true)
+        },
+    )
 }
 
 /// The enum value's proto name without its type prefix, lowercased: `STATEMENT_MODE_DIRECT_QUOTE`
@@ -206,8 +217,15 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 
 /// Appends `label: value` at `indent`, the value wrapped and its continuation lines aligned under it.
 fn kv(out: &mut String, indent: usize, label: &str, value: &str) {
+    kv_hanging(out, indent, label, "", value);
+}
+
+/// As [`kv`], with `prefix` kept verbatim (its spacing survives wrapping) before the value and the
+/// value's continuation lines aligned after it.
+fn kv_hanging(out: &mut String, indent: usize, label: &str, prefix: &str, value: &str) {
     let pad = " ".repeat(indent);
-    let width = WIDTH.saturating_sub(indent + LABEL).max(20);
+    let hang = prefix.chars().count();
+    let width = WIDTH.saturating_sub(indent + LABEL + hang).max(20);
     for (i, line) in wrap(value, width).iter().enumerate() {
         // An empty label continues the previous line's value.
         let head = if i == 0 && !label.is_empty() {
@@ -215,8 +233,13 @@ fn kv(out: &mut String, indent: usize, label: &str, value: &str) {
         } else {
             String::new()
         };
+        let lead = if i == 0 {
+            prefix.to_string()
+        } else {
+            " ".repeat(hang)
+        };
         // Trailing spaces of an empty value are trimmed so the output diffs cleanly.
-        let row = format!("{pad}{head:<LABEL$}{line}");
+        let row = format!("{pad}{head:<LABEL$}{lead}{line}");
         let _ = writeln!(out, "{}", row.trim_end());
     }
 }
@@ -270,11 +293,19 @@ fn source_line(v: Option<&pb::SourceView>) -> Option<(String, String)> {
     Some((format!("{}, “{}”", s.publisher, s.title), s.url.clone()))
 }
 
+/// Each span's exact text, and its source after the last of a run of spans into the same source.
 fn quote_lines(out: &mut String, indent: usize, spans: &[pb::SpanView]) {
+    let source_id = |sv: &pb::SpanView| sv.span.as_ref().map(|s| s.source_id.clone());
     for (i, sv) in spans.iter().enumerate() {
         let label = if i == 0 { "quote" } else { "" };
         let exact = sv.span.as_ref().map_or("", |s| s.exact.as_str());
         kv(out, indent, label, &format!("“{exact}”"));
+        let run_ends = spans
+            .get(i + 1)
+            .is_none_or(|next| source_id(next) != source_id(sv));
+        if !run_ends {
+            continue;
+        }
         if let Some((title, url)) = source_line(sv.source.as_ref()) {
             kv(out, indent, "", &format!("— {title}"));
             kv(out, indent, "", &url);
@@ -339,12 +370,13 @@ fn position_text(p: &pb::Position) -> String {
         let stance = c
             .and_then(|c| c.claim.as_ref())
             .map_or("", |c| c.stance.as_str());
-        let mut line = format!("{date:<w$}  {stance}");
+        let mut line = stance.to_string();
         if !e.in_force {
             let why = c.and_then(ended_label).unwrap_or_else(|| "ended".into());
             let _ = write!(line, "  [{why}, not in force]");
         }
-        kv(&mut out, 2, if i == 0 { "changed" } else { "" }, &line);
+        let label = if i == 0 { "changed" } else { "" };
+        kv_hanging(&mut out, 2, label, &format!("{date:<w$}  "), &line);
     }
     out
 }
@@ -541,7 +573,7 @@ fn statement_chain_text(out: &mut String, v: &pb::StatementView) {
         let span = sv.span.clone().unwrap_or_default();
         let _ = writeln!(
             out,
-            "span {} of {n}: code points {}..{} of source {}",
+            "\nspan {} of {n}: code points {}..{} of source {}",
             i + 1,
             span.start,
             span.end,
@@ -555,7 +587,7 @@ fn statement_chain_text(out: &mut String, v: &pb::StatementView) {
             continue;
         }
         shown_sources.push(span.source_id.clone());
-        let _ = writeln!(out, "source {}", meta.source_id);
+        let _ = writeln!(out, "\nsource {}", meta.source_id);
         kv(out, 2, "publisher", &meta.publisher);
         kv(out, 2, "title", &meta.title);
         kv(out, 2, "url", &meta.url);
@@ -898,10 +930,11 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
             if let Some(c) = &resp.claim {
                 claim_text(&mut out, c);
                 if let Some(s) = &c.statement {
+                    out.push('\n');
                     statement_chain_text(&mut out, s);
                 }
             }
-            let _ = writeln!(out, "({})", fmt_stamp(resp.stamp.as_ref()));
+            let _ = writeln!(out, "\n({})", fmt_stamp(resp.stamp.as_ref()));
             print!("{out}");
             return Ok(0);
         }
@@ -933,19 +966,20 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
                 statement_chain_text(&mut out, s);
             }
             if let Some(r) = &resp.reports {
-                out.push_str("reports this statement:\n");
+                out.push_str("\nreports this statement:\n");
                 out.push_str(&statement_summary_text(r));
             }
             let n = resp.claims.len();
             let _ = writeln!(
                 out,
-                "asserts {n} {}",
+                "\nasserts {n} {}",
                 if n == 1 { "claim" } else { "claims" }
             );
             for c in &resp.claims {
+                out.push('\n');
                 claim_text(&mut out, c);
             }
-            let _ = writeln!(out, "({})", fmt_stamp(resp.stamp.as_ref()));
+            let _ = writeln!(out, "\n({})", fmt_stamp(resp.stamp.as_ref()));
             print!("{out}");
             Ok(0)
         }
@@ -1031,6 +1065,11 @@ mod tests {
         kv(&mut out, 2, "stance", "x");
         kv(&mut out, 2, "", "y");
         assert_eq!(out, "  stance:       x\n                y\n");
+        let mut out = String::new();
+        kv_hanging(&mut out, 0, "changed", "2024  ", &"word ".repeat(30));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("changed:      2024  word"));
+        assert!(lines[1].starts_with(&format!("{}word", " ".repeat(LABEL + 6))));
     }
 
     #[test]
