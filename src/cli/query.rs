@@ -736,9 +736,24 @@ fn position_json(p: &pb::Position) -> Value {
     })
 }
 
+/// Writes `text` to stdout. A reader that went away (`| head`) is not an error: `print!` would
+/// panic there.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    emit(&text)
 }
 
 // ----- the commands -----
@@ -804,7 +819,7 @@ pub async fn positions(
         out.push('\n');
         out.push_str(&position_text(p));
     }
-    print!("{out}");
+    emit(&out)?;
     Ok(0)
 }
 
@@ -836,7 +851,7 @@ pub async fn history(
                 "stamp": stamp_json(resp.stamp.as_ref()),
             }))?;
         } else {
-            print!("{}", history_text(party, &position, resp.stamp.as_ref()));
+            emit(&history_text(party, &position, resp.stamp.as_ref()))?;
         }
         return Ok(0);
     }
@@ -898,7 +913,7 @@ pub async fn history(
         out.push('\n');
         out.push_str(&statement_summary_text(s));
     }
-    print!("{out}");
+    emit(&out)?;
     Ok(0)
 }
 
@@ -935,7 +950,7 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
                 }
             }
             let _ = writeln!(out, "\n({})", fmt_stamp(resp.stamp.as_ref()));
-            print!("{out}");
+            emit(&out)?;
             return Ok(0);
         }
         Err(s) if s.code() == tonic::Code::NotFound => {}
@@ -980,7 +995,7 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
                 claim_text(&mut out, c);
             }
             let _ = writeln!(out, "\n({})", fmt_stamp(resp.stamp.as_ref()));
-            print!("{out}");
+            emit(&out)?;
             Ok(0)
         }
         Err(s) if s.code() == tonic::Code::NotFound => {
