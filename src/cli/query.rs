@@ -381,9 +381,23 @@ fn position_text(p: &pb::Position) -> String {
     out
 }
 
-fn history_text(party: &str, p: &pb::Position, stamp: Option<&pb::ReadStamp>) -> String {
+fn history_text(
+    party: &str,
+    topic: &str,
+    p: &pb::Position,
+    stamp: Option<&pb::ReadStamp>,
+) -> String {
     let mut out = String::new();
     let n = p.history.len();
+    if n == 0 {
+        // An empty table under "current stance: none in force" would suggest retractions.
+        let _ = writeln!(
+            out,
+            "{party} on {topic}: no claims in range ({})",
+            fmt_stamp(stamp)
+        );
+        return out;
+    }
     let _ = writeln!(
         out,
         "{party} on {}: {n} {} ({})",
@@ -851,7 +865,7 @@ pub async fn history(
                 "stamp": stamp_json(resp.stamp.as_ref()),
             }))?;
         } else {
-            emit(&history_text(party, &position, resp.stamp.as_ref()))?;
+            emit(&history_text(party, topic, &position, resp.stamp.as_ref()))?;
         }
         return Ok(0);
     }
