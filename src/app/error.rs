@@ -9,7 +9,7 @@ pub enum AppError {
     #[error(transparent)]
     Domain(#[from] DomainError),
     /// Malformed request envelope (options, batch size, stream name). Fix the named fields.
-    #[error("invalid argument: {0:?}")]
+    #[error("invalid argument: {}", crate::domain::error::join(.0))]
     Invalid(Vec<FieldViolation>),
     /// A client-given expected revision did not match. Re-read the stream, decide again.
     #[error("stream {stream:?}: expected {expected}, actual {}", .actual.map_or("no stream".to_string(), |r| format!("revision {r}")))]

@@ -39,7 +39,8 @@ pub enum DomainError {
     FailedPrecondition { field: String, message: String },
 }
 
-fn join(v: &[FieldViolation]) -> String {
+/// Violations as one readable line: `field: description; field: description`.
+pub fn join(v: &[FieldViolation]) -> String {
     v.iter()
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
