@@ -1,15 +1,19 @@
-//! The `claims-ledger` command line: `serve` runs the service; `load` and `head` are clients of a
-//! running server; `verify` checks a stopped server's data directory offline; `bench` measures
-//! durable append throughput against raw sled.
+//! The `claims-ledger` command line: `serve` runs the service; `load`, `head` and `tail` are clients
+//! of a running server's write and event services, and `positions`, `history` and `provenance` of its
+//! query service; `verify` checks and `rebuild` rebuilds the projections of a stopped server's data
+//! directory offline; `bench` measures durable append throughput against raw sled.
 pub mod bench;
 pub mod bench_query;
 pub mod bench_subscribe;
 mod client;
+mod query;
+mod rebuild;
 mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -112,6 +116,77 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a party's current stance on every topic (or one), with who said it, when and where,
+    /// and the quoted source text.
+    Positions {
+        /// The party's slug, e.g. `russia`.
+        #[arg(long)]
+        party: String,
+        /// Only this topic slug.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only claims stated by then: RFC 3339, `YYYY-MM-DD` or `YYYY-MM` (start of it, UTC).
+        #[arg(long, value_parser = query::parse_time)]
+        as_of_stated: Option<DateTime<Utc>>,
+        /// Only what the ledger had recorded then: a log position (event count) or a time as above.
+        #[arg(long, value_parser = query::parse_as_of_recorded)]
+        as_of_recorded: Option<query::AsOfRecorded>,
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print how a party's stance on a topic changed, or without --topic every statement by or for
+    /// the party, newest first.
+    History {
+        /// The party's slug, e.g. `ukraine`.
+        #[arg(long)]
+        party: String,
+        /// The topic slug; without it, statements are listed.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only what was stated at or after this: RFC 3339, `YYYY-MM-DD` or `YYYY-MM`.
+        #[arg(long, value_parser = query::parse_time)]
+        since: Option<DateTime<Utc>>,
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trace a claim or statement (by UUID) to its statement, quoted spans and sources.
+    Provenance {
+        /// A claim or statement UUID.
+        id: String,
+        /// Code points of source text to show around each span (0..2000).
+        #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u32).range(0..=2000))]
+        context: u32,
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the projections of a data directory (server stopped) from the log.
+    Rebuild {
+        #[arg(long, env = "CLAIMS_LEDGER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure durable append throughput and latency against raw sled + fdatasync on the same disk.
     Bench(bench::BenchArgs),
     /// Measure subscriptions: catch-up rate against a raw sled scan, and fan-out to many live
@@ -143,6 +218,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             limit,
         } => client::tail(&server, &from, stream_prefixes, event_types, json, limit).await,
         Cmd::Verify { data_dir, json } => client::verify(&data_dir, json),
+        Cmd::Positions {
+            party,
+            topic,
+            as_of_stated,
+            as_of_recorded,
+            server,
+            json,
+        } => {
+            query::positions(
+                &server,
+                &party,
+                topic.as_deref(),
+                as_of_stated,
+                as_of_recorded,
+                json,
+            )
+            .await
+        }
+        Cmd::History {
+            party,
+            topic,
+            since,
+            server,
+            json,
+        } => query::history(&server, &party, topic.as_deref(), since, json).await,
+        Cmd::Provenance {
+            id,
+            context,
+            server,
+            json,
+        } => query::provenance(&server, &id, context, json).await,
+        Cmd::Rebuild { data_dir, json } => rebuild::run(&data_dir, json),
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::BenchSubscribe(args) => bench_subscribe::run(args).await,
         Cmd::BenchQuery(args) => bench_query::run(args).await,
