@@ -772,10 +772,30 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 
 // ----- the commands -----
 
-async fn connect(server: &str) -> anyhow::Result<pb::query_client::QueryClient<Channel>> {
-    pb::query_client::QueryClient::connect(server.to_string())
+/// A Query client, and the consistency that makes its answers include every write acknowledged
+/// before the command started (the log's head at connect time), so a person never sees a lagging
+/// projection right after a write.
+async fn connect(
+    server: &str,
+) -> anyhow::Result<(
+    pb::query_client::QueryClient<Channel>,
+    Option<pb::ReadConsistency>,
+)> {
+    let channel = tonic::transport::Endpoint::from_shared(server.to_string())?
+        .connect()
         .await
-        .with_context(|| format!("connecting to {server}"))
+        .with_context(|| format!("connecting to {server}"))?;
+    let head = pb::events_client::EventsClient::new(channel.clone())
+        .get_head(pb::GetHeadRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    Ok((
+        pb::query_client::QueryClient::new(channel),
+        Some(pb::ReadConsistency {
+            min_position: head.event_count,
+        }),
+    ))
 }
 
 /// The same `code: message` the other client commands print.
@@ -792,13 +812,14 @@ pub async fn positions(
     as_of_recorded: Option<AsOfRecorded>,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let mut client = connect(server).await?;
+    let (mut client, fresh) = connect(server).await?;
     let resp = client
         .get_positions(pb::GetPositionsRequest {
             party_id: party.to_string(),
             topic: topic.unwrap_or_default().to_string(),
             as_of_stated: as_of_stated.map(ts),
             as_of_recorded: as_of_recorded.map(AsOfRecorded::pb),
+            consistency: fresh,
             ..Default::default()
         })
         .await
@@ -845,13 +866,14 @@ pub async fn history(
     since: Option<DateTime<Utc>>,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let mut client = connect(server).await?;
+    let (mut client, fresh) = connect(server).await?;
     if let Some(topic) = topic {
         let resp = client
             .get_position_history(pb::GetPositionHistoryRequest {
                 party_id: party.to_string(),
                 topic: topic.to_string(),
                 since: since.map(ts),
+                consistency: fresh,
                 ..Default::default()
             })
             .await
@@ -884,7 +906,8 @@ pub async fn history(
                 // Later pages must not come from an older projection than the first one.
                 consistency: stamps
                     .first()
-                    .map(|&min_position| pb::ReadConsistency { min_position }),
+                    .map(|&min_position| pb::ReadConsistency { min_position })
+                    .or(fresh),
                 ..Default::default()
             })
             .await
@@ -937,12 +960,12 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
     let id = uuid::Uuid::parse_str(id.trim())
         .map_err(|e| anyhow::anyhow!("{id:?} is not a claim or statement id (a UUID): {e}"))?
         .to_string();
-    let mut client = connect(server).await?;
+    let (mut client, fresh) = connect(server).await?;
     match client
         .get_claim(pb::GetClaimRequest {
             claim_id: id.clone(),
             context_chars: context,
-            consistency: None,
+            consistency: fresh,
         })
         .await
     {
@@ -974,7 +997,7 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
         .get_statement(pb::GetStatementRequest {
             statement_id: id.clone(),
             context_chars: context,
-            consistency: None,
+            consistency: fresh,
         })
         .await
     {

@@ -97,7 +97,7 @@ pub fn run(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let log = EventLog::open(data_dir, LogOptions::default(), None)
         .map_err(|e| open_error("event log", data_dir, e))?;
     let projections_dir = crate::app::projections_dir(data_dir);
-    let projections = Projections::open(&projections_dir, &log)
+    let (projections, _) = Projections::open_unchecked(&projections_dir)
         .map_err(|e| open_error("projections", &projections_dir, e))?;
 
     let total = log.durable_count();
