@@ -438,8 +438,9 @@ pub struct RebuildReport {
 
 impl Projections {
     /// Opens the projections in `dir`. If their version differs, or their checkpoint is not a prefix
-    /// of `log` (a log restored from elsewhere, or a relaxed-durability log that lost its tail), the
-    /// serving generation is rebuilt from position 0 before this returns.
+    /// of `log` (a log restored from elsewhere, or a relaxed-durability log that lost its tail), they
+    /// start over empty at position 0; the caller's catch-up fills them (the server's `Query` health
+    /// stays NOT_SERVING meanwhile), so opening never waits for a replay.
     pub fn open(dir: &Path, log: &EventLog) -> Result<Projections, ProjectionError> {
         let (p, version_ok) = Projections::open_unchecked(dir)?;
         let checkpoint = p.read().checkpoint;
@@ -447,9 +448,9 @@ impl Projections {
             tracing::warn!(
                 applied = checkpoint.applied,
                 version_ok,
-                "projections do not match this log; rebuilding from position 0"
+                "projections do not match this log; starting over from position 0 in the background"
             );
-            p.rebuild(log, &mut |_| {})?;
+            p.reset()?;
         }
         Ok(p)
     }
@@ -595,10 +596,7 @@ impl Projections {
         log: &EventLog,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RebuildReport, ProjectionError> {
-        let generation = self.generation() + 1;
-        let name = tree_name(generation);
-        self.db.drop_tree(name.as_bytes())?;
-        let tree = self.db.open_tree(&name)?;
+        let (generation, tree) = self.fresh_generation()?;
         let mut checkpoint = read_checkpoint(&tree)?;
         // Most of the work, without blocking queries or the live projection.
         catch_up_tree(log, &tree, &mut checkpoint, log.durable_count(), progress)?;
@@ -606,25 +604,57 @@ impl Projections {
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
         let end = log.durable_count().max(active.checkpoint.applied);
         catch_up_tree(log, &tree, &mut checkpoint, end, progress)?;
-        self.db.insert(META_ACTIVE, &generation.to_be_bytes())?;
-        self.db
-            .insert(META_VERSION, &PROJECTION_VERSION.to_be_bytes())?;
-        self.db.flush()?;
-        let old = std::mem::replace(
-            &mut *active,
+        self.switch(
+            &mut active,
             Active {
                 generation,
                 tree,
                 checkpoint,
             },
-        );
-        self.applied_tx.send_replace(checkpoint.applied);
-        drop(active);
-        self.db.drop_tree(tree_name(old.generation).as_bytes())?;
+        )?;
         Ok(RebuildReport {
             events: checkpoint.applied,
             generation,
         })
+    }
+
+    /// An empty tree for the next generation (dropping any leftover of that name).
+    fn fresh_generation(&self) -> Result<(u64, sled::Tree), ProjectionError> {
+        let generation = self.generation() + 1;
+        let name = tree_name(generation);
+        self.db.drop_tree(name.as_bytes())?;
+        Ok((generation, self.db.open_tree(&name)?))
+    }
+
+    /// Makes `next` the serving generation (durably named in the meta keys) and drops the old tree.
+    fn switch(&self, active: &mut Active, next: Active) -> Result<(), ProjectionError> {
+        self.db
+            .insert(META_ACTIVE, &next.generation.to_be_bytes())?;
+        self.db
+            .insert(META_VERSION, &PROJECTION_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        let applied = next.checkpoint.applied;
+        let old = std::mem::replace(active, next);
+        self.applied_tx.send_replace(applied);
+        self.db.drop_tree(tree_name(old.generation).as_bytes())?;
+        Ok(())
+    }
+
+    /// Starts over with an empty generation at position 0, for the projector to fill in the
+    /// background (used at open, so that a store to rebuild never delays serving writes).
+    fn reset(&self) -> Result<(), ProjectionError> {
+        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        let (generation, tree) = self.fresh_generation()?;
+        let checkpoint = read_checkpoint(&tree)?;
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        self.switch(
+            &mut active,
+            Active {
+                generation,
+                tree,
+                checkpoint,
+            },
+        )
     }
 
     /// Writes everything applied so far to disk (used at shutdown and by the offline rebuild).
