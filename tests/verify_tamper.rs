@@ -146,7 +146,7 @@ async fn changed_payload_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_payload_with_rewritten_hash_breaks_the_next_link() {
+async fn changed_payload_with_rewritten_hash_is_caught_by_its_merkle_leaf() {
     let (dir, _) = tampered(|db| {
         let bytes = edited(&stored(db, 7)[32..]);
         let mut changed = sha256(&bytes).to_vec();
@@ -155,8 +155,43 @@ async fn changed_payload_with_rewritten_hash_breaks_the_next_link() {
     })
     .await;
     let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 7, "{m}");
+    assert!(m.reason.contains("Merkle subtree hash (0, 7)"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_payload_with_rewritten_hash_and_no_tree_breaks_the_next_link() {
+    let (dir, _) = tampered(|db| {
+        let bytes = edited(&stored(db, 7)[32..]);
+        let mut changed = sha256(&bytes).to_vec();
+        changed.extend(bytes);
+        db.insert(pos_key(b'e', 7), changed).unwrap();
+        // An attacker who also removes the tree still meets the hash chain.
+        db.remove(b"mtree").unwrap().expect("the log keeps a tree");
+    })
+    .await;
+    let m = expect_mismatch(dir.path());
     assert_eq!(m.position, 8, "{m}");
     assert!(m.reason.contains("prev_hash"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_merkle_node_is_named_by_its_first_leaf() {
+    let (dir, _) = tampered(|db| {
+        // Interior node (level 2, index 1): leaves 4..8.
+        let key = [b'n', 2, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut v = db.get(key).unwrap().expect("node stored").to_vec();
+        v[0] ^= 1;
+        db.insert(key, v).unwrap();
+    })
+    .await;
+    let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 4, "{m}");
+    assert!(
+        m.reason
+            .contains("Merkle subtree hash (2, 1) does not match"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

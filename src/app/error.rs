@@ -77,6 +77,7 @@ impl From<LogError> for AppError {
                 "position",
                 format!("{position} is beyond the end of the log ({durable} events)"),
             ),
+            LogError::ProofRequest(m) => AppError::OutOfRange(m),
             LogError::Poisoned | LogError::Closed => AppError::Unavailable,
             other => AppError::Internal(other.to_string()),
         }

@@ -106,14 +106,17 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash)})
+                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash), "merkle_root": report.merkle_root.map(hex::encode)})
                 );
             } else {
                 println!(
-                    "ok: {} events in {} streams, head hash {}",
+                    "ok: {} events in {} streams, head hash {}, Merkle root {}",
                     report.events,
                     report.streams,
-                    hex::encode(report.head_hash)
+                    hex::encode(report.head_hash),
+                    report
+                        .merkle_root
+                        .map_or("(no tree kept)".to_string(), hex::encode)
                 );
             }
             Ok(0)

@@ -8,6 +8,10 @@
 //! - `i` + idempotency key → JSON idempotency record.
 //! - `mhead` → event count (u64 BE) ‖ hash of the last event.
 //! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE).
+//! - `n` + level (u8) + index (u64 BE) → the RFC 6962 hash of the perfect Merkle subtree over leaves
+//!   `[index << level, (index + 1) << level)`; level 0 holds the leaf hashes `SHA-256(0x00 ‖ record)`.
+//!   Written in the same batch as the events that complete them; about two per event.
+//! - `mtree` → the Merkle frontier (size ‖ right-edge subtree hashes) after the last event.
 use super::record::Hash;
 
 pub(crate) const EVENT: u8 = b'e';
@@ -15,6 +19,8 @@ pub(crate) const STREAM: u8 = b's';
 pub(crate) const IDEMPOTENCY: u8 = b'i';
 pub(crate) const HEAD_KEY: &[u8] = b"mhead";
 pub(crate) const CURSOR: u8 = b'c';
+pub(crate) const NODE: u8 = b'n';
+pub(crate) const FRONTIER_KEY: &[u8] = b"mtree";
 /// Positions per stream-index chunk: small enough that rewriting the last chunk is cheap.
 pub(crate) const CHUNK: u64 = 64;
 
@@ -22,6 +28,15 @@ pub(crate) fn event_key(pos: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = EVENT;
     k[1..].copy_from_slice(&pos.to_be_bytes());
+    k
+}
+
+pub(crate) fn node_key(level: u32, index: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = NODE;
+    // Levels never exceed 64 (a tree of at most 2^64 leaves).
+    k[1] = level.min(255) as u8;
+    k[2..].copy_from_slice(&index.to_be_bytes());
     k
 }
 

@@ -36,6 +36,9 @@ pub enum LogError {
     /// delivered.
     #[error("position {position} is beyond the end of the log ({durable} events)")]
     CursorBeyondHead { position: u64, durable: u64 },
+    /// A proof was asked for a tree size, position or pair of sizes the log cannot prove.
+    #[error("{0}")]
+    ProofRequest(String),
     #[error("an append needs at least one event")]
     EmptyAppend,
     #[error("cannot encode event: {0}")]

@@ -23,10 +23,12 @@ use uuid::Uuid;
 
 use super::layout::{
     be_u64, chunk_positions, cursor_key, event_key, event_value, head_value, idempotency_key,
-    parse_head, split_event_value, stream_chunk_key, stream_prefix, CHUNK, HEAD_KEY,
+    node_key, parse_head, split_event_value, stream_chunk_key, stream_prefix, CHUNK, FRONTIER_KEY,
+    HEAD_KEY,
 };
 use super::record::{self, Encode, Hash, RecordedEvent, GENESIS_HASH};
 use super::LogError;
+use crate::merkle::{self, Frontier};
 
 /// What a writer expects of a stream before its append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +152,9 @@ pub struct LogOptions {
     pub durability: Durability,
     /// Most appends that share one sync.
     pub max_group: usize,
+    /// Maintain the RFC 6962 Merkle tree in the same batches as the events. Off only to measure its
+    /// cost; a log opened with it on again catches the tree up from where it stopped.
+    pub merkle: bool,
 }
 
 impl Default for LogOptions {
@@ -157,6 +162,7 @@ impl Default for LogOptions {
         LogOptions {
             durability: Durability::Fsync,
             max_group: 1024,
+            merkle: true,
         }
     }
 }
@@ -207,6 +213,90 @@ fn decode_event_value(pos: u64, v: &[u8]) -> Result<RecordedEvent, LogError> {
     Ok(rec)
 }
 
+/// Pushes the leaves of `events` onto a copy of `frontier`, staging every perfect subtree they complete
+/// and the new frontier in `batch`, so the tree is written atomically with the events.
+fn stage_tree(frontier: &Frontier, events: &[RecordedEvent], batch: &mut sled::Batch) -> Frontier {
+    let mut next = frontier.clone();
+    for e in events {
+        // `TreeFull` needs 2^64 events; positions would overflow first.
+        let _ = next.push_with(merkle::leaf_hash(&e.stored), |level, index, hash| {
+            batch.insert(&node_key(level, index)[..], &hash[..]);
+        });
+    }
+    batch.insert(FRONTIER_KEY, next.to_bytes());
+    next
+}
+
+/// The stored frontier, extended over any events written without the tree (a log from before it, or
+/// one opened with `merkle: false`) and synced, so every durable event is in the tree.
+fn catch_up_tree(db: &sled::Db, data_file: &File, count: u64) -> Result<Frontier, LogError> {
+    let mut frontier = match db.get(FRONTIER_KEY)? {
+        Some(v) => Frontier::from_bytes(&v).map_err(|e| LogError::Corrupt {
+            position: 0,
+            reason: format!("unreadable Merkle frontier: {e}"),
+        })?,
+        None => Frontier::new(),
+    };
+    if frontier.size() > count {
+        return Err(LogError::Corrupt {
+            position: count,
+            reason: format!(
+                "the Merkle tree has {} leaves but the log {count} events",
+                frontier.size()
+            ),
+        });
+    }
+    if frontier.size() == count {
+        return Ok(frontier);
+    }
+    tracing::info!(
+        from = frontier.size(),
+        to = count,
+        "extending the Merkle tree over the log"
+    );
+    while frontier.size() < count {
+        let end = count.min(frontier.size() + 4096);
+        let mut events = Vec::new();
+        for item in db.range(event_key(frontier.size())..event_key(end)) {
+            let (k, v) = item?;
+            let pos = be_u64(&k[1..]).unwrap_or(u64::MAX);
+            events.push(decode_event_value(pos, &v)?);
+        }
+        if events.is_empty() {
+            break;
+        }
+        let mut batch = sled::Batch::default();
+        frontier = stage_tree(&frontier, &events, &mut batch);
+        db.apply_batch(batch)?;
+    }
+    db.flush()?;
+    data_file.sync_data()?;
+    Ok(frontier)
+}
+
+fn proof_error(e: merkle::ProofRequestError<LogError>) -> LogError {
+    match e {
+        merkle::ProofRequestError::Store(e) => e,
+        other => LogError::ProofRequest(other.to_string()),
+    }
+}
+
+/// The stored perfect subtrees, for proofs. Only ask for sizes the log has made durable.
+pub(crate) struct SledNodes<'a>(pub(crate) &'a sled::Db);
+
+impl merkle::NodeStore for SledNodes<'_> {
+    type Error = LogError;
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, LogError> {
+        let missing = || LogError::Corrupt {
+            position: index.checked_shl(level).unwrap_or(u64::MAX),
+            reason: format!("Merkle node ({level}, {index}) is missing"),
+        };
+        let v = self.0.get(node_key(level, index))?.ok_or_else(missing)?;
+        v.as_ref().try_into().map_err(|_| missing())
+    }
+}
+
 struct Shared {
     db: sled::Db,
     /// Events below this position are durable and visible to readers.
@@ -220,6 +310,8 @@ struct Shared {
     staging: AtomicBool,
     /// sled's data file, for fdatasync of writes made outside the syncer (subscription cursors).
     data_file: File,
+    /// Whether the Merkle tree is maintained (proofs are refused otherwise).
+    merkle: bool,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -263,6 +355,11 @@ impl EventLog {
             Some(pos) => Some(read_event(&db, pos)?.recorded_at),
             None => None,
         };
+        let frontier = if options.merkle {
+            catch_up_tree(&db, &data_file, head.count)?
+        } else {
+            Frontier::new()
+        };
         let (durable_tx, _) = watch::channel(head.count);
         let shared = Arc::new(Shared {
             db: db.clone(),
@@ -273,6 +370,7 @@ impl EventLog {
             syncs: AtomicU64::new(0),
             staging: AtomicBool::new(false),
             data_file,
+            merkle: options.merkle,
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
@@ -287,6 +385,7 @@ impl EventLog {
             shared: shared.clone(),
             db,
             head,
+            frontier,
             last_recorded,
             options,
         };
@@ -487,6 +586,41 @@ impl EventLog {
         .map_err(|_| LogError::Closed)?
     }
 
+    /// Checks that a tree of `size` leaves can be proven: maintained, and within the durable log.
+    fn provable(&self, size: u64) -> Result<(), LogError> {
+        if !self.shared.merkle {
+            return Err(LogError::ProofRequest(
+                "this log was opened without its Merkle tree".into(),
+            ));
+        }
+        let durable = self.durable_count();
+        if size > durable {
+            return Err(LogError::ProofRequest(format!(
+                "tree size {size} is beyond the end of the log ({durable} events)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The RFC 6962 root of the first `size` events.
+    pub fn tree_root(&self, size: u64) -> Result<Hash, LogError> {
+        self.provable(size)?;
+        merkle::root_at(&SledNodes(&self.shared.db), size).map_err(proof_error)
+    }
+
+    /// The inclusion proof of the event at `position` in the tree of `size` events.
+    pub fn inclusion_proof(&self, position: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+        self.provable(size)?;
+        merkle::inclusion_proof(&SledNodes(&self.shared.db), position, size).map_err(proof_error)
+    }
+
+    /// The consistency proof from the tree of `old_size` events to the tree of `new_size`.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, LogError> {
+        self.provable(new_size)?;
+        merkle::consistency_proof(&SledNodes(&self.shared.db), old_size, new_size)
+            .map_err(proof_error)
+    }
+
     /// Number of disk syncs made since the log was opened (each may cover many appends).
     pub fn sync_count(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
@@ -503,6 +637,8 @@ struct Writer {
     shared: Arc<Shared>,
     db: sled::Db,
     head: Head,
+    /// The Merkle tree's right edge after the last staged event.
+    frontier: Frontier,
     last_recorded: Option<DateTime<Utc>>,
     options: LogOptions,
 }
@@ -620,6 +756,10 @@ impl Writer {
         }
         if !group.events.is_empty() {
             batch.insert(HEAD_KEY, head_value(head.count, &head.hash));
+            let frontier = self
+                .options
+                .merkle
+                .then(|| stage_tree(&self.frontier, &group.events, &mut batch));
             if let Err(e) = self.db.apply_batch(batch) {
                 self.shared.poison(&e.into());
                 for (reply, _) in group.replies.drain(..) {
@@ -629,6 +769,9 @@ impl Writer {
                 return group;
             }
             self.head = head;
+            if let Some(f) = frontier {
+                self.frontier = f;
+            }
             self.last_recorded = Some(recorded_at);
             group.head = head;
         }

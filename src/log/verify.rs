@@ -1,17 +1,19 @@
 //! Offline verification of a data directory: recomputes every event's hash from its stored bytes,
-//! checks the chain links, gap-free positions, stream revisions and the head, and names the first
-//! position that does not match. Reads sled directly, so the server must be stopped (sled locks the
+//! checks the chain links, gap-free positions, stream revisions and the head, recomputes every
+//! Merkle leaf and stored subtree hash and the root, and names the first position that does not
+//! match. Reads sled directly, so the server must be stopped (sled locks the
 //! directory).
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::layout::{
-    be_u64, chunk_positions, parse_head, parse_stream_chunk_key, split_event_value, CHUNK, EVENT,
-    HEAD_KEY, STREAM,
+    be_u64, chunk_positions, node_key, parse_head, parse_stream_chunk_key, split_event_value,
+    CHUNK, EVENT, FRONTIER_KEY, HEAD_KEY, STREAM,
 };
 use super::record::{self, Hash, GENESIS_HASH};
 use super::store::open_db;
 use super::LogError;
+use crate::merkle::{self, Frontier};
 
 /// What a successful verification saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct VerifyReport {
     pub events: u64,
     pub streams: usize,
     pub head_hash: Hash,
+    /// The recomputed RFC 6962 root over every event; `None` for a log kept without its tree.
+    pub merkle_root: Option<Hash>,
 }
 
 /// The first mismatch found.
@@ -48,6 +52,9 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
     let mut prev: Hash = GENESIS_HASH;
     // Positions of each stream's events, as the log itself says (index = revision).
     let mut streams: HashMap<String, Vec<u64>> = HashMap::new();
+    // The tree is checked when the log keeps one: every stored subtree hash against its recomputation.
+    let stored_frontier = db.get(FRONTIER_KEY)?;
+    let mut tree = stored_frontier.as_ref().map(|_| Frontier::new());
     for item in db.scan_prefix([EVENT]) {
         let (k, v) = item?;
         let Some(pos) = be_u64(&k[1..]).filter(|_| k.len() == 9) else {
@@ -96,6 +103,27 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
             );
         }
         positions.push(pos);
+        if let Some(t) = tree.as_mut() {
+            let mut bad: Option<(u32, u64, String)> = None;
+            let _ = t.push_with(merkle::leaf_hash(bytes), |level, index, computed| {
+                if bad.is_some() {
+                    return;
+                }
+                match db.get(node_key(level, index)) {
+                    Ok(Some(v)) if v.as_ref() == computed.as_slice() => {}
+                    Ok(Some(_)) => bad = Some((level, index, "does not match".into())),
+                    Ok(None) => bad = Some((level, index, "is missing".into())),
+                    Err(e) => bad = Some((level, index, format!("is unreadable: {e}"))),
+                }
+            });
+            if let Some((level, index, what)) = bad {
+                // A subtree over leaves [index << level, ...): name its first leaf.
+                return fail(
+                    index << level,
+                    format!("Merkle subtree hash ({level}, {index}) {what}"),
+                );
+            }
+        }
         prev = hash;
         expected_pos += 1;
     }
@@ -113,6 +141,14 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         }
         None if expected_pos > 0 => return fail(expected_pos, "head record is missing".into()),
         _ => {}
+    }
+    if let (Some(t), Some(stored)) = (&tree, &stored_frontier) {
+        if stored.as_ref() != t.to_bytes().as_slice() {
+            return fail(
+                expected_pos,
+                "the stored Merkle frontier does not match the recomputed tree".into(),
+            );
+        }
     }
     // The stream index must list exactly the positions found above.
     let mut indexed: HashMap<String, Vec<u64>> = HashMap::new();
@@ -156,5 +192,6 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         events: expected_pos,
         streams: streams.len(),
         head_hash: prev,
+        merkle_root: tree.map(|t| t.root()),
     }))
 }
