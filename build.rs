@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/claimsledger/v1/events.proto",
         "proto/claimsledger/v1/query.proto",
         "proto/claimsledger/v1/admin.proto",
+        "proto/claimsledger/v1/audit.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

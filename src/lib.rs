@@ -11,6 +11,7 @@
 //! - [`grpc`]: the only place that names tonic and prost types; maps `app::Error` to `Status` once.
 //! - [`cli`]: the `claims-ledger` subcommands: serve, client commands for people, verify, bench.
 pub mod app;
+pub mod checkpoint;
 pub mod cli;
 pub mod dataset;
 pub mod domain;

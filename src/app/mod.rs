@@ -4,6 +4,7 @@
 //! that got an ack can immediately refer to what it wrote.
 //!
 //! No tonic or prost here; the transport converts to and from these types.
+mod audit;
 mod error;
 mod projector;
 pub mod query;
@@ -13,10 +14,12 @@ mod write;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+pub use audit::{Inclusion, Signed};
 pub use error::AppError;
 pub use subscribe::{Start, SubscribeOptions, SubscriptionItem, SubscriptionState};
 pub use write::{ClientCommand, Shape, WriteContext, WriteOutcome};
 
+use crate::checkpoint::{keys, Signer};
 use crate::domain::event::DecodeError;
 use crate::domain::{Event, State};
 use crate::log::{CommitObserver, EventLog, LogError, LogOptions, RecordedEvent};
@@ -35,6 +38,27 @@ pub struct App {
     projections: Option<Arc<Projections>>,
     /// The projector task, awaited by [`App::finish`].
     projector: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Signs checkpoints of the log's Merkle tree.
+    signer: Arc<Signer>,
+}
+
+/// The origin (and key name) of a log whose operator configured none.
+pub const DEFAULT_ORIGIN: &str = "claims-ledger.local/log";
+
+/// Where the signing key is kept unless configured otherwise.
+pub fn signing_key_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("signing.key")
+}
+
+/// How to open an [`App`].
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub log: LogOptions,
+    /// Run without read models (to measure their cost).
+    pub no_projections: bool,
+    /// The checkpoint signing key; `None` loads `signing.key` in the data directory, generating it
+    /// (mode 0600) on first start, named [`DEFAULT_ORIGIN`].
+    pub signer: Option<Signer>,
 }
 
 /// Where the read models live inside a data directory.
@@ -85,6 +109,24 @@ impl App {
 
     /// As [`App::open`]; `projections: false` runs without read models (to measure their cost).
     pub fn open_with(dir: &Path, options: LogOptions, projections: bool) -> Result<App, AppError> {
+        App::open_options(
+            dir,
+            OpenOptions {
+                log: options,
+                no_projections: !projections,
+                signer: None,
+            },
+        )
+    }
+
+    /// Opens with every option spelled out.
+    pub fn open_options(dir: &Path, opts: OpenOptions) -> Result<App, AppError> {
+        let OpenOptions {
+            log: options,
+            no_projections,
+            signer,
+        } = opts;
+        let projections = !no_projections;
         let state = Arc::new(RwLock::new(State::default()));
         let recent = Arc::new(RwLock::new(subscribe::Recent::default()));
         let observer = Arc::new(StateObserver {
@@ -92,6 +134,11 @@ impl App {
             recent: recent.clone(),
         });
         let log = EventLog::open(dir, options, Some(observer))?;
+        let signer = match signer {
+            Some(s) => s,
+            None => keys::load_or_generate(&signing_key_path(dir), DEFAULT_ORIGIN)
+                .map_err(|e| AppError::Internal(format!("signing key: {e}")))?,
+        };
         let projections = if projections {
             Some(Arc::new(Projections::open(&projections_dir(dir), &log)?))
         } else {
@@ -104,6 +151,7 @@ impl App {
             recent,
             projections,
             projector: Arc::default(),
+            signer: Arc::new(signer),
         };
         app.replay()?;
         if tokio::runtime::Handle::try_current().is_ok() {

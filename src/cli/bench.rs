@@ -136,14 +136,20 @@ async fn setup(server: &str) -> anyhow::Result<String> {
 }
 
 /// Durable appends through gRPC: `writers` tasks each sending requests of `per_request` statements.
-async fn measure_ours(
+/// `merkle: false` runs the log without its Merkle tree (to measure the tree's cost).
+pub(crate) async fn measure_ours(
     dir: &Path,
     writers: usize,
     per_request: usize,
     seconds: f64,
     in_process: bool,
+    merkle: bool,
 ) -> anyhow::Result<(Measured, u64, Vec<u8>)> {
-    let app = App::open(dir, LogOptions::default())?;
+    let options = LogOptions {
+        merkle,
+        ..LogOptions::default()
+    };
+    let app = App::open_with(dir, options, true)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -298,7 +304,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     // A short warm-up run gives a real stored record for the baseline to write.
     let warm_dir = args.dir.join("warm-up");
     let _ = std::fs::remove_dir_all(&warm_dir);
-    let (_, _, record) = measure_ours(&warm_dir, 1, 1, 0.3, false).await?;
+    let (_, _, record) = measure_ours(&warm_dir, 1, 1, 0.3, false, true).await?;
     let _ = std::fs::remove_dir_all(&warm_dir);
     if !args.json {
         println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms |");
@@ -318,7 +324,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                 measure_baseline(&base_dir.join("before"), group, &record, half)
             })?;
             let (ours, requests, _) =
-                measure_ours(&run_dir, writers, per, args.seconds, args.in_process).await?;
+                measure_ours(&run_dir, writers, per, args.seconds, args.in_process, true).await?;
             let after = tokio::task::block_in_place(|| {
                 measure_baseline(&base_dir.join("after"), group, &record, half)
             })?;

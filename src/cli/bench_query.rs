@@ -441,7 +441,10 @@ async fn generate(dir: &Path, target: u64) -> anyhow::Result<Dataset> {
 }
 
 /// Retries `open` until the database that held the directory lock has let go of it.
-fn when_released<T, E>(what: &Path, mut open: impl FnMut() -> Result<T, E>) -> anyhow::Result<T>
+pub(crate) fn when_released<T, E>(
+    what: &Path,
+    mut open: impl FnMut() -> Result<T, E>,
+) -> anyhow::Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -465,7 +468,7 @@ struct RawScans {
 
 /// Reads every event value; returns (events, bytes). Summing the bytes makes the scan read them, as
 /// any consumer must, rather than only count the handles sled returns.
-fn scan(db: &sled::Db) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn scan(db: &sled::Db) -> anyhow::Result<(u64, u64)> {
     let (mut events, mut bytes, mut sum) = (0u64, 0u64, 0u64);
     for item in db.scan_prefix(b"e") {
         let (_, value) = item?;

@@ -2,7 +2,9 @@
 //! of a running server's write and event services, and `positions`, `history` and `provenance` of its
 //! query service; `verify` checks and `rebuild` rebuilds the projections of a stopped server's data
 //! directory offline; `bench` measures durable append throughput against raw sled.
+pub mod audit_verify;
 pub mod bench;
+pub mod bench_audit;
 pub mod bench_query;
 pub mod bench_subscribe;
 mod client;
@@ -59,6 +61,10 @@ pub enum Cmd {
         /// Write the bound address to this file once listening (for scripts and tests).
         #[arg(long)]
         addr_file: Option<PathBuf>,
+        /// Checkpoint signing key (C2SP private key string, file mode 0600). Default: `signing.key`
+        /// in the data directory, generated on first start.
+        #[arg(long, env = "CLAIMS_LEDGER_SIGNING_KEY")]
+        signing_key: Option<PathBuf>,
     },
     /// Submit a dataset file (claims-ledger/dataset/v1 JSON) through the API; idempotent.
     Load {
@@ -111,8 +117,25 @@ pub enum Cmd {
     },
     /// Recompute the hash chain of a data directory (server stopped) and name the first bad position.
     Verify {
+        /// Offline: the data directory to check (server stopped).
         #[arg(long, env = "CLAIMS_LEDGER_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// Online: audit this running server instead (needs --key).
+        #[arg(long)]
+        server: Option<String>,
+        /// The log's pinned verifier key (`name+keyid+base64`, from `Audit.GetPublicKey` or the
+        /// operator). Online mode only.
+        #[arg(long, env = "CLAIMS_LEDGER_VERIFIER_KEY")]
+        key: Option<String>,
+        /// A checkpoint saved earlier: the server's log must extend it. Created on first use.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Also check this event's bytes and inclusion proof against the signed checkpoint.
+        #[arg(long)]
+        event: Option<u64>,
+        /// Save the newly verified checkpoint over the old one.
+        #[arg(long)]
+        update: bool,
         #[arg(long)]
         json: bool,
     },
@@ -187,6 +210,18 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure tamper evidence: appends with and without the Merkle tree, proof latency at a million
+    /// events against a point read, and `verify --data-dir` against a raw sled scan.
+    BenchAudit(bench_audit::AuditBenchArgs),
+    /// Print a running server's checkpoint verifier key, to pin for `verify --server --key`.
+    PublicKey {
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+    },
     /// Measure durable append throughput and latency against raw sled + fdatasync on the same disk.
     Bench(bench::BenchArgs),
     /// Measure subscriptions: catch-up rate against a raw sled scan, and fan-out to many live
@@ -206,8 +241,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             demo,
             durability,
             addr_file,
-        } => serve::run(data_dir, listen, demo, durability, addr_file).await,
+            signing_key,
+        } => serve::run(data_dir, listen, demo, durability, addr_file, signing_key).await,
         Cmd::Load { file, server, json } => client::load(&file, &server, json).await,
+        Cmd::PublicKey { server } => audit_verify::public_key(&server).await,
+        Cmd::BenchAudit(args) => bench_audit::run(args).await,
         Cmd::Head { server, json } => client::head(&server, json).await,
         Cmd::Tail {
             server,
@@ -217,7 +255,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
             limit,
         } => client::tail(&server, &from, stream_prefixes, event_types, json, limit).await,
-        Cmd::Verify { data_dir, json } => client::verify(&data_dir, json),
+        Cmd::Verify {
+            data_dir,
+            server: None,
+            json,
+            ..
+        } => client::verify(&data_dir, json),
+        Cmd::Verify {
+            server: Some(server),
+            key,
+            checkpoint,
+            event,
+            update,
+            json,
+            ..
+        } => {
+            let key = key.ok_or_else(|| {
+                anyhow::anyhow!("--server needs --key: the verifier key you pinned for this log")
+            })?;
+            audit_verify::run(audit_verify::AuditArgs {
+                server: &server,
+                key: &key,
+                checkpoint: checkpoint.as_deref(),
+                event,
+                update,
+                json,
+            })
+            .await
+        }
         Cmd::Positions {
             party,
             topic,

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use super::DurabilityArg;
-use crate::app::App;
+use crate::app::{App, OpenOptions};
 use crate::log::{Durability, LogOptions};
 
 pub async fn run(
@@ -15,6 +15,7 @@ pub async fn run(
     demo: bool,
     durability: DurabilityArg,
     addr_file: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
     let durability = match durability {
         DurabilityArg::Fsync => Durability::Fsync,
@@ -23,14 +24,26 @@ pub async fn run(
             Durability::Relaxed
         }
     };
-    let app = App::open(
+    let signer = match &signing_key {
+        Some(path) => Some(
+            crate::checkpoint::keys::load(path)
+                .with_context(|| format!("loading the signing key {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let app = App::open_options(
         &data_dir,
-        LogOptions {
-            durability,
-            ..LogOptions::default()
+        OpenOptions {
+            log: LogOptions {
+                durability,
+                ..LogOptions::default()
+            },
+            no_projections: false,
+            signer,
         },
     )
     .with_context(|| format!("opening {}", data_dir.display()))?;
+    tracing::info!(origin = app.origin(), key = %app.verifier().public_key_string(), "checkpoints are signed with this key");
     if demo {
         let dataset = crate::dataset::parse(crate::dataset::ISTANBUL)?;
         let r = app.load_dataset(&dataset, "demo-loader").await?;

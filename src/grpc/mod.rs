@@ -1,6 +1,7 @@
 //! The transport: the only module that names tonic and prost types. It converts wire messages to
 //! domain commands and back ([`convert`]), maps every application error to a status in one place
 //! ([`status`]), and assembles the server with health checks and reflection ([`server`]).
+mod audit;
 pub mod convert;
 mod events;
 mod ledger;

@@ -6,6 +6,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use super::audit::AuditService;
 use super::events::EventsService;
 use super::ledger::LedgerService;
 use super::pb;
@@ -53,6 +54,9 @@ pub async fn serve(
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
+    health
+        .set_serving::<pb::audit_server::AuditServer<AuditService>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -80,7 +84,10 @@ pub async fn serve(
         .add_service(pb::query_server::QueryServer::new(QueryService::new(
             app.clone(),
         )))
-        .add_service(pb::admin_server::AdminServer::new(AdminService::new(app)))
+        .add_service(pb::admin_server::AdminServer::new(AdminService::new(
+            app.clone(),
+        )))
+        .add_service(pb::audit_server::AuditServer::new(AuditService::new(app)))
         // Without TCP_NODELAY, small responses wait for delayed ACKs (~40 ms per request).
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

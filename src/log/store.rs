@@ -608,6 +608,12 @@ impl EventLog {
         merkle::root_at(&SledNodes(&self.shared.db), size).map_err(proof_error)
     }
 
+    /// The stored leaf hash of the event at `position`.
+    pub fn tree_leaf(&self, position: u64) -> Result<Hash, LogError> {
+        self.provable(position.saturating_add(1))?;
+        merkle::NodeStore::node(&SledNodes(&self.shared.db), 0, position)
+    }
+
     /// The inclusion proof of the event at `position` in the tree of `size` events.
     pub fn inclusion_proof(&self, position: u64, size: u64) -> Result<Vec<Hash>, LogError> {
         self.provable(size)?;
