@@ -445,11 +445,15 @@ impl Projections {
         let (p, version_ok) = Projections::open_unchecked(dir)?;
         let checkpoint = p.read().checkpoint;
         if !version_ok || !matches_log(log, &checkpoint)? {
-            tracing::warn!(
-                applied = checkpoint.applied,
-                version_ok,
-                "projections do not match this log; starting over from position 0 in the background"
-            );
+            if checkpoint.applied == 0 {
+                tracing::info!("building projections from position 0 in the background");
+            } else {
+                tracing::warn!(
+                    applied = checkpoint.applied,
+                    version_ok,
+                    "projections do not match this log; starting over from position 0 in the background"
+                );
+            }
             p.reset()?;
         }
         Ok(p)
