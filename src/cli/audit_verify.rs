@@ -198,21 +198,59 @@ async fn audit(
     }
     if let Some(path) = args.checkpoint {
         if args.update || !path.exists() {
-            // Write then rename: a crash never leaves a half-written checkpoint.
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, &note)?;
-            std::fs::rename(&tmp, path)?;
+            save(path, &note)?;
             report["saved"] = serde_json::json!(path.display().to_string());
         }
     }
     Ok(Ok(report))
 }
 
-/// Runs the online audit; exit code 0 when everything verified, 1 when anything did not.
+/// Writes `note` to `path` so that a crash leaves the old file or the new one, never half of one.
+fn save(path: &Path, note: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(note.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Exit code when the log was checked and does not verify.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code when it could not be checked at all (server unreachable, bad key, bad request).
+pub const EXIT_ERROR: i32 = 2;
+
+/// Runs the online audit: exit code 0 when everything verified, [`EXIT_FAILED`] when something did
+/// not, [`EXIT_ERROR`] when the check could not be made — so a script can tell tampering from an outage.
 pub async fn run(args: AuditArgs<'_>) -> anyhow::Result<i32> {
-    let verifier = Verifier::from_public_key_string(args.key.trim())
-        .map_err(|e| anyhow::anyhow!("--key is not a verifier key: {e}"))?;
-    match audit(&args, &verifier).await? {
+    let checked = match Verifier::from_public_key_string(args.key.trim()) {
+        Ok(verifier) => audit(&args, &verifier)
+            .await
+            .map(|r| (r, verifier.name().to_string())),
+        Err(e) => Err(anyhow::anyhow!("--key is not a verifier key: {e}")),
+    };
+    let (result, key_name) = match checked {
+        Ok(r) => r,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                );
+            } else {
+                eprintln!("could not verify: {e:#}");
+            }
+            return Ok(EXIT_ERROR);
+        }
+    };
+    match result {
         Ok(report) => {
             if args.json {
                 println!("{report}");
@@ -220,7 +258,7 @@ pub async fn run(args: AuditArgs<'_>) -> anyhow::Result<i32> {
                 println!(
                     "ok: checkpoint of {} events signed by {} verifies (root {}){}{}",
                     report["tree_size"],
-                    verifier.name(),
+                    key_name,
                     report["root"].as_str().unwrap_or_default(),
                     report
                         .get("consistent_with_saved")
@@ -241,7 +279,7 @@ pub async fn run(args: AuditArgs<'_>) -> anyhow::Result<i32> {
             } else {
                 eprintln!("VERIFICATION FAILED: {}", f.0);
             }
-            Ok(1)
+            Ok(EXIT_FAILED)
         }
     }
 }

@@ -67,11 +67,16 @@ pub async fn serve(
         .build_v1alpha()?;
     // Subscriptions never end by themselves: tell them to, or the graceful shutdown would wait forever.
     let shutdown_app = app.clone();
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         shutdown_app.begin_shutdown();
+        let _ = signalled_tx.send(());
     };
-    Server::builder()
+    let server = Server::builder()
+        // Keepalive pings find dead peers, whose connections would otherwise hold a drain open.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -92,7 +97,25 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
-        )
-        .await?;
+        );
+    // A client that never reads (a paused process, a half-open connection) must not keep the server
+    // from stopping: after the signal, in-flight requests get DRAIN_DEADLINE to finish.
+    let deadline = async {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+            tracing::warn!("connections still open after the drain deadline; stopping anyway");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = deadline => {}
+    }
     Ok(())
 }
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
