@@ -13,6 +13,7 @@
 pub mod app;
 pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod dataset;
 pub mod domain;
 pub mod grpc;

@@ -10,9 +10,8 @@ pub mod bench_subscribe;
 mod client;
 mod query;
 mod rebuild;
-mod serve;
+pub mod serve;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -29,7 +28,7 @@ pub struct Cli {
     pub command: Cmd,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DurabilityArg {
     /// fdatasync before every acknowledgement (shared by concurrent writers).
     Fsync,
@@ -40,32 +39,7 @@ pub enum DurabilityArg {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the gRPC service on an embedded sled store.
-    Serve {
-        /// Data directory (created if missing).
-        #[arg(long, env = "CLAIMS_LEDGER_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
-        /// Address to listen on; port 0 picks a free port.
-        #[arg(long, env = "CLAIMS_LEDGER_LISTEN", default_value = "127.0.0.1:50051")]
-        listen: SocketAddr,
-        /// Load the built-in Istanbul dataset before serving (idempotent).
-        #[arg(long, env = "CLAIMS_LEDGER_DEMO")]
-        demo: bool,
-        /// When a write is acknowledged.
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_DURABILITY",
-            value_enum,
-            default_value = "fsync"
-        )]
-        durability: DurabilityArg,
-        /// Write the bound address to this file once listening (for scripts and tests).
-        #[arg(long)]
-        addr_file: Option<PathBuf>,
-        /// Checkpoint signing key (C2SP private key string, file mode 0600). Default: `signing.key`
-        /// in the data directory, generated on first start.
-        #[arg(long, env = "CLAIMS_LEDGER_SIGNING_KEY")]
-        signing_key: Option<PathBuf>,
-    },
+    Serve(serve::ServeArgs),
     /// Submit a dataset file (claims-ledger/dataset/v1 JSON) through the API; idempotent.
     Load {
         /// The dataset file.
@@ -235,14 +209,7 @@ pub enum Cmd {
 /// Runs the parsed command; the exit code is 0 on success.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Cmd::Serve {
-            data_dir,
-            listen,
-            demo,
-            durability,
-            addr_file,
-            signing_key,
-        } => serve::run(data_dir, listen, demo, durability, addr_file, signing_key).await,
+        Cmd::Serve(args) => serve::run(args).await,
         Cmd::Load { file, server, json } => client::load(&file, &server, json).await,
         Cmd::PublicKey { server } => audit_verify::public_key(&server).await,
         Cmd::BenchAudit(args) => bench_audit::run(args).await,
@@ -318,5 +285,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::BenchSubscribe(args) => bench_subscribe::run(args).await,
         Cmd::BenchQuery(args) => bench_query::run(args).await,
+    }
+}
+
+impl Cli {
+    /// Whether logs should be JSON: `serve --log-format json` (flag, environment or config file).
+    pub fn json_logs(&self) -> bool {
+        match &self.command {
+            Cmd::Serve(args) => {
+                let from_file = args.file().ok().and_then(|f| f.log_format);
+                args.log_format.clone().or(from_file).as_deref() == Some("json")
+            }
+            _ => false,
+        }
     }
 }

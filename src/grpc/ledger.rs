@@ -20,8 +20,12 @@ impl LedgerService {
     }
 }
 
-/// Who is writing, from request metadata ("anonymous" when absent).
+/// Who is writing: the authenticated identity when tokens are configured; in open mode (loopback,
+/// no tokens) the unverified `x-recorded-by` header, "anonymous" when absent.
 fn recorded_by<T>(req: &Request<T>) -> String {
+    if let Some(identity) = req.extensions().get::<crate::config::Identity>() {
+        return identity.name.clone();
+    }
     req.metadata()
         .get(RECORDED_BY_HEADER)
         .and_then(|v| v.to_str().ok())

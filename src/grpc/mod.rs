@@ -2,6 +2,7 @@
 //! domain commands and back ([`convert`]), maps every application error to a status in one place
 //! ([`status`]), and assembles the server with health checks and reflection ([`server`]).
 mod audit;
+pub mod auth;
 pub mod convert;
 mod events;
 mod ledger;

@@ -4,7 +4,9 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use super::auth::AuthLayer;
 
 use super::audit::AuditService;
 use super::events::EventsService;
@@ -21,10 +23,29 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How to serve beyond the defaults (open, plaintext).
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// Bearer tokens; `None` serves without authentication.
+    pub tokens: Option<std::sync::Arc<crate::config::Tokens>>,
+    /// PEM certificate chain and private key for TLS.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     app: App,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    serve_with(listener, app, ServeOptions::default(), shutdown).await
+}
+
+/// As [`serve`], with authentication and TLS as configured.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: App,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -73,10 +94,16 @@ pub async fn serve(
         shutdown_app.begin_shutdown();
         let _ = signalled_tx.send(());
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = &options.tls {
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+    }
+    let server = builder
         // Keepalive pings find dead peers, whose connections would otherwise hold a drain open.
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(AuthLayer::new(options.tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,0 +1,236 @@
+//! Server configuration from a TOML file, and the bearer tokens with their roles. Precedence is
+//! flags, then environment variables, then this file, then built-in defaults; the CLI does the
+//! merging, this module only reads and checks the file. Tokens are stored as SHA-256 hashes only, so
+//! the file (or Kubernetes Secret) never holds a usable credential.
+//!
+//! ```toml
+//! data_dir = "/var/lib/claims-ledger"
+//! listen = "0.0.0.0:50051"
+//! metrics_listen = "0.0.0.0:9090"
+//! durability = "fsync"
+//! signing_key = "/etc/claims-ledger/signing.key"
+//! log_format = "json"
+//! tokens_file = "/etc/claims-ledger/tokens.toml"   # or [[tokens]] entries here
+//!
+//! [tls]
+//! cert = "/etc/claims-ledger/tls/tls.crt"
+//! key = "/etc/claims-ledger/tls/tls.key"
+//!
+//! [[tokens]]
+//! name = "desk-editor"          # the identity recorded as "recorded by"
+//! sha256 = "<hex SHA-256 of the token>"
+//! roles = ["writer"]
+//! ```
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// A role a token grants. Every role includes `reader`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Query, Events (reading and following the log), Audit's key and checkpoints.
+    Reader,
+    /// Reader, plus every Ledger write.
+    Writer,
+    /// Reader, plus Merkle proofs.
+    Auditor,
+    /// Reader, plus projection rebuilds and named-subscription management.
+    Admin,
+}
+
+/// TLS certificate and key files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One token as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The identity: recorded as "recorded by" in every event this token writes.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token.
+    pub sha256: String,
+    pub roles: Vec<Role>,
+}
+
+/// The file as written; every field optional so that flags and environment can fill the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub durability: Option<String>,
+    pub signing_key: Option<PathBuf>,
+    pub log_format: Option<String>,
+    /// Listen beyond loopback without tokens (for a network that authenticates by other means).
+    pub allow_unauthenticated: Option<bool>,
+    pub tls: Option<TlsFiles>,
+    pub tokens_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
+}
+
+impl FileConfig {
+    /// Reads a config file and the tokens file it names.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let mut c: FileConfig = parse(path, &read(path)?)?;
+        if let Some(tf) = c.tokens_file.clone() {
+            // Relative to the config file, as a mounted Secret usually sits beside it.
+            let tf = path.parent().map_or(tf.clone(), |d| d.join(&tf));
+            let extra: TokensFile = parse(&tf, &read(&tf)?)?;
+            c.tokens.extend(extra.tokens);
+        }
+        Tokens::from_entries(&c.tokens).map_err(|reason| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(c)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+impl Identity {
+    /// Whether this identity may act as `role` (every role includes reader).
+    pub fn has(&self, role: Role) -> bool {
+        role == Role::Reader && !self.roles.is_empty() || self.roles.contains(&role)
+    }
+}
+
+/// Token hashes → identities.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    by_hash: HashMap<[u8; 32], Identity>,
+}
+
+/// The SHA-256 of a token, as configured (lowercase hex).
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Tokens {
+    /// Checks and indexes entries: hashes must be 64 hex digits and unique, names non-empty, roles
+    /// non-empty.
+    pub fn from_entries(entries: &[TokenEntry]) -> Result<Tokens, String> {
+        let mut by_hash = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let bytes = hex::decode(e.sha256.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| format!("tokens[{i}] ({}): sha256 must be 64 hex digits", e.name))?;
+            if e.name.trim().is_empty() || e.name.len() > 128 {
+                return Err(format!("tokens[{i}]: name must be 1..128 characters"));
+            }
+            if e.roles.is_empty() {
+                return Err(format!("tokens[{i}] ({}): at least one role", e.name));
+            }
+            let id = Identity {
+                name: e.name.clone(),
+                roles: e.roles.clone(),
+            };
+            if by_hash.insert(bytes, id).is_some() {
+                return Err(format!("tokens[{i}] ({}): the same token twice", e.name));
+            }
+        }
+        Ok(Tokens { by_hash })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The identity of a presented token, compared by hash.
+    pub fn identify(&self, token: &str) -> Option<&Identity> {
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_hash.get(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_include_reader_and_nothing_else() {
+        let w = Identity {
+            name: "w".into(),
+            roles: vec![Role::Writer],
+        };
+        assert!(w.has(Role::Reader) && w.has(Role::Writer));
+        assert!(!w.has(Role::Admin) && !w.has(Role::Auditor));
+    }
+
+    #[test]
+    fn tokens_are_found_by_hash_and_bad_entries_refused() {
+        let entry = |name: &str, token: &str| TokenEntry {
+            name: name.into(),
+            sha256: token_hash(token),
+            roles: vec![Role::Reader],
+        };
+        let t = Tokens::from_entries(&[entry("a", "secret-a")]).expect("valid");
+        assert_eq!(t.identify("secret-a").map(|i| i.name.as_str()), Some("a"));
+        assert!(t.identify("secret-b").is_none());
+        assert!(Tokens::from_entries(&[entry("a", "x"), entry("b", "x")]).is_err());
+        let mut bad = entry("a", "x");
+        bad.sha256 = "abc".into();
+        assert!(Tokens::from_entries(&[bad]).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let r: Result<FileConfig, _> =
+            toml::from_str("listen = \"127.0.0.1:1\"\nlisten_port = 3\n");
+        assert!(r.is_err());
+    }
+}
