@@ -189,8 +189,9 @@ impl App {
         self.shutdown.send_replace(true);
     }
 
-    /// Ends subscriptions and waits for the projector to flush and stop, so that once every `App`
-    /// clone is dropped the data directory is closed.
+    /// Ends subscriptions, waits for the projector to stop, brings the projections to the head and
+    /// flushes them, so that once every `App` clone is dropped the data directory is closed and a
+    /// restart has nothing to catch up.
     pub async fn finish(&self) {
         self.begin_shutdown();
         let handle = self
@@ -200,6 +201,21 @@ impl App {
             .take();
         if let Some(h) = handle {
             let _ = h.await;
+        }
+        // Appends that drained after the projector stopped: apply them too, so that the next start
+        // finds projections at the head and has nothing to recover.
+        if let Some(p) = self.projections.clone() {
+            let log = self.log.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                p.catch_up(&log)?;
+                p.flush()
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "final projection catch-up"),
+                Err(e) => tracing::error!(error = %e, "final projection catch-up task"),
+            }
         }
     }
 

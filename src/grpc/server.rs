@@ -103,23 +103,32 @@ pub async fn serve_with(
         // Keepalive pings find dead peers, whose connections would otherwise hold a drain open.
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Beyond this, a client's further calls on one connection wait for a free stream.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .layer(AuthLayer::new(options.tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::ledger_server::LedgerServer::new(LedgerService::new(
-            app.clone(),
-        )))
-        .add_service(pb::events_server::EventsServer::new(EventsService::new(
-            app.clone(),
-        )))
-        .add_service(pb::query_server::QueryServer::new(QueryService::new(
-            app.clone(),
-        )))
-        .add_service(pb::admin_server::AdminServer::new(AdminService::new(
-            app.clone(),
-        )))
-        .add_service(pb::audit_server::AuditServer::new(AuditService::new(app)))
+        .add_service(
+            pb::ledger_server::LedgerServer::new(LedgerService::new(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::events_server::EventsServer::new(EventsService::new(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::query_server::QueryServer::new(QueryService::new(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::admin_server::AdminServer::new(AdminService::new(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::audit_server::AuditServer::new(AuditService::new(app))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         // Without TCP_NODELAY, small responses wait for delayed ACKs (~40 ms per request).
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -141,6 +150,12 @@ pub async fn serve_with(
     }
     Ok(())
 }
+
+/// Largest request message accepted (a full batch of source registrations fits); a larger one gets
+/// OUT_OF_RANGE from the transport before any handler runs, so nothing is written.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Concurrent calls (HTTP/2 streams) per client connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
