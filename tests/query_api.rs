@@ -971,3 +971,63 @@ async fn rebuild_switches_to_an_identical_generation_and_restarts_resume() {
     assert_eq!(all_answers(&mut q, n).await, before);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_histories_are_cut_to_the_latest_entries_and_say_so() {
+    let s = TestServer::start().await;
+    let mut c = s.ledger().await;
+    let sc = scenario(&mut c).await;
+    let end = *sc.counts.last().expect("counts");
+    let mut q = s.query().await;
+    let topic = "preconditions-for-talks";
+    let cut = q
+        .get_position_history(pb::GetPositionHistoryRequest {
+            party_id: "ukraine".into(),
+            topic: topic.into(),
+            history_limit: 2,
+            consistency: fresh(end),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .position
+        .expect("position");
+    assert_eq!(cut.history_omitted, 1);
+    assert_eq!(
+        cut.history.iter().map(claim_id).collect::<Vec<_>>(),
+        vec![sc.claims[1].as_str(), sc.claims[2].as_str()],
+        "the latest two"
+    );
+    assert!(
+        cut.history[0].changed,
+        "flags are those of the full history"
+    );
+    let one = q
+        .get_positions(pb::GetPositionsRequest {
+            party_id: "ukraine".into(),
+            history_limit: 1,
+            consistency: fresh(end),
+            ..Default::default()
+        })
+        .await
+        .expect("positions")
+        .into_inner();
+    assert_eq!(one.positions[0].history.len(), 1);
+    assert_eq!(one.positions[0].history_omitted, 2);
+    assert_eq!(
+        stance(&one.positions[0]),
+        "withdrawal and Crimea",
+        "current is always there"
+    );
+    let err = q
+        .get_positions(pb::GetPositionsRequest {
+            party_id: "ukraine".into(),
+            history_limit: 5000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("too many");
+    assert_eq!(field_violations(&err), vec!["history_limit"]);
+    s.stop().await;
+}

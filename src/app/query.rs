@@ -26,6 +26,10 @@ use crate::projection::{Projections, Snapshot, StatementScan};
 pub const DEFAULT_CONTEXT: usize = 80;
 /// Most code points of context around a span.
 pub const MAX_CONTEXT: usize = 2000;
+/// History entries per position in `positions` unless asked otherwise.
+pub const DEFAULT_HISTORY_IN_POSITIONS: usize = 100;
+/// History entries in `position_history` unless asked otherwise, and the most either may ask for.
+pub const MAX_HISTORY: usize = 1000;
 /// Longest a query waits for the projection to reach its `min_position`.
 pub const MAX_WAIT: Duration = Duration::from_secs(10);
 
@@ -110,6 +114,8 @@ pub struct PositionView {
     pub current: Option<ClaimView>,
     pub history: Vec<HistoryView>,
     pub changed_at: Option<StatedTime>,
+    /// Older history entries left out by the limit.
+    pub history_omitted: usize,
 }
 
 /// A statement with the claims it asserts and the one it reports.
@@ -134,6 +140,8 @@ pub struct PositionsQuery {
     pub topic: Option<String>,
     pub clocks: Clocks,
     pub context: Option<usize>,
+    /// Most history entries per position; `None` for the default.
+    pub history_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -143,6 +151,8 @@ pub struct HistoryQuery {
     pub clocks: Clocks,
     pub since: Option<DateTime<Utc>>,
     pub context: Option<usize>,
+    /// Most history entries; `None` for the default.
+    pub history_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -193,6 +203,17 @@ fn check_context(v: &mut Vec<FieldViolation>, field: &str, context: Option<usize
         }
         Some(c) => c,
         None => DEFAULT_CONTEXT,
+    }
+}
+
+fn check_history_limit(v: &mut Vec<FieldViolation>, limit: Option<usize>, default: usize) -> usize {
+    match limit {
+        Some(0) | None => default,
+        Some(n) if n > MAX_HISTORY => {
+            v.push(violation("history_limit", format!("at most {MAX_HISTORY}")));
+            default
+        }
+        Some(n) => n,
     }
 }
 
@@ -322,6 +343,7 @@ impl<'s> Assembler<'s> {
         rows: Vec<ClaimRow>,
         as_of: AsOf,
         since: Option<DateTime<Utc>>,
+        limit: usize,
     ) -> Result<Option<PositionView>, AppError> {
         let entries: Vec<ClaimEntry> = rows.iter().map(|r| r.entry.clone()).collect();
         let by_id: HashMap<Uuid, &ClaimRow> =
@@ -342,11 +364,25 @@ impl<'s> Assembler<'s> {
         }
         let mut current = None;
         let mut out = Vec::new();
+        let in_range = |h: &&crate::domain::positions::HistoryEntry<'_>| {
+            since.is_none_or(|s| h.entry.stated.period_end() > s)
+        };
+        // Only the latest `limit` entries in range are assembled; the rest are counted.
+        let first_shown = history
+            .iter()
+            .filter(in_range)
+            .count()
+            .saturating_sub(limit);
+        let mut seen = 0usize;
         for h in &history {
             let id = h.entry.claim.claim_id;
             let Some(row) = by_id.get(&id) else { continue };
             let is_current = current_id == Some(id);
-            let shown = since.is_none_or(|s| h.entry.stated.period_end() > s);
+            let mut shown = in_range(&h);
+            if shown {
+                shown = seen >= first_shown;
+                seen += 1;
+            }
             if !shown && !is_current {
                 continue;
             }
@@ -368,6 +404,7 @@ impl<'s> Assembler<'s> {
             current,
             history: out,
             changed_at,
+            history_omitted: first_shown,
         }))
     }
 }
@@ -533,6 +570,7 @@ impl App {
         check_slug(&mut v, "party_id", &q.party_id, true);
         check_slug(&mut v, "topic", q.topic.as_deref().unwrap_or(""), false);
         let context = check_context(&mut v, "context_chars", q.context);
+        let limit = check_history_limit(&mut v, q.history_limit, DEFAULT_HISTORY_IN_POSITIONS);
         done(v)?;
         let as_of = self.resolve_clocks(&q.clocks)?;
         let snap = self.projections()?.snapshot();
@@ -545,7 +583,7 @@ impl App {
         let mut out = Vec::new();
         for topic in topics {
             let rows = snap.claims_on(&q.party_id, &topic)?;
-            if let Some(p) = asm.position(&q.party_id, &topic, rows, as_of, None)? {
+            if let Some(p) = asm.position(&q.party_id, &topic, rows, as_of, None, limit)? {
                 out.push(p);
             }
         }
@@ -561,6 +599,7 @@ impl App {
         check_slug(&mut v, "party_id", &q.party_id, true);
         check_slug(&mut v, "topic", &q.topic, true);
         let context = check_context(&mut v, "context_chars", q.context);
+        let limit = check_history_limit(&mut v, q.history_limit, MAX_HISTORY);
         done(v)?;
         let as_of = self.resolve_clocks(&q.clocks)?;
         let snap = self.projections()?.snapshot();
@@ -568,13 +607,14 @@ impl App {
         let rows = snap.claims_on(&q.party_id, &q.topic)?;
         let mut asm = Assembler::new(&snap, as_of.recorded, context);
         let position = asm
-            .position(&q.party_id, &q.topic, rows, as_of, q.since)?
+            .position(&q.party_id, &q.topic, rows, as_of, q.since, limit)?
             .unwrap_or(PositionView {
                 party_id: q.party_id.clone(),
                 topic: q.topic.clone(),
                 current: None,
                 history: Vec::new(),
                 changed_at: None,
+                history_omitted: 0,
             });
         Ok(Stamped {
             value: position,

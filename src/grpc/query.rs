@@ -187,6 +187,7 @@ fn position_pb(p: &PositionView) -> pb::Position {
             })
             .collect(),
         changed_at: p.changed_at.as_ref().map(stated_time_pb),
+        history_omitted: u32::try_from(p.history_omitted).unwrap_or(u32::MAX),
     }
 }
 
@@ -207,7 +208,8 @@ fn clocks(
     })
 }
 
-fn context(c: u32) -> Option<usize> {
+/// A numeric option where 0 means "the default".
+fn nonzero(c: u32) -> Option<usize> {
     (c != 0).then_some(c as usize)
 }
 
@@ -269,7 +271,8 @@ impl pb::query_server::Query for QueryService {
             party_id: r.party_id,
             topic: opt(&r.topic),
             clocks: clocks(&r.as_of_stated, &r.as_of_recorded)?,
-            context: context(r.context_chars),
+            context: nonzero(r.context_chars),
+            history_limit: nonzero(r.history_limit),
         };
         let out = answer(&self.app, &req, r.consistency.as_ref(), move |app| {
             app.positions(&q)
@@ -291,7 +294,8 @@ impl pb::query_server::Query for QueryService {
             topic: r.topic,
             clocks: clocks(&r.as_of_stated, &r.as_of_recorded)?,
             since: from_ts(&r.since, "since")?,
-            context: context(r.context_chars),
+            context: nonzero(r.context_chars),
+            history_limit: nonzero(r.history_limit),
         };
         let out = answer(&self.app, &req, r.consistency.as_ref(), move |app| {
             app.position_history(&q)
@@ -333,7 +337,7 @@ impl pb::query_server::Query for QueryService {
             oldest_first,
             page_size: page_size(r.page_size, DEFAULT_STATEMENTS, MAX_STATEMENTS)?,
             page_token: r.page_token,
-            context: context(r.context_chars),
+            context: nonzero(r.context_chars),
         };
         let out = answer(&self.app, &req, r.consistency.as_ref(), move |app| {
             app.statements(&q)
@@ -353,7 +357,7 @@ impl pb::query_server::Query for QueryService {
         let r = req.get_ref().clone();
         let id = parse_id("statement_id", &r.statement_id)?;
         let out = answer(&self.app, &req, r.consistency.as_ref(), move |app| {
-            app.statement_detail(&id, context(r.context_chars))
+            app.statement_detail(&id, nonzero(r.context_chars))
         })
         .await?;
         Ok(Response::new(pb::GetStatementResponse {
@@ -371,7 +375,7 @@ impl pb::query_server::Query for QueryService {
         let r = req.get_ref().clone();
         let id = parse_id("claim_id", &r.claim_id)?;
         let out = answer(&self.app, &req, r.consistency.as_ref(), move |app| {
-            app.claim_detail(&id, context(r.context_chars))
+            app.claim_detail(&id, nonzero(r.context_chars))
         })
         .await?;
         Ok(Response::new(pb::GetClaimResponse {
