@@ -19,4 +19,5 @@ pub mod domain;
 pub mod grpc;
 pub mod log;
 pub mod merkle;
+pub mod metrics;
 pub mod projection;

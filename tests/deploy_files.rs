@@ -13,7 +13,10 @@ fn repo() -> &'static Path {
 fn the_example_config_and_tokens_parse_with_the_servers_parser() {
     // Laid out as docker-compose.yml mounts them: the tokens file beside the config as tokens.toml.
     let dir = tempfile::tempdir().expect("tempdir");
-    for (from, to) in [("config.example.toml", "config.toml"), ("tokens.example.toml", "tokens.toml")] {
+    for (from, to) in [
+        ("config.example.toml", "config.toml"),
+        ("tokens.example.toml", "tokens.toml"),
+    ] {
         std::fs::copy(repo().join("deploy").join(from), dir.path().join(to)).expect("copy");
     }
     let c = FileConfig::load(&dir.path().join("config.toml")).expect("example config");
@@ -23,15 +26,26 @@ fn the_example_config_and_tokens_parse_with_the_servers_parser() {
     for r in [Role::Reader, Role::Writer, Role::Auditor, Role::Admin] {
         assert!(roles.contains(&r), "the example covers {r:?}");
     }
-    let writer = c.tokens.iter().find(|t| t.roles == vec![Role::Writer]).expect("a writer");
-    assert_eq!(writer.sha256, token_hash("example-writer-token"), "the documented placeholder");
+    let writer = c
+        .tokens
+        .iter()
+        .find(|t| t.roles == vec![Role::Writer])
+        .expect("a writer");
+    assert_eq!(
+        writer.sha256,
+        token_hash("example-writer-token"),
+        "the documented placeholder"
+    );
 }
 
 #[test]
 fn the_dockerfile_copies_only_what_exists_and_runs_the_binary() {
     let text = std::fs::read_to_string(repo().join("deploy/Dockerfile")).expect("Dockerfile");
     let mut copies = 0;
-    for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
             assert!(repo().join(src).exists(), "COPY source {src} exists");

@@ -41,7 +41,10 @@ impl App {
             let mut shutdown = app.shutdown.subscribe();
             loop {
                 let target = *durable.borrow_and_update();
-                if projections.applied() < target {
+                let applied = projections.applied();
+                // After every batch and every commit: the projection lag is computed from it.
+                crate::metrics::set_projection_applied(applied);
+                if applied < target {
                     let step_app = app.clone();
                     let p = projections.clone();
                     let res = tokio::task::spawn_blocking(move || step_app.project_step(&p)).await;

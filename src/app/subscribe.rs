@@ -188,6 +188,8 @@ struct Outbox {
     scanned: u64,
     last_checkpoint: Instant,
     last_sent: Instant,
+    /// This subscription in the metrics registry (live count and lag) until it ends.
+    metrics: crate::metrics::SubscriptionMetrics,
 }
 
 impl Outbox {
@@ -268,15 +270,17 @@ impl App {
         let log = self.log();
         let mut durable = log.watch_durable();
         let mut shutdown = self.shutdown.subscribe();
+        let pos = match o.start {
+            Start::Position(p) => p,
+            Start::End => log.durable_count(),
+        };
         let mut out = Outbox {
             tx,
-            pos: match o.start {
-                Start::Position(p) => p,
-                Start::End => log.durable_count(),
-            },
+            pos,
             scanned: 0,
             last_checkpoint: Instant::now(),
             last_sent: Instant::now(),
+            metrics: crate::metrics::track_subscription(o.name.as_deref(), pos),
         };
         let mut caught_up = false;
         loop {
@@ -304,6 +308,7 @@ impl App {
                 };
                 for rec in page {
                     out.pos = rec.position + 1;
+                    out.metrics.set_position(out.pos);
                     out.scanned += 1;
                     if o.matches(&rec) && !out.send(SubscriptionItem::Event(rec)).await {
                         return;

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Listen beyond loopback without tokens (only behind something else that authenticates).
     #[arg(long, env = "CLAIMS_LEDGER_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP, no authentication) on this address.
+    /// Default: none. Bind it where only your scraper can reach it.
+    #[arg(long, env = "CLAIMS_LEDGER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format on stderr: `text` (default) or `json`.
     #[arg(long, env = "CLAIMS_LEDGER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -164,9 +168,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, f)?;
     }
+    let metrics = match args.metrics_listen.or(file.metrics_listen) {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics on /metrics");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(crate::metrics::serve(l, async move {
+                let _ = stopped.await;
+            }));
+            Some((stop, task))
+        }
+        None => None,
+    };
     let options = ServeOptions { tokens, tls };
     crate::grpc::server::serve_with(listener, app.clone(), options, shutdown_signal()).await?;
     app.finish().await;
+    // Metrics stay up through the drain.
+    if let Some((stop, task)) = metrics {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(0)
 }

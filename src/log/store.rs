@@ -324,6 +324,8 @@ pub struct EventLog {
 struct Job {
     req: AppendRequest,
     reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+    /// When the append reached the log, for the append latency metric.
+    received: Instant,
 }
 
 impl EventLog {
@@ -361,6 +363,7 @@ impl EventLog {
             Frontier::new()
         };
         let (durable_tx, _) = watch::channel(head.count);
+        crate::metrics::set_log_durable(head.count);
         let shared = Arc::new(Shared {
             db: db.clone(),
             durable: AtomicU64::new(head.count),
@@ -398,8 +401,13 @@ impl EventLog {
     /// Appends atomically; resolves once the events are durable (per the configured durability).
     pub async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, LogError> {
         let (reply, rx) = oneshot::channel();
+        let received = Instant::now();
         self.tx
-            .send(Job { req, reply })
+            .send(Job {
+                req,
+                reply,
+                received,
+            })
             .await
             .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
@@ -753,7 +761,7 @@ impl Writer {
             match self.prepare(&job.req, recorded_at, &mut head, &mut pending, &mut batch) {
                 Ok((outcome, events)) => {
                     group.events.extend(events);
-                    group.replies.push((job.reply, outcome));
+                    group.replies.push((job.reply, outcome, job.received));
                 }
                 Err(e) => {
                     let _ = job.reply.send(Err(e));
@@ -768,7 +776,7 @@ impl Writer {
                 .then(|| stage_tree(&self.frontier, &group.events, &mut batch));
             if let Err(e) = self.db.apply_batch(batch) {
                 self.shared.poison(&e.into());
-                for (reply, _) in group.replies.drain(..) {
+                for (reply, _, _) in group.replies.drain(..) {
                     let _ = reply.send(Err(LogError::Poisoned));
                 }
                 group.events.clear();
@@ -986,12 +994,13 @@ impl Writer {
     }
 }
 
+/// Where an append's answer goes.
+type Reply = oneshot::Sender<Result<AppendOutcome, LogError>>;
+
 /// A group applied to sled, waiting for its sync and its answers.
 struct StagedGroup {
-    replies: Vec<(
-        oneshot::Sender<Result<AppendOutcome, LogError>>,
-        AppendOutcome,
-    )>,
+    /// Each with when its append reached the log.
+    replies: Vec<(Reply, AppendOutcome, Instant)>,
     events: Vec<RecordedEvent>,
     /// The head after this group.
     head: Head,
@@ -1047,7 +1056,7 @@ impl Syncer {
     /// Syncs once for `groups` (in log order), then publishes and answers them.
     fn finish(&mut self, groups: Vec<StagedGroup>) {
         let refuse = |groups: Vec<StagedGroup>| {
-            for (reply, _) in groups.into_iter().flat_map(|g| g.replies) {
+            for (reply, _, _) in groups.into_iter().flat_map(|g| g.replies) {
                 let _ = reply.send(Err(LogError::Poisoned));
             }
         };
@@ -1059,6 +1068,10 @@ impl Syncer {
                 self.shared.poison(&e);
                 return refuse(groups);
             }
+            crate::metrics::observe_group(
+                groups.iter().map(|g| g.events.len()).sum(),
+                groups.iter().map(|g| g.replies.len()).sum(),
+            );
         }
         for group in groups {
             if !group.events.is_empty() {
@@ -1066,6 +1079,7 @@ impl Syncer {
                 self.shared
                     .durable
                     .store(group.head.count, Ordering::Release);
+                crate::metrics::observe_committed(group.events.len(), group.head.count);
                 if let Some(obs) = &self.observer {
                     obs.committed(&group.events);
                 }
@@ -1073,7 +1087,8 @@ impl Syncer {
             }
             // Replays of earlier appends are answered here too: their originals were in earlier
             // groups, synced before this one.
-            for (reply, outcome) in group.replies {
+            for (reply, outcome, received) in group.replies {
+                crate::metrics::observe_append(received.elapsed());
                 let _ = reply.send(Ok(outcome));
             }
         }
@@ -1083,10 +1098,13 @@ impl Syncer {
         if self.durability == Durability::Relaxed {
             return Ok(());
         }
+        let started = Instant::now();
         self.db.flush()?;
         self.shared.data_file.sync_data()?;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-        self.sync_new_blobs()
+        self.sync_new_blobs()?;
+        crate::metrics::observe_fsync(started.elapsed());
+        Ok(())
     }
 
     /// sled writes values it deems too big to separate blob files and never syncs them. Records are
