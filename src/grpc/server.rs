@@ -153,8 +153,9 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// Largest request message accepted (a full batch of source registrations fits); a larger one gets
-/// OUT_OF_RANGE from the transport before any handler runs, so nothing is written.
+/// Largest request message accepted (room for a batch registering over a hundred full-size source
+/// texts); a larger one gets OUT_OF_RANGE from the transport before any handler runs, so nothing is
+/// written.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// Concurrent calls (HTTP/2 streams) per client connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;

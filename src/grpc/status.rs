@@ -11,17 +11,47 @@ use crate::domain::DomainError;
 
 const DOMAIN: &str = "claimsledger.v1";
 
+/// Longest status message, and longest field-violation description, sent to a client. Messages quote
+/// offending values; unbounded, a long one would push the response headers past what clients accept
+/// (~16 KiB), and the client would see a protocol error instead of the status.
+const MAX_MESSAGE_CHARS: usize = 1024;
+const MAX_DESCRIPTION_CHARS: usize = 160;
+/// All field paths and descriptions together; past it, the rest are summarized in one violation.
+const MAX_DETAILS_CHARS: usize = 6000;
+
+/// `s` cut to `max` characters, marked when cut.
+fn clip(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}… (cut)", &s[..at]),
+        None => s,
+    }
+}
+
 fn bad_request(message: String, v: Vec<crate::domain::FieldViolation>) -> Status {
     let mut details = ErrorDetails::new();
-    for f in v {
-        details.add_bad_request_violation(f.field, f.description);
+    let total = v.len();
+    let mut used = 0;
+    for (i, f) in v.into_iter().enumerate() {
+        let description = clip(f.description, MAX_DESCRIPTION_CHARS);
+        used += f.field.len() + description.len();
+        if used > MAX_DETAILS_CHARS {
+            details.add_bad_request_violation(
+                f.field,
+                format!(
+                    "… and {} more violations not listed; fix these first",
+                    total - i
+                ),
+            );
+            break;
+        }
+        details.add_bad_request_violation(f.field, description);
     }
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
 impl From<AppError> for Status {
     fn from(e: AppError) -> Status {
-        let message = e.to_string();
+        let message = clip(e.to_string(), MAX_MESSAGE_CHARS);
         match e {
             AppError::Domain(DomainError::Invalid(v)) | AppError::Invalid(v) => {
                 bad_request(message, v)
