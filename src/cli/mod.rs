@@ -3,6 +3,7 @@
 //! query service; `verify` checks and `rebuild` rebuilds the projections of a stopped server's data
 //! directory offline; `bench` measures durable append throughput against raw sled.
 pub mod audit_verify;
+pub mod backup;
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_query;
@@ -177,6 +178,35 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Back up a running server's log to an NDJSON file: every event up to the head read at the
+    /// start (a consistent prefix while writers write), with the Merkle root of that prefix.
+    Export {
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// The export file; written beside it under a temporary name, synced, then renamed.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore an export into a new data directory (offline), checking every line; exit code 1
+    /// names the first bad line and leaves nothing behind.
+    Restore {
+        /// The export file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create; it must not exist or be empty.
+        #[arg(long, env = "CLAIMS_LEDGER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the projections of a data directory (server stopped) from the log.
     Rebuild {
         #[arg(long, env = "CLAIMS_LEDGER_DATA_DIR", default_value = "./data")]
@@ -212,6 +242,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Serve(args) => serve::run(args).await,
         Cmd::Load { file, server, json } => client::load(&file, &server, json).await,
         Cmd::PublicKey { server } => audit_verify::public_key(&server).await,
+        Cmd::Export { server, out, json } => backup::export(&server, &out, json).await,
+        Cmd::Restore {
+            from,
+            data_dir,
+            json,
+        } => backup::restore(&from, &data_dir, json),
         Cmd::BenchAudit(args) => bench_audit::run(args).await,
         Cmd::Head { server, json } => client::head(&server, json).await,
         Cmd::Tail {

@@ -3,6 +3,7 @@
 //! exact stored bytes, and group commit with a real fdatasync before any acknowledgement.
 //!
 //! Knows nothing of gRPC or of the domain: payloads are opaque JSON here.
+pub mod import;
 mod layout;
 mod record;
 mod store;
