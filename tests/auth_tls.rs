@@ -339,3 +339,69 @@ fn serving_beyond_loopback_needs_tokens_or_an_explicit_flag() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("without authentication"));
 }
+
+/// The real binary with a config file: TLS and tokens from the file, and the client subcommands
+/// authenticating with `CLAIMS_LEDGER_TOKEN` over `https://` with `CLAIMS_LEDGER_CA_CERT`.
+#[test]
+fn the_binary_serves_tls_with_tokens_from_its_config_and_clients_authenticate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem())
+        .expect("write key");
+    let config = format!(
+        "log_format = \"json\"\n[tls]\ncert = \"{0}/tls.crt\"\nkey = \"{0}/tls.key\"\n\n\
+         [[tokens]]\nname = \"desk-editor\"\nsha256 = \"{1}\"\nroles = [\"writer\"]\n",
+        dir.path().display(),
+        token_hash("s3cret")
+    );
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let config_arg = config_path.to_str().expect("utf-8").to_string();
+    let server = ChildServer::start(&dir.path().join("data"), &["--config", &config_arg]);
+    let url = server.addr.replace("http://127.0.0.1", "https://localhost");
+    let run = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(args)
+            .args(["--server", &url])
+            .env("CLAIMS_LEDGER_CA_CERT", dir.path().join("tls.crt"));
+        match token {
+            Some(t) => cmd.env("CLAIMS_LEDGER_TOKEN", t),
+            None => cmd.env_remove("CLAIMS_LEDGER_TOKEN"),
+        };
+        cmd.output().expect("run client")
+    };
+    let refused = run(None, &["head", "--json"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let dataset = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/istanbul.json");
+    let load = run(Some("s3cret"), &["load", dataset, "--json"]);
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let head = run(Some("s3cret"), &["head", "--json"]);
+    assert!(
+        head.status.success(),
+        "{}",
+        String::from_utf8_lossy(&head.stderr)
+    );
+    let tail = run(
+        Some("s3cret"),
+        &["tail", "--from", "start", "--limit", "1", "--json"],
+    );
+    assert!(
+        tail.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    let first: serde_json::Value =
+        serde_json::from_slice(tail.stdout.split(|b| *b == b'\n').next().expect("a line"))
+            .expect("json");
+    assert_eq!(first["recorded_by"], "desk-editor", "{first}");
+}

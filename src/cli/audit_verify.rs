@@ -103,9 +103,8 @@ async fn audit(
     args: &AuditArgs<'_>,
     verifier: &Verifier,
 ) -> anyhow::Result<Result<serde_json::Value, Failed>> {
-    let mut client = pb::audit_client::AuditClient::connect(args.server.to_string())
-        .await
-        .with_context(|| format!("connecting to {}", args.server))?;
+    let mut client =
+        pb::audit_client::AuditClient::new(super::connect::connect(args.server).await?);
     let status = |s: tonic::Status| anyhow::anyhow!("{}: {}", s.code(), s.message());
     let note = client
         .get_checkpoint(pb::GetCheckpointRequest { tree_size: None })
@@ -287,9 +286,7 @@ pub async fn run(args: AuditArgs<'_>) -> anyhow::Result<i32> {
 /// `claims-ledger public-key`: the server's verifier key. Fetching it from the server you are about
 /// to audit only helps on first contact; pin it, and compare it with one obtained out of band.
 pub async fn public_key(server: &str) -> anyhow::Result<i32> {
-    let mut client = pb::audit_client::AuditClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let mut client = pb::audit_client::AuditClient::new(super::connect::connect(server).await?);
     let r = client
         .get_public_key(pb::GetPublicKeyRequest {})
         .await

@@ -163,11 +163,7 @@ pub async fn export(server: &str, out: &Path, json: bool) -> anyhow::Result<i32>
 /// Writes the export and returns what it wrote; `out` is replaced only once the new file is
 /// complete and synced.
 pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary> {
-    let channel = tonic::transport::Endpoint::from_shared(server.to_string())
-        .with_context(|| format!("bad server address {server:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let channel = super::connect::connect(server).await?;
     let mut events = pb::events_client::EventsClient::new(channel.clone())
         .max_decoding_message_size(MAX_MESSAGE);
     let mut audit = pb::audit_client::AuditClient::new(channel);
@@ -267,7 +263,7 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
 /// Pages through positions `[0, count)`, checking each event's hash and chain link, writing one line
 /// each. Returns the Merkle frontier over them; fails unless the last hash is `head_hash`.
 async fn write_events(
-    events: &mut pb::events_client::EventsClient<tonic::transport::Channel>,
+    events: &mut pb::events_client::EventsClient<super::connect::Conn>,
     w: &mut impl std::io::Write,
     count: u64,
     head_hash: &Hash,

@@ -3,16 +3,13 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use super::connect::{connect, Conn};
 use crate::grpc::convert::command_pb;
 use crate::grpc::pb;
 use crate::log::verify::verify_dir;
 
-async fn connect_ledger(
-    server: &str,
-) -> anyhow::Result<pb::ledger_client::LedgerClient<tonic::transport::Channel>> {
-    pb::ledger_client::LedgerClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server}"))
+async fn connect_ledger(server: &str) -> anyhow::Result<pb::ledger_client::LedgerClient<Conn>> {
+    Ok(pb::ledger_client::LedgerClient::new(connect(server).await?))
 }
 
 pub async fn load(file: &Path, server: &str, json: bool) -> anyhow::Result<i32> {
@@ -72,9 +69,7 @@ pub async fn load(file: &Path, server: &str, json: bool) -> anyhow::Result<i32> 
 }
 
 pub async fn head(server: &str, json: bool) -> anyhow::Result<i32> {
-    let mut client = pb::events_client::EventsClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let mut client = pb::events_client::EventsClient::new(connect(server).await?);
     let h = client
         .get_head(pb::GetHeadRequest {})
         .await
@@ -203,9 +198,7 @@ pub async fn tail(
             false,
         ),
     };
-    let mut client = pb::events_client::EventsClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let mut client = pb::events_client::EventsClient::new(connect(server).await?);
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
             from_position,

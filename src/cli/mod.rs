@@ -9,6 +9,7 @@ pub mod bench_audit;
 pub mod bench_query;
 pub mod bench_subscribe;
 mod client;
+pub mod connect;
 mod query;
 mod rebuild;
 pub mod serve;

@@ -5,11 +5,10 @@
 //! dataset format (`direct_quote`, `day`, `retracted`). Nothing here touches the log or projections.
 use std::fmt::Write as _;
 
-use anyhow::Context as _;
+use super::connect::Conn;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use prost_types::Timestamp;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::grpc::pb;
 
@@ -778,13 +777,10 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 async fn connect(
     server: &str,
 ) -> anyhow::Result<(
-    pb::query_client::QueryClient<Channel>,
+    pb::query_client::QueryClient<Conn>,
     Option<pb::ReadConsistency>,
 )> {
-    let channel = tonic::transport::Endpoint::from_shared(server.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let channel = super::connect::connect(server).await?;
     let head = pb::events_client::EventsClient::new(channel.clone())
         .get_head(pb::GetHeadRequest {})
         .await
