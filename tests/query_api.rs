@@ -1031,3 +1031,98 @@ async fn long_histories_are_cut_to_the_latest_entries_and_say_so() {
     assert_eq!(field_violations(&err), vec!["history_limit"]);
     s.stop().await;
 }
+
+/// Query health is NOT_SERVING while the projections are behind the log at start, SERVING once they
+/// have caught up (here through an Admin rebuild, since no projector runs for an App opened outside a
+/// runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_health_waits_for_projections_to_catch_up() {
+    let (s, n) = demo().await;
+    let dir = s.stop().await;
+    std::fs::remove_dir_all(claims_ledger::app::projections_dir(dir.path())).expect("remove");
+    let path = dir.path().to_path_buf();
+    let app = std::thread::spawn(move || {
+        // Retry while the stopped server's threads release the directory.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match claims_ledger::app::App::open(&path, claims_ledger::log::LogOptions::default()) {
+                Ok(app) => break app,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+    })
+    .join()
+    .expect("open thread");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let serve_app = app.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(claims_ledger::grpc::server::serve(
+        listener,
+        serve_app,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let ch = tonic::transport::Endpoint::from_shared(addr)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let status = |service: &str| tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let query = health
+        .check(status("claimsledger.v1.Query"))
+        .await
+        .expect("check")
+        .into_inner()
+        .status;
+    assert_eq!(
+        query,
+        ServingStatus::NotServing as i32,
+        "projections are behind"
+    );
+    let ledger = health
+        .check(status("claimsledger.v1.Ledger"))
+        .await
+        .expect("check")
+        .into_inner()
+        .status;
+    assert_eq!(
+        ledger,
+        ServingStatus::Serving as i32,
+        "writes are served meanwhile"
+    );
+    pb::admin_client::AdminClient::new(ch.clone())
+        .rebuild_projections(pb::RebuildProjectionsRequest {})
+        .await
+        .expect("rebuild");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let q = health
+            .check(status("claimsledger.v1.Query"))
+            .await
+            .expect("check")
+            .into_inner()
+            .status;
+        if q == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Query never became SERVING"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.projection_status().expect("status").applied, n);
+    let _ = tx.send(());
+    let _ = server.await;
+}

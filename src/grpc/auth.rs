@@ -120,7 +120,11 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         // One span per request, with its method; the status is logged when the response starts
         // (tonic sends error statuses in the headers of a trailers-only response).
-        let span = tracing::info_span!("grpc", method = %req.uri().path());
+        let span = tracing::info_span!(
+            "grpc",
+            method = %req.uri().path(),
+            status = tracing::field::Empty
+        );
         let started = std::time::Instant::now();
         let _entered = span.enter();
         if let Some(tokens) = &self.tokens {
@@ -134,7 +138,8 @@ where
                 }
                 Ok(None) => {}
                 Err(status) => {
-                    tracing::info!(code = ?status.code(), "request refused");
+                    span.record("status", format!("{:?}", status.code()).as_str());
+                    tracing::info!("request refused");
                     let resp = status.into_http::<R>();
                     return Box::pin(async move { Ok(resp) });
                 }
@@ -156,7 +161,11 @@ where
                     .map_or("OK or in trailers".to_string(), |c| {
                         format!("{:?}", tonic::Code::from(c))
                     });
-                tracing::debug!(%status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "response");
+                tracing::Span::current().record("status", status.as_str());
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "response"
+                );
                 Ok(resp)
             },
             span.clone(),
