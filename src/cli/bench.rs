@@ -362,3 +362,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(0)
 }
+
+/// A server on a free local port for the benchmarks, with the app behind it.
+pub(crate) struct BenchServer {
+    pub(crate) app: App,
+    pub(crate) addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), crate::grpc::server::ServeError>>,
+}
+
+impl BenchServer {
+    /// Opens the log durably (the default options), with or without projections, and serves it.
+    pub(crate) async fn start(dir: &Path, projections: bool) -> anyhow::Result<BenchServer> {
+        let app = tokio::task::block_in_place(|| {
+            super::bench_query::when_released(dir, || {
+                App::open_with(dir, LogOptions::default(), projections)
+            })
+        })?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = format!("http://{}", listener.local_addr()?);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(crate::grpc::server::serve(listener, app.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        Ok(BenchServer {
+            app,
+            addr,
+            stop,
+            handle,
+        })
+    }
+
+    pub(crate) async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(self.addr.clone())?
+            .connect()
+            .await?)
+    }
+
+    pub(crate) async fn channels(
+        &self,
+        n: usize,
+    ) -> anyhow::Result<Vec<tonic::transport::Channel>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.channel().await?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.handle.await??;
+        self.app.finish().await;
+        Ok(())
+    }
+}

@@ -26,13 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use prost::Message as _;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::bench::{ms, percentile, Measured};
+use super::bench::{ms, percentile, BenchServer, Measured};
 use crate::app::{projections_dir, App, ClientCommand, Shape, WriteContext};
 use crate::domain::limits::MAX_BATCH;
 use crate::grpc::convert;
@@ -568,48 +565,7 @@ fn measure_rebuild(data: &Dataset) -> anyhow::Result<Rebuild> {
     })
 }
 
-struct Server {
-    app: App,
-    addr: String,
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<Result<(), crate::grpc::server::ServeError>>,
-}
-
-impl Server {
-    /// Opens the log durably (the default options), with or without projections, and serves it on a
-    /// free local port.
-    async fn start(dir: &Path, projections: bool) -> anyhow::Result<Server> {
-        let app = tokio::task::block_in_place(|| {
-            when_released(dir, || {
-                App::open_with(dir, LogOptions::default(), projections)
-            })
-        })?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = format!("http://{}", listener.local_addr()?);
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(crate::grpc::server::serve(listener, app.clone(), async {
-            let _ = stop_rx.await;
-        }));
-        Ok(Server {
-            app,
-            addr,
-            stop,
-            handle,
-        })
-    }
-
-    async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(self.addr.clone())?.connect().await?)
-    }
-
-    async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(self.channel().await?);
-        }
-        Ok(out)
-    }
-
+impl BenchServer {
     /// How long the projector took to apply everything durable now.
     async fn caught_up(&self) -> anyhow::Result<Duration> {
         let started = Instant::now();
@@ -624,13 +580,6 @@ impl Server {
     fn lag(&self) -> anyhow::Result<u64> {
         let s = self.app.projection_status()?;
         Ok(s.log_count.saturating_sub(s.applied))
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.handle.await??;
-        self.app.finish().await;
-        Ok(())
     }
 }
 
@@ -790,7 +739,7 @@ struct QueryResult {
 
 /// Queries alone (half), queries with writers, queries alone (half) on the generated log.
 async fn measure_query(data: &Dataset, seconds: f64) -> anyhow::Result<QueryResult> {
-    let server = Server::start(&data.dir, true).await?;
+    let server = BenchServer::start(&data.dir, true).await?;
     server.caught_up().await?;
     let query_channel = server.channel().await?;
     let writer_channels = server.channels(QUERY_WRITERS).await?;
@@ -841,7 +790,7 @@ struct Window {
 }
 
 /// Samples the projection lag until `deadline`; returns the most seen.
-async fn sample_lag(server: &Server, deadline: Instant) -> anyhow::Result<u64> {
+async fn sample_lag(server: &BenchServer, deadline: Instant) -> anyhow::Result<u64> {
     let mut most = 0;
     while Instant::now() < deadline {
         most = most.max(server.lag()?);
@@ -858,7 +807,7 @@ async fn measure_append(
     seconds: f64,
 ) -> anyhow::Result<Window> {
     let _ = std::fs::remove_dir_all(dir);
-    let server = Server::start(dir, projections).await?;
+    let server = BenchServer::start(dir, projections).await?;
     let source_id = Uuid::now_v7().to_string();
     pb::ledger_client::LedgerClient::new(server.channel().await?)
         .submit_batch(batch_request(setup_commands(&source_id)))

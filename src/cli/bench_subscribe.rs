@@ -25,12 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
 
-use super::bench::{ms, Measured};
+use super::bench::{ms, BenchServer, Measured};
 use crate::app::{App, ClientCommand, Shape, WriteContext};
 use crate::domain::limits::MAX_BATCH;
 use crate::grpc::convert;
@@ -232,44 +230,8 @@ fn measure_raw_scan(dir: &Path, count: u64) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-struct Server {
-    app: App,
-    addr: String,
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<Result<(), crate::grpc::server::ServeError>>,
-}
-
-impl Server {
-    /// Opens the log durably (the default options) and serves it on a free local port.
-    async fn start(dir: &Path) -> anyhow::Result<Server> {
-        let app = App::open(dir, LogOptions::default())?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = format!("http://{}", listener.local_addr()?);
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(crate::grpc::server::serve(listener, app.clone(), async {
-            let _ = stop_rx.await;
-        }));
-        Ok(Server {
-            app,
-            addr,
-            stop,
-            handle,
-        })
-    }
-
-    async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(self.addr.clone())?.connect().await?)
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.handle.await??;
-        Ok(())
-    }
-}
-
 /// One client subscribes from position 0 and reads until `CaughtUp`, checking positions as it goes.
-async fn measure_catch_up(server: &Server, count: u64) -> anyhow::Result<Duration> {
+async fn measure_catch_up(server: &BenchServer, count: u64) -> anyhow::Result<Duration> {
     let mut client = pb::events_client::EventsClient::new(server.channel().await?);
     let started = Instant::now();
     let mut stream = client
@@ -656,7 +618,7 @@ struct FanOut {
 }
 
 async fn measure_fanout(
-    server: &Server,
+    server: &BenchServer,
     writer_channels: &[Channel],
     source_id: &str,
     subscribers: usize,
@@ -804,7 +766,7 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
 
     // Catch-up: raw scan, ours through gRPC, raw scan again.
     let before = tokio::task::block_in_place(|| measure_raw_scan(&data, count))?;
-    let server = Server::start(&data).await?;
+    let server = BenchServer::start(&data, true).await?;
     // Two passes, pooled: one pass is short enough for the machine's drift to show.
     let ours = measure_catch_up(&server, count).await? + measure_catch_up(&server, count).await?;
     let ours_rate = rate(2 * count, ours);
@@ -964,7 +926,7 @@ struct Stalled {
 /// Opens a subscription from position 0 — more than any buffer holds — and does not read it while
 /// the writers append; afterwards reads it to the end and checks order and completeness.
 async fn measure_stalled(
-    server: &Server,
+    server: &BenchServer,
     writer_channels: &[Channel],
     source_id: &str,
     seconds: f64,
