@@ -8,8 +8,8 @@
 //! below the checkpoint are skipped. They are not fsynced: after a crash they resume from whatever
 //! checkpoint sled recovered, because the log is the truth.
 //!
-//! Queries read under a shared lock that batch application takes exclusively, so an answer never
-//! mixes two checkpoints. A rebuild fills a fresh generation beside the serving one and switches over
+//! Queries read under a shared lock that batch application takes exclusively (only for the sled
+//! write: rows are staged before), so an answer never mixes two checkpoints. A rebuild fills a fresh generation beside the serving one and switches over
 //! under the lock once it has caught up.
 pub mod rows;
 
@@ -533,13 +533,32 @@ impl Projections {
     }
 
     /// Applies `events` (consecutive, in log order) to the serving generation.
+    ///
+    /// The rows are staged without holding the lock (the projector is the only writer of the serving
+    /// tree, so what it reads cannot change under it); the exclusive lock covers only the batch write
+    /// and the checkpoint, so queries wait for a sled write, not for JSON work.
     pub fn apply<E: Borrow<RecordedEvent>>(&self, events: &[E]) -> Result<(), ProjectionError> {
+        let (generation, tree, checkpoint) = {
+            let a = self.read();
+            (a.generation, a.tree.clone(), a.checkpoint)
+        };
+        let (writes, next) = stage(&tree, checkpoint, events)?;
+        if next == checkpoint {
+            return Ok(());
+        }
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        let Active {
-            tree, checkpoint, ..
-        } = &mut *active;
-        apply_to_tree(tree, checkpoint, events)?;
-        self.applied_tx.send_replace(checkpoint.applied);
+        if active.generation == generation && active.checkpoint == checkpoint {
+            write_batch(&active.tree, writes, Some(&next))?;
+            active.checkpoint = next;
+        } else {
+            // A rebuild switched generations (or another caller applied) meanwhile: stage again
+            // against what is serving now, under the lock.
+            let Active {
+                tree, checkpoint, ..
+            } = &mut *active;
+            apply_to_tree(tree, checkpoint, events)?;
+        }
+        self.applied_tx.send_replace(active.checkpoint.applied);
         Ok(())
     }
 
