@@ -1847,11 +1847,11 @@ async fn a_statement_within_field_bounds_but_over_the_record_limit_is_refused_wh
         Code::InvalidArgument,
         "batch over the record limit: {err:?}"
     );
-    eprintln!(
-        "record limit in a batch: {:?} {:?} (fields {:?})",
-        err.code(),
-        err.message(),
-        field_violations(&err)
+    assert_eq!(
+        field_violations(&err),
+        vec!["commands[1]".to_string()],
+        "record limit in a batch names the command that made it ({})",
+        err.message()
     );
     assert_eq!(
         head_of(&s).await,

@@ -48,6 +48,10 @@ struct Expectation {
     from_client: bool,
 }
 
+/// Room for a record's envelope around its payload (ids, stream, recorder, correlation and
+/// causation ids, hashes, times, key names), an upper bound given their own limits.
+const ENVELOPE_ALLOWANCE: usize = 1024;
+
 /// Where field paths of a command start: `command.` for single RPCs, `commands[i].<kind>.` in batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -126,17 +130,36 @@ impl App {
         }
         let (events, expectations) = self.decide_all(&commands, shape)?;
         let entity_ids = events.iter().map(|e| e.entity_id()).collect();
+        let new_events: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent {
+                event_id: Uuid::now_v7(),
+                stream: e.stream(),
+                event_type: e.event_type().to_string(),
+                schema_version: crate::domain::event::SCHEMA_VERSION,
+                payload: e.payload_raw(),
+            })
+            .collect();
+        // The log refuses an over-large record too, but cannot say which command made it; one event
+        // per command, so the index names it here.
+        for (i, e) in new_events.iter().enumerate() {
+            let size = e.payload.get().len() + ENVELOPE_ALLOWANCE;
+            if size > crate::log::MAX_RECORD_BYTES {
+                let field = match shape {
+                    Shape::Single => "command".to_string(),
+                    Shape::Batch => format!("commands[{i}]"),
+                };
+                return Err(AppError::invalid(
+                    field,
+                    format!(
+                        "the event would be about {size} bytes, at most {} allowed; send less text",
+                        crate::log::MAX_RECORD_BYTES
+                    ),
+                ));
+            }
+        }
         let request = AppendRequest {
-            events: events
-                .iter()
-                .map(|e| NewEvent {
-                    event_id: Uuid::now_v7(),
-                    stream: e.stream(),
-                    event_type: e.event_type().to_string(),
-                    schema_version: crate::domain::event::SCHEMA_VERSION,
-                    payload: e.payload_raw(),
-                })
-                .collect(),
+            events: new_events,
             expectations: expectations
                 .iter()
                 .map(|e| (e.stream.clone(), e.expected))
