@@ -1545,13 +1545,20 @@ fn malformed_protobuf_bytes_get_a_status_and_write_nothing_partly() {
                 }
                 Err(status) => {
                     let code = status.code();
-                    let decode_error = code == Code::Internal
+                    prop_assert!(
+                        code != Code::Internal,
+                        "{}: {} answered INTERNAL: {:?}",
+                        TEST,
+                        what,
+                        status
+                    );
+                    let decode_error = code == Code::InvalidArgument
                         && status
                             .message()
                             .contains("failed to decode Protobuf message");
                     let key = if decode_error {
                         format!(
-                            "{:?}: Internal ({})",
+                            "{:?}: InvalidArgument ({})",
                             case.mangle,
                             decode_reason(status.message())
                         )

@@ -94,6 +94,25 @@ impl<S> tower::Layer<S> for AuthLayer {
     }
 }
 
+/// Tonic's codec answers a request body that is not valid protobuf with INTERNAL, before any handler
+/// runs. That is the client's error, not ours: say INVALID_ARGUMENT. (Trailers-only responses carry
+/// the status in their headers, with the message percent-encoded.)
+fn undecodable_is_invalid_argument<R>(resp: &mut http::Response<R>) {
+    let internal = resp
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let decode = resp.headers().get("grpc-message").is_some_and(|m| {
+        let m = m.as_bytes();
+        m.starts_with(b"failed%20to%20decode%20Protobuf")
+            || m.starts_with(b"failed to decode Protobuf")
+    });
+    if internal && decode {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+}
+
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
@@ -152,7 +171,8 @@ where
         drop(_entered);
         Box::pin(tracing::Instrument::instrument(
             async move {
-                let resp = call.await?;
+                let mut resp = call.await?;
+                undecodable_is_invalid_argument(&mut resp);
                 let status = resp
                     .headers()
                     .get("grpc-status")
