@@ -1,7 +1,9 @@
 //! Use cases: the write path (idempotency, validate, decide, append) and the read access the transport
 //! needs. Owns the write model ([`State`]) and keeps it in step with the log through a commit observer
 //! that runs on the log's writer thread, in log order, before any append is acknowledged — so a client
-//! that got an ack can immediately refer to what it wrote.
+//! that got an ack can immediately refer to what it wrote. Also runs the projector just after the
+//! acknowledgements (`projector`), answers queries from the projections (`query`), and signs
+//! checkpoints and serves proofs (`audit`).
 //!
 //! No tonic or prost here; the transport converts to and from these types.
 mod audit;
@@ -25,7 +27,8 @@ use crate::domain::{Event, State};
 use crate::log::{CommitObserver, EventLog, LogError, LogOptions, RecordedEvent};
 use crate::projection::Projections;
 
-/// The application: the log plus the write model folded from it.
+/// The application: the log, the write model folded from it, the projections that follow it, and
+/// the key that signs its checkpoints.
 #[derive(Clone)]
 pub struct App {
     log: EventLog,
