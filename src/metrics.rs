@@ -318,41 +318,32 @@ pub fn render() -> String {
     let mut out = String::with_capacity(8192);
     let durable = r.log_events.load(Ordering::Acquire);
 
-    let name = "claims_ledger_append_duration_seconds";
-    header(
-        &mut out,
-        name,
-        "histogram",
-        "Time from an append reaching the log until it is acknowledged after the fsync of its commit group.",
-    );
-    r.append.render(&mut out, name, "");
-
-    let name = "claims_ledger_fsync_duration_seconds";
-    header(
-        &mut out,
-        name,
-        "histogram",
-        "Time to make one commit group durable: sled flush plus fdatasync.",
-    );
-    r.fsync.render(&mut out, name, "");
-
-    let name = "claims_ledger_group_commit_events";
-    header(
-        &mut out,
-        name,
-        "histogram",
-        "Events made durable by one sync.",
-    );
-    r.group_events.render(&mut out, name, "");
-
-    let name = "claims_ledger_group_commit_appends";
-    header(
-        &mut out,
-        name,
-        "histogram",
-        "Appends acknowledged after one sync.",
-    );
-    r.group_appends.render(&mut out, name, "");
+    let histograms = [
+        (
+            "claims_ledger_append_duration_seconds",
+            "Time from an append reaching the log until it is acknowledged after the fsync of its commit group.",
+            &r.append,
+        ),
+        (
+            "claims_ledger_fsync_duration_seconds",
+            "Time to make one commit group durable: sled flush plus fdatasync.",
+            &r.fsync,
+        ),
+        (
+            "claims_ledger_group_commit_events",
+            "Events made durable by one sync.",
+            &r.group_events,
+        ),
+        (
+            "claims_ledger_group_commit_appends",
+            "Appends acknowledged after one sync.",
+            &r.group_appends,
+        ),
+    ];
+    for (name, help, histogram) in histograms {
+        header(&mut out, name, "histogram", help);
+        histogram.render(&mut out, name, "");
+    }
 
     let name = "claims_ledger_events_appended_total";
     header(
