@@ -65,24 +65,35 @@ impl Measured {
     }
 }
 
-const SOURCE_TEXT: &str = "Lavrov told reporters: \u{201c}We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.\u{201d}";
-const QUOTE: &str =
+/// The source every benchmark registers, and the quote its statements cite.
+pub(crate) const SOURCE_TEXT: &str = "Lavrov told reporters: \u{201c}We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.\u{201d}";
+pub(crate) const QUOTE: &str =
     "We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.";
+/// The day statements are stated on unless a benchmark says otherwise (2024-06-05).
+pub(crate) const STATED: i64 = 1_717_545_600;
 
-fn statement_command(source_id: &str) -> pb::RecordStatementCommand {
+pub(crate) fn timestamp(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+/// A statement by `speaker` (for `on_behalf_of`, or nobody when empty) on day `stated_at`, quoting
+/// [`QUOTE`] from the benchmark source with a verified span.
+pub(crate) fn quote_statement(
+    source_id: &str,
+    speaker: &str,
+    on_behalf_of: &str,
+    stated_at: i64,
+) -> pb::RecordStatementCommand {
     let start = SOURCE_TEXT
         .find(QUOTE)
         .map(|b| SOURCE_TEXT[..b].chars().count())
         .unwrap_or(0) as u32;
     pb::RecordStatementCommand {
         statement_id: String::new(),
-        speaker_id: "bench-speaker".into(),
-        on_behalf_of_id: String::new(),
+        speaker_id: speaker.into(),
+        on_behalf_of_id: on_behalf_of.into(),
         stated_time: Some(pb::StatedTime {
-            at: Some(prost_types::Timestamp {
-                seconds: 1_717_545_600,
-                nanos: 0,
-            }),
+            at: timestamp(stated_at),
             precision: pb::TimePrecision::Day as i32,
         }),
         venue: "press briefing".into(),
@@ -173,7 +184,7 @@ pub(crate) async fn measure_ours(
     let mut tasks = Vec::new();
     for w in 0..writers {
         let mut client = pb::ledger_client::LedgerClient::new(channels[w % channels.len()].clone());
-        let cmd = statement_command(&source_id);
+        let cmd = quote_statement(&source_id, "bench-speaker", "", STATED);
         let direct = in_process.then(|| {
             let c = crate::grpc::convert::record_statement(cmd.clone(), "command.")
                 .expect("the bench command converts");
@@ -239,6 +250,8 @@ pub(crate) async fn measure_ours(
         .stored;
     let _ = stop_tx.send(());
     server.await??;
+    // Stop the projector too, so no work of this run spills into the next measurement.
+    app.finish().await;
     latencies.sort();
     let requests = latencies.len() as u64;
     Ok((

@@ -29,7 +29,9 @@ use prost::Message as _;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::bench::{ms, percentile, BenchServer, Measured};
+use super::bench::{
+    ms, percentile, quote_statement, timestamp, BenchServer, Measured, SOURCE_TEXT,
+};
 use crate::app::{projections_dir, App, ClientCommand, Shape, WriteContext};
 use crate::domain::limits::MAX_BATCH;
 use crate::grpc::convert;
@@ -122,18 +124,11 @@ const STANCES: [&str; 5] = [
 /// Statement + claim pairs per generated batch; with 8 reviews and 4 corrections, 252 commands.
 const PAIRS_PER_BATCH: usize = 120;
 
-const SOURCE_TEXT: &str = "Lavrov told reporters: \u{201c}We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.\u{201d}";
-const QUOTE: &str =
-    "We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.";
 /// The source's publication (2024-06-06); statements must not be stated after it.
 const PUBLISHED: i64 = 1_717_632_000;
 /// The day before publication: stated times count back from it, a day at a time.
 const LAST_STATED: i64 = 1_717_545_600;
 const DAY: i64 = 86_400;
-
-fn timestamp(seconds: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos: 0 })
-}
 
 type Cmd = pb::batch_command::Command;
 
@@ -177,29 +172,14 @@ fn statement(
     speaker: &Speaker,
     days_back: i64,
 ) -> pb::RecordStatementCommand {
-    let start = SOURCE_TEXT
-        .find(QUOTE)
-        .map(|b| SOURCE_TEXT[..b].chars().count())
-        .unwrap_or(0) as u32;
     pb::RecordStatementCommand {
         statement_id: statement_id.into(),
-        speaker_id: speaker.0.into(),
-        on_behalf_of_id: speaker.2.into(),
-        stated_time: Some(pb::StatedTime {
-            at: timestamp(LAST_STATED - days_back * DAY),
-            precision: pb::TimePrecision::Day as i32,
-        }),
-        venue: "press briefing".into(),
-        mode: pb::StatementMode::DirectQuote as i32,
-        attribution_verb: "told reporters".into(),
-        content: "Russia is prepared to resume negotiations in Istanbul.".into(),
-        spans: vec![pb::Span {
-            source_id: source_id.into(),
-            start,
-            end: start + QUOTE.chars().count() as u32,
-            exact: QUOTE.into(),
-        }],
-        reports_statement_id: String::new(),
+        ..quote_statement(
+            source_id,
+            speaker.0,
+            speaker.2,
+            LAST_STATED - days_back * DAY,
+        )
     }
 }
 

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use super::bench::{ms, BenchServer, Measured};
+use super::bench::{ms, quote_statement, timestamp, BenchServer, Measured, SOURCE_TEXT, STATED};
 use crate::app::{App, ClientCommand, Shape, WriteContext};
 use crate::domain::limits::MAX_BATCH;
 use crate::grpc::convert;
@@ -71,14 +71,6 @@ const WARM_UP_SECONDS: f64 = 1.0;
 const SPEAKER: &str = "bench-speaker";
 const RECORDED_BY: &str = "bench-subscribe";
 
-const SOURCE_TEXT: &str = "Lavrov told reporters: \u{201c}We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.\u{201d}";
-const QUOTE: &str =
-    "We are prepared to resume negotiations in Istanbul if Kyiv is genuinely interested in peace.";
-
-fn timestamp(seconds: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos: 0 })
-}
-
 fn party_command() -> pb::RegisterPartyCommand {
     pb::RegisterPartyCommand {
         party_id: SPEAKER.into(),
@@ -103,30 +95,7 @@ fn source_command() -> pb::RegisterSourceCommand {
 
 /// The statement the append benchmark writes: one verified span, about 900 stored bytes.
 fn statement_command(source_id: &str) -> pb::RecordStatementCommand {
-    let start = SOURCE_TEXT
-        .find(QUOTE)
-        .map(|b| SOURCE_TEXT[..b].chars().count())
-        .unwrap_or(0) as u32;
-    pb::RecordStatementCommand {
-        statement_id: String::new(),
-        speaker_id: SPEAKER.into(),
-        on_behalf_of_id: String::new(),
-        stated_time: Some(pb::StatedTime {
-            at: timestamp(1_717_545_600),
-            precision: pb::TimePrecision::Day as i32,
-        }),
-        venue: "press briefing".into(),
-        mode: pb::StatementMode::DirectQuote as i32,
-        attribution_verb: "told reporters".into(),
-        content: "Russia is prepared to resume negotiations in Istanbul.".into(),
-        spans: vec![pb::Span {
-            source_id: source_id.to_string(),
-            start,
-            end: start + QUOTE.chars().count() as u32,
-            exact: QUOTE.into(),
-        }],
-        reports_statement_id: String::new(),
-    }
+    quote_statement(source_id, SPEAKER, "", STATED)
 }
 
 fn context() -> WriteContext {
@@ -146,12 +115,14 @@ fn any(command: crate::domain::Command) -> ClientCommand {
 /// Writes a party, a source and statements until the log holds `events` events, without syncing
 /// (this is set-up, not measured). Returns the source id and the event count.
 async fn preload(dir: &Path, events: u64) -> anyhow::Result<(String, u64)> {
-    let app = App::open(
+    // No projections: the servers measured later build their own.
+    let app = App::open_with(
         dir,
         LogOptions {
             durability: Durability::Relaxed,
             ..Default::default()
         },
+        false,
     )?;
     let party = convert::register_party(party_command(), "command.")?;
     app.write(context(), vec![any(party)], Shape::Single)
@@ -175,7 +146,10 @@ async fn preload(dir: &Path, events: u64) -> anyhow::Result<(String, u64)> {
         let batch = (0..n).map(|_| any(statement.clone())).collect();
         app.write(context(), batch, Shape::Batch).await?;
     }
-    Ok((source_id, app.log().durable_count()))
+    let count = app.log().durable_count();
+    // Release the directory for the servers that follow.
+    app.finish().await;
+    Ok((source_id, count))
 }
 
 /// Opens sled on `dir` once the log that used it has let go of its lock.

@@ -2,7 +2,7 @@
 use tonic::{Request, Response, Status};
 
 use super::convert::{envelope_pb, ts};
-use super::pb;
+use super::{on_blocking_thread, pb};
 use crate::app::{App, Inclusion, Signed};
 
 pub struct AuditService {
@@ -33,18 +33,6 @@ fn inclusion_pb(i: &Inclusion) -> pb::InclusionProof {
     }
 }
 
-/// Runs a synchronous proof lookup (sled reads) off the async threads.
-async fn blocking<R: Send + 'static>(
-    app: &App,
-    f: impl FnOnce(&App) -> Result<R, crate::app::AppError> + Send + 'static,
-) -> Result<R, Status> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || f(&app))
-        .await
-        .map_err(|e| Status::from(crate::app::AppError::Internal(format!("audit task: {e}"))))?
-        .map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
     async fn get_public_key(
@@ -62,7 +50,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
         let size = req.into_inner().tree_size;
-        let s = blocking(&self.app, move |app| app.signed_checkpoint(size)).await?;
+        let s = on_blocking_thread(&self.app, move |app| app.signed_checkpoint(size)).await?;
         Ok(Response::new(pb::GetCheckpointResponse {
             checkpoint: Some(checkpoint_pb(&s)),
         }))
@@ -73,7 +61,8 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::GetInclusionProofResponse>, Status> {
         let r = req.into_inner();
-        let i = blocking(&self.app, move |app| app.inclusion(r.position, r.tree_size)).await?;
+        let i = on_blocking_thread(&self.app, move |app| app.inclusion(r.position, r.tree_size))
+            .await?;
         Ok(Response::new(pb::GetInclusionProofResponse {
             proof: Some(inclusion_pb(&i)),
             leaf_hash: i.leaf_hash.to_vec(),
@@ -85,7 +74,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::GetConsistencyProofResponse>, Status> {
         let r = req.into_inner();
-        let (new_size, hashes) = blocking(&self.app, move |app| {
+        let (new_size, hashes) = on_blocking_thread(&self.app, move |app| {
             app.consistency(r.old_size, r.new_size)
         })
         .await?;
@@ -101,7 +90,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::GetEventWithProofRequest>,
     ) -> Result<Response<pb::GetEventWithProofResponse>, Status> {
         let r = req.into_inner();
-        let (event, inclusion, signed) = blocking(&self.app, move |app| {
+        let (event, inclusion, signed) = on_blocking_thread(&self.app, move |app| {
             app.event_with_proof(r.position, r.tree_size)
         })
         .await?;

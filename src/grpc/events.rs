@@ -31,17 +31,6 @@ impl EventsService {
     }
 }
 
-fn page_size(max_count: u32) -> Result<usize, AppError> {
-    match max_count {
-        0 => Ok(DEFAULT_PAGE as usize),
-        n if n <= MAX_PAGE => Ok(n as usize),
-        n => Err(AppError::invalid(
-            "max_count",
-            format!("must be at most {MAX_PAGE}, got {n}"),
-        )),
-    }
-}
-
 fn backwards(direction: i32) -> Result<bool, AppError> {
     match pb::Direction::try_from(direction) {
         Ok(pb::Direction::Backwards) => Ok(true),
@@ -204,7 +193,7 @@ impl pb::events_server::Events for EventsService {
         req: Request<pb::ReadAllRequest>,
     ) -> Result<Response<pb::ReadAllResponse>, Status> {
         let r = req.into_inner();
-        let max = page_size(r.max_count)?;
+        let max = super::page_size("max_count", r.max_count, DEFAULT_PAGE, MAX_PAGE)?;
         let back = backwards(r.direction)?;
         let log = self.app.log();
         let count = log.durable_count();
@@ -234,7 +223,7 @@ impl pb::events_server::Events for EventsService {
         if r.stream.is_empty() {
             return Err(AppError::invalid("stream", "is required").into());
         }
-        let max = page_size(r.max_count)?;
+        let max = super::page_size("max_count", r.max_count, DEFAULT_PAGE, MAX_PAGE)?;
         let back = backwards(r.direction)?;
         let log = self.app.log();
         let Some(last) = log.stream_revision(&r.stream).map_err(AppError::from)? else {

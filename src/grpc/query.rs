@@ -10,7 +10,7 @@ use super::convert::{
     claim_payload, correction_payload, from_ts, mode, party_payload, review_payload,
     source_payload, stated_time_pb, statement_payload, ts,
 };
-use super::pb;
+use super::{on_blocking_thread, page_size, pb};
 use crate::app::query::{
     parse_id, ClaimView, Clocks, EntityStatus, HistoryQuery, PositionView, PositionsQuery,
     RecordedClock, SourceView, SpanView, StatementView, StatementsQuery, MAX_WAIT,
@@ -68,11 +68,7 @@ where
 {
     let min = consistency.map_or(0, |c| c.min_position);
     app.wait_for_projection(min, wait_budget(req)).await?;
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || f(&app))
-        .await
-        .map_err(|e| Status::from(AppError::Internal(format!("query task: {e}"))))?
-        .map_err(Status::from)
+    on_blocking_thread(app, f).await
 }
 
 fn stamp(applied: u64) -> Option<pb::ReadStamp> {
@@ -217,17 +213,6 @@ fn opt(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-fn page_size(n: u32, default: u32, max: u32) -> Result<usize, AppError> {
-    match n {
-        0 => Ok(default as usize),
-        n if n <= max => Ok(n as usize),
-        n => Err(AppError::invalid(
-            "page_size",
-            format!("must be at most {max}, got {n}"),
-        )),
-    }
-}
-
 #[tonic::async_trait]
 impl pb::query_server::Query for QueryService {
     async fn list_parties(
@@ -235,7 +220,7 @@ impl pb::query_server::Query for QueryService {
         req: Request<pb::ListPartiesRequest>,
     ) -> Result<Response<pb::ListPartiesResponse>, Status> {
         let r = req.get_ref().clone();
-        let size = page_size(r.page_size, DEFAULT_PARTIES, MAX_PARTIES)?;
+        let size = page_size("page_size", r.page_size, DEFAULT_PARTIES, MAX_PARTIES)?;
         let out = answer(&self.app, &req, r.consistency.as_ref(), move |app| {
             app.list_parties(size, &r.page_token)
         })
@@ -335,7 +320,7 @@ impl pb::query_server::Query for QueryService {
             stated_to: from_ts(&r.stated_to, "stated_to")?,
             modes,
             oldest_first,
-            page_size: page_size(r.page_size, DEFAULT_STATEMENTS, MAX_STATEMENTS)?,
+            page_size: page_size("page_size", r.page_size, DEFAULT_STATEMENTS, MAX_STATEMENTS)?,
             page_token: r.page_token,
             context: nonzero(r.context_chars),
         };
