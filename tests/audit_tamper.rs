@@ -1,6 +1,7 @@
 //! Signed checkpoints against an operator (or intruder) with disk access, end to end through the real
 //! binary: `serve --demo`, `public-key`, `verify --server --key --checkpoint` to save a checkpoint, a
-//! stopped server, then sled changed directly and the server restarted on it.
+//! stopped server, then the stored events and Merkle tiles changed directly on disk (through
+//! `claims_ledger::log::disk`) and the server restarted on it.
 //!
 //! - A naive rewrite of one event (hash prefix recomputed) is named by the offline `verify`, and the
 //!   online auditor's inclusion check of that event fails.
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use claims_ledger::checkpoint::{Checkpoint, Verifier};
 use claims_ledger::grpc::pb;
-use claims_ledger::log::{open_db, sha256, Hash};
-use claims_ledger::merkle::{self, Frontier};
+use claims_ledger::log::{disk, open_db, sha256, Hash};
+use claims_ledger::merkle;
 use common::*;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -191,7 +192,7 @@ fn read_checkpoint(path: &Path, key: &str) -> Checkpoint {
     Checkpoint::open(&note, &v).unwrap_or_else(|e| panic!("saved checkpoint does not open: {e}"))
 }
 
-// ---- sled by hand -----------------------------------------------------------------------------
+// ---- the disk by hand -------------------------------------------------------------------------
 
 fn open_db_retry(dir: &Path) -> sled::Db {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -206,38 +207,26 @@ fn open_db_retry(dir: &Path) -> sled::Db {
     }
 }
 
-fn event_key(pos: u64) -> Vec<u8> {
-    let mut k = vec![b'e'];
-    k.extend_from_slice(&pos.to_be_bytes());
-    k
-}
-
-fn node_key(level: u32, index: u64) -> Vec<u8> {
-    let mut k = vec![b'n', u8::try_from(level).expect("level")];
-    k.extend_from_slice(&index.to_be_bytes());
-    k
-}
-
-/// The record bytes stored at `pos` (after the 32-byte SHA-256 prefix), checked against the prefix.
+/// The record bytes stored at `pos`, checked against the hash stored with them.
 fn record(db: &sled::Db, pos: u64) -> Vec<u8> {
-    let v = db
-        .get(event_key(pos))
+    let (hash, bytes) = disk::stored_event(db, pos)
         .expect("read")
         .unwrap_or_else(|| panic!("event {pos}"));
-    let (hash, bytes) = v.split_at(32);
     assert_eq!(
         hash,
-        sha256(bytes),
+        sha256(&bytes),
         "event {pos} is intact before the attack"
     );
-    bytes.to_vec()
+    bytes
 }
 
+/// Overwrites the event at `pos` with `bytes` and their recomputed hash; returns the hash.
 fn store_record(db: &sled::Db, pos: u64, bytes: &[u8]) -> Hash {
     let hash = sha256(bytes);
-    let mut v = hash.to_vec();
-    v.extend_from_slice(bytes);
-    db.insert(event_key(pos), v).expect("write");
+    assert!(
+        disk::replace_event(db, pos, &hash, bytes).expect("write"),
+        "event {pos} present"
+    );
     hash
 }
 
@@ -249,42 +238,26 @@ fn head(db: &sled::Db) -> (u64, Hash) {
     )
 }
 
-/// Rebuilds the whole Merkle tree, frontier and head from the events on disk, as the log would have
-/// written them for this content.
-fn rebuild_tree_and_head(db: &sled::Db) {
-    let old_nodes: Vec<_> = db
-        .scan_prefix(b"n")
-        .keys()
-        .map(|k| k.expect("key"))
-        .collect();
-    assert!(!old_nodes.is_empty(), "the log keeps a tree");
-    for k in old_nodes {
-        db.remove(k).expect("remove node");
-    }
-    let mut frontier = Frontier::new();
+/// Rebuilds the whole Merkle tree (tiles and frontier) and the head from the events on disk, as
+/// the log would have written them for this content; returns the new root.
+fn rebuild_tree_and_head(db: &sled::Db) -> Hash {
+    assert!(
+        disk::tile(db, 0, 0).expect("read tile").is_some(),
+        "the log keeps a tree"
+    );
+    let root = disk::rebuild_tree(db).expect("rebuild the tree");
+    // The head: count and hash of the last event, over gap-free positions.
     let mut last = [0u8; 32];
     let mut count = 0u64;
-    for item in db.scan_prefix(b"e") {
-        let (k, v) = item.expect("event");
-        let pos = u64::from_be_bytes(k[1..9].try_into().expect("position"));
-        assert_eq!(pos, count, "gap-free");
-        let bytes = &v[32..];
-        let mut nodes = Vec::new();
-        frontier
-            .push_with(merkle::leaf_hash(bytes), |level, index, hash| {
-                nodes.push((level, index, *hash))
-            })
-            .expect("not full");
-        for (level, index, hash) in nodes {
-            db.insert(node_key(level, index), &hash[..]).expect("node");
-        }
-        last = sha256(bytes);
+    while let Some((hash, bytes)) = disk::stored_event(db, count).expect("read") {
+        assert_eq!(hash, sha256(&bytes), "event {count} hash");
+        last = hash;
         count += 1;
     }
-    db.insert(b"mtree", frontier.to_bytes()).expect("frontier");
     let mut h = count.to_be_bytes().to_vec();
     h.extend_from_slice(&last);
     db.insert(b"mhead", h).expect("head");
+    root
 }
 
 /// The payload's `name` (event 5 of the demo is a party registration).
@@ -326,7 +299,10 @@ fn a_naive_rewrite_is_named_offline_and_fails_the_inclusion_check() {
     let offline = verify_offline(&sc.data);
     let reason = failure("offline verify of the naive rewrite", &offline);
     assert_eq!(offline.1["first_bad_position"], TARGET, "{}", offline.1);
-    assert!(reason.contains("Merkle subtree hash (0, 5)"), "{reason}");
+    assert!(
+        reason.contains("Merkle leaf hash in tile (0, 0) does not match the event"),
+        "{reason}"
+    );
 
     let mut server = ChildServer::start(&sc.data, &[]);
     // The tree was not touched, so the log still extends the saved checkpoint ...
@@ -351,7 +327,10 @@ fn a_naive_rewrite_is_named_offline_and_fails_the_inclusion_check() {
     stop(&mut server);
     assert_ne!(original, {
         let db = open_db_retry(&sc.data);
-        db.get(event_key(TARGET)).expect("read").expect("event")[32..].to_vec()
+        disk::stored_event(&db, TARGET)
+            .expect("read")
+            .expect("event")
+            .1
     });
 }
 
@@ -361,6 +340,7 @@ fn a_thorough_rewrite_passes_offline_verify_but_not_the_saved_checkpoint() {
     let saved_before = sc.saved_note();
     let forged_name;
     let forged_target_bytes;
+    let rebuilt_root;
     {
         let db = open_db_retry(&sc.data);
         let (count, _) = head(&db);
@@ -381,7 +361,7 @@ fn a_thorough_rewrite_passes_offline_verify_but_not_the_saved_checkpoint() {
                 target_bytes = bytes;
             }
         }
-        rebuild_tree_and_head(&db);
+        rebuilt_root = rebuild_tree_and_head(&db);
         db.flush().expect("flush");
         assert_eq!(head(&db), (count, prev));
         forged_name =
@@ -399,6 +379,12 @@ fn a_thorough_rewrite_passes_offline_verify_but_not_the_saved_checkpoint() {
         offline.1["merkle_root"],
         old_root.as_str(),
         "a new root: {}",
+        offline.1
+    );
+    assert_eq!(
+        offline.1["merkle_root"],
+        hex::encode(rebuilt_root),
+        "{}",
         offline.1
     );
 

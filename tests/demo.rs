@@ -209,12 +209,13 @@ async fn head_and_verify_commands_report_the_chain() {
                 })
             })
             .expect("open the stopped server's data directory");
-        let mut key = vec![b'e'];
-        key.extend_from_slice(&17u64.to_be_bytes());
-        let mut value = db.get(&key).unwrap().unwrap().to_vec();
-        let last = value.len() - 2;
-        value[last] ^= 0x01;
-        db.insert(key, value).unwrap();
+        // The record's bytes change; the hash stored with them does not.
+        let (hash, mut record) = claims_ledger::log::disk::stored_event(&db, 17)
+            .unwrap()
+            .unwrap();
+        let last = record.len() - 2;
+        record[last] ^= 0x01;
+        assert!(claims_ledger::log::disk::replace_event(&db, 17, &hash, &record).unwrap());
         db.flush().unwrap();
     }
     let bad = verify(&["--json"]);
@@ -222,6 +223,12 @@ async fn head_and_verify_commands_report_the_chain() {
     let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["first_bad_position"].as_u64(), Some(17), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stored bytes do not match the hash written with them")),
+        "{v}"
+    );
 
     let missing = Command::new(bin())
         .args(["verify", "--data-dir", "/nonexistent/claims-ledger-data"])

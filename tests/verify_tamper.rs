@@ -1,6 +1,7 @@
 //! Offline verification against an attacker with disk access: a log of 20 events is written through
-//! `EventLog`, dropped, then changed directly in sled (the same way `open_db` opens it). `verify_dir`
-//! must name the first position that no longer holds, and pass an untouched log.
+//! `EventLog`, dropped, then changed directly on disk through `claims_ledger::log::disk` (raw pages
+//! and Merkle tiles, on the db `open_db` opens). `verify_dir` must name the first position that no
+//! longer holds, and pass an untouched log.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -8,13 +9,17 @@ use serde_json::value::RawValue;
 use tempfile::TempDir;
 use uuid::Uuid;
 
+use claims_ledger::log::disk;
 use claims_ledger::log::verify::{verify_dir, Mismatch, VerifyReport};
 use claims_ledger::log::{
-    open_db, sha256, AppendRequest, EventLog, ExpectedRevision, Head, LogError, LogOptions,
+    open_db, sha256, AppendRequest, EventLog, ExpectedRevision, Hash, Head, LogError, LogOptions,
     NewEvent,
 };
 
 const EVENTS: u64 = 20;
+/// Events of the log built for higher tile levels: two full level-0 tiles and a partial third,
+/// so tile (1, 0) holds two hashes.
+const LONG_EVENTS: u64 = 600;
 
 fn new_event(stream: &str, payload: &str) -> NewEvent {
     NewEvent {
@@ -43,12 +48,6 @@ fn retry_lock<T>(what: &str, mut f: impl FnMut() -> Result<T, LogError>) -> T {
 
 fn verify(dir: &Path) -> Result<VerifyReport, Mismatch> {
     retry_lock("verify", || verify_dir(dir))
-}
-
-fn pos_key(prefix: u8, position: u64) -> Vec<u8> {
-    let mut k = vec![prefix];
-    k.extend_from_slice(&position.to_be_bytes());
-    k
 }
 
 /// Writes 20 events over three streams through the log, drops it, and returns the live head.
@@ -85,22 +84,76 @@ async fn build_log(dir: &Path) -> Head {
     head
 }
 
-/// A fresh log in a new directory; `tamper` then changes it through sled directly.
-async fn tampered(tamper: impl FnOnce(&sled::Db)) -> (TempDir, Head) {
-    let dir = TempDir::new().unwrap();
-    let head = build_log(dir.path()).await;
-    let db = retry_lock("open the db", || open_db(dir.path()));
+/// Writes `LONG_EVENTS` events on one stream in appends of 100, drops the log, and returns its head.
+async fn build_long_log(dir: &Path) -> Head {
+    let log = EventLog::open(dir, LogOptions::default(), None).unwrap();
+    let mut n = 0u64;
+    while n < LONG_EVENTS {
+        let count = 100.min(LONG_EVENTS - n);
+        let events = (n..n + count)
+            .map(|i| new_event("claim-1", &format!(r#"{{"n":{i}}}"#)))
+            .collect();
+        log.append(AppendRequest {
+            events,
+            expectations: vec![],
+            idempotency: None,
+            recorded_by: "builder".to_string(),
+            correlation_id: None,
+            causation_id: None,
+        })
+        .await
+        .unwrap();
+        n += count;
+    }
+    let head = log.head();
+    assert_eq!(head.count, LONG_EVENTS);
+    drop(log);
+    head
+}
+
+/// Opens the stopped log in `dir`, lets `tamper` change it on disk, and flushes.
+fn tamper_dir(dir: &Path, tamper: impl FnOnce(&sled::Db)) {
+    let db = retry_lock("open the db", || open_db(dir));
     tamper(&db);
     db.flush().unwrap();
     drop(db);
+}
+
+/// A fresh log in a new directory; `tamper` then changes it on disk.
+async fn tampered(tamper: impl FnOnce(&sled::Db)) -> (TempDir, Head) {
+    let dir = TempDir::new().unwrap();
+    let head = build_log(dir.path()).await;
+    tamper_dir(dir.path(), tamper);
     (dir, head)
 }
 
-fn stored(db: &sled::Db, position: u64) -> Vec<u8> {
-    db.get(pos_key(b'e', position))
+/// The hash stored with the event at `position`, and its record bytes.
+fn stored(db: &sled::Db, position: u64) -> (Hash, Vec<u8>) {
+    disk::stored_event(db, position)
         .unwrap()
         .expect("event present")
-        .to_vec()
+}
+
+/// Overwrites the event at `position` with `hash` and `record`.
+fn replace(db: &sled::Db, position: u64, hash: &Hash, record: &[u8]) {
+    assert!(
+        disk::replace_event(db, position, hash, record).unwrap(),
+        "event {position} present"
+    );
+}
+
+/// Flips one bit of hash `slot` of the stored tile `(level, index)`.
+fn flip_tile_hash(db: &sled::Db, level: u8, index: u64, slot: usize) {
+    let mut hashes = disk::tile(db, level, index)
+        .unwrap()
+        .unwrap_or_else(|| panic!("tile ({level}, {index}) stored"));
+    assert!(
+        hashes.len() >= (slot + 1) * 32,
+        "tile ({level}, {index}) holds {} bytes",
+        hashes.len()
+    );
+    hashes[slot * 32] ^= 1;
+    disk::put_tile(db, level, index, &hashes).unwrap();
 }
 
 /// Event bytes with one payload character changed ("number" becomes "Number"); still valid JSON.
@@ -132,41 +185,43 @@ async fn untouched_log_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_payload_is_named() {
     let (dir, _) = tampered(|db| {
-        // The value is the hash written with the record, then the record bytes: change the record only.
-        let value = stored(db, 7);
-        let (hash, record) = value.split_at(32);
-        let mut changed = hash.to_vec();
-        changed.extend(edited(record));
-        db.insert(pos_key(b'e', 7), changed).unwrap();
+        // Change the record only, keeping the hash written with it.
+        let (hash, record) = stored(db, 7);
+        replace(db, 7, &hash, &edited(&record));
     })
     .await;
     let m = expect_mismatch(dir.path());
     assert_eq!(m.position, 7, "{m}");
-    assert!(m.reason.contains("hash"), "{m}");
+    assert!(
+        m.reason
+            .contains("stored bytes do not match the hash written with them"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_payload_with_rewritten_hash_is_caught_by_its_merkle_leaf() {
     let (dir, _) = tampered(|db| {
-        let bytes = edited(&stored(db, 7)[32..]);
-        let mut changed = sha256(&bytes).to_vec();
-        changed.extend(bytes);
-        db.insert(pos_key(b'e', 7), changed).unwrap();
+        let bytes = edited(&stored(db, 7).1);
+        replace(db, 7, &sha256(&bytes), &bytes);
     })
     .await;
     let m = expect_mismatch(dir.path());
     assert_eq!(m.position, 7, "{m}");
-    assert!(m.reason.contains("Merkle subtree hash (0, 7)"), "{m}");
+    assert!(
+        m.reason
+            .contains("Merkle leaf hash in tile (0, 0) does not match the event"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_payload_with_rewritten_hash_and_no_tree_breaks_the_next_link() {
     let (dir, _) = tampered(|db| {
-        let bytes = edited(&stored(db, 7)[32..]);
-        let mut changed = sha256(&bytes).to_vec();
-        changed.extend(bytes);
-        db.insert(pos_key(b'e', 7), changed).unwrap();
-        // An attacker who also removes the tree still meets the hash chain.
+        let bytes = edited(&stored(db, 7).1);
+        replace(db, 7, &sha256(&bytes), &bytes);
+        // An attacker who also removes the tree still meets the hash chain. Without a frontier,
+        // verify skips the tree (the tiles left behind are not read).
         db.remove(b"mtree").unwrap().expect("the log keeps a tree");
     })
     .await;
@@ -175,47 +230,83 @@ async fn changed_payload_with_rewritten_hash_and_no_tree_breaks_the_next_link() 
     assert!(m.reason.contains("prev_hash"), "{m}");
 }
 
+/// Interior Merkle nodes are no longer stored one by one: the closest attack is on a tile above
+/// the leaves. In a log of 600 events, tile (1, 0) holds the roots of leaves 0..256 and 256..512;
+/// its hash 1 is named by the first leaf under it, 256.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn altered_merkle_node_is_named_by_its_first_leaf() {
-    let (dir, _) = tampered(|db| {
-        // Interior node (level 2, index 1): leaves 4..8.
-        let key = [b'n', 2, 0, 0, 0, 0, 0, 0, 0, 1];
-        let mut v = db.get(key).unwrap().expect("node stored").to_vec();
-        v[0] ^= 1;
-        db.insert(key, v).unwrap();
-    })
-    .await;
+async fn altered_tile_hash_is_named_by_its_first_leaf() {
+    let dir = TempDir::new().unwrap();
+    build_long_log(dir.path()).await;
+    let report = verify(dir.path()).expect("untouched long log verifies");
+    assert_eq!(report.events, LONG_EVENTS);
+    tamper_dir(dir.path(), |db| {
+        let hashes = disk::tile(db, 1, 0).unwrap().expect("tile (1, 0) stored");
+        assert_eq!(hashes.len(), 2 * 32, "tile (1, 0) is partial");
+        flip_tile_hash(db, 1, 0, 1);
+    });
+    let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 256, "{m}");
+    assert!(
+        m.reason
+            .contains("Merkle tile (1, 0) does not match the recomputed tree at hash 1"),
+        "{m}"
+    );
+}
+
+/// A leaf hash changed in its level-0 tile is met when verify reaches that leaf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_leaf_tile_hash_is_named_by_its_leaf() {
+    let (dir, _) = tampered(|db| flip_tile_hash(db, 0, 0, 4)).await;
     let m = expect_mismatch(dir.path());
     assert_eq!(m.position, 4, "{m}");
     assert!(
         m.reason
-            .contains("Merkle subtree hash (2, 1) does not match"),
+            .contains("Merkle leaf hash in tile (0, 0) does not match the event"),
+        "{m}"
+    );
+}
+
+/// Events can no longer be removed one key at a time: a page holds a commit group. Truncating the
+/// page at 12 removes 12 and any later events of its page, so the log jumps from 12 to the next
+/// page, which starts right after the removed events whether 12 began its page or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_event_is_a_gap() {
+    let mut removed = 0;
+    let (dir, _) = tampered(|db| {
+        removed = disk::truncate_page_at(db, 12).unwrap();
+        assert!(removed >= 1, "event 12 was there");
+    })
+    .await;
+    assert!(12 + (removed as u64) < EVENTS, "{removed} removed");
+    let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 12, "{m}");
+    assert!(
+        m.reason.contains(&format!(
+            "missing; the next page starts at {}",
+            12 + removed
+        )),
         "{m}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_event_is_a_gap() {
-    let (dir, _) = tampered(|db| {
-        db.remove(pos_key(b'e', 12)).unwrap().expect("was there");
-    })
-    .await;
-    let m = expect_mismatch(dir.path());
-    assert_eq!(m.position, 12, "{m}");
-    assert!(m.reason.contains("missing"), "{m}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_log_disagrees_with_the_head() {
     let (dir, _) = tampered(|db| {
-        db.remove(pos_key(b'e', EVENTS - 1))
-            .unwrap()
-            .expect("was there");
+        // The last event always ends its page.
+        assert_eq!(disk::truncate_page_at(db, EVENTS - 1).unwrap(), 1);
     })
     .await;
     let m = expect_mismatch(dir.path());
     assert_eq!(m.position, EVENTS - 1, "{m}");
-    assert!(m.reason.contains("head"), "{m}");
+    assert!(
+        m.reason
+            .contains(&format!("head record says {EVENTS} events")),
+        "{m}"
+    );
+    assert!(
+        m.reason.contains(&format!("the log has {}", EVENTS - 1)),
+        "{m}"
+    );
 }
 
 /// Not in the original list: a rewritten head hash alone is caught too.
@@ -229,24 +320,38 @@ async fn rewritten_head_is_named() {
     .await;
     let m = expect_mismatch(dir.path());
     assert_eq!(m.position, EVENTS, "{m}");
-    assert!(m.reason.contains("head"), "{m}");
+    assert!(
+        m.reason
+            .contains(&format!("head record says {EVENTS} events")),
+        "{m}"
+    );
 }
 
-/// The stream index is checked against the log too: a dropped index chunk is named.
+/// There is no stream index on disk any more (the writer rebuilds it from the records), so the
+/// closest attack is on a record's own stream revision: event 9 is claim-1's fourth event
+/// (revision 3); it is made to claim revision 4 and its hash is recomputed. The stream check
+/// names it before its Merkle leaf does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn altered_stream_index_is_named() {
+async fn altered_stream_revision_is_named() {
     let (dir, _) = tampered(|db| {
-        let (k, mut v) = db
-            .scan_prefix(b"sclaim-1\0")
-            .next()
-            .expect("index chunk")
-            .unwrap();
-        let mut changed = v.to_vec();
-        changed.truncate(changed.len() - 8);
-        v = changed.into();
-        db.insert(k, v).unwrap();
+        let record = stored(db, 9).1;
+        let rec: serde_json::Value = serde_json::from_slice(&record).unwrap();
+        assert_eq!(
+            (rec["stream"].as_str(), rec["stream_revision"].as_u64()),
+            (Some("claim-1"), Some(3)),
+            "{rec}"
+        );
+        let text = String::from_utf8(record).unwrap();
+        assert_eq!(text.matches("\"stream_revision\":3,").count(), 1, "{text}");
+        let forged = text.replacen("\"stream_revision\":3,", "\"stream_revision\":4,", 1);
+        replace(db, 9, &sha256(forged.as_bytes()), forged.as_bytes());
     })
     .await;
     let m = expect_mismatch(dir.path());
-    assert!(m.reason.contains("stream claim-1"), "{m}");
+    assert_eq!(m.position, 9, "{m}");
+    assert!(
+        m.reason
+            .contains("stream claim-1 revision 4 where 3 was expected"),
+        "{m}"
+    );
 }

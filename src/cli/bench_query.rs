@@ -443,13 +443,13 @@ struct RawScans {
     bytes: u64,
 }
 
-/// Reads every event value; returns (events, bytes). Summing the bytes makes the scan read them, as
+/// Reads every stored page; returns (events, bytes). Summing the bytes makes the scan read them, as
 /// any consumer must, rather than only count the handles sled returns.
 pub(crate) fn scan(db: &sled::Db) -> anyhow::Result<(u64, u64)> {
     let (mut events, mut bytes, mut sum) = (0u64, 0u64, 0u64);
-    for item in db.scan_prefix(b"e") {
-        let (_, value) = item?;
-        events += 1;
+    for page in crate::log::disk::pages(db) {
+        let (_, value) = page?;
+        events += crate::log::disk::page_frames(&value).count() as u64;
         bytes += value.len() as u64;
         sum = value
             .iter()

@@ -166,26 +166,23 @@ fn open_when_released(dir: &Path) -> anyhow::Result<sled::Db> {
     }
 }
 
-/// Reads the values of positions `0..count` and checks the SHA-256 of each record against the hash
-/// stored beside it. Returns how many events it read.
+/// Reads the stored pages and checks the SHA-256 of each record against the hash stored beside it.
+/// Returns how many events it read, which must be `count`.
 fn scan(db: &sled::Db, count: u64) -> anyhow::Result<u64> {
-    let key = |pos: u64| {
-        let mut k = [0u8; 9];
-        k[0] = b'e';
-        k[1..].copy_from_slice(&pos.to_be_bytes());
-        k
-    };
     let mut n = 0u64;
-    for item in db.range(key(0)..key(count)) {
-        let (_, value) = item?;
-        let (stored, record) = value
-            .split_at_checked(32)
-            .with_context(|| format!("event value {n} is shorter than its hash"))?;
-        let hash: [u8; 32] = Sha256::digest(record).into();
-        if hash[..] != *stored {
-            bail!("event {n}: the record does not match its stored hash");
+    for page in crate::log::disk::pages(db) {
+        let (_, page) = page?;
+        for frame in crate::log::disk::page_frames(&page) {
+            let (stored, record) = frame.with_context(|| format!("page cut at event {n}"))?;
+            let hash: [u8; 32] = Sha256::digest(record).into();
+            if hash != stored {
+                bail!("event {n}: the record does not match its stored hash");
+            }
+            n += 1;
         }
-        n += 1;
+    }
+    if n != count {
+        bail!("the raw scan found {n} events where the log holds {count}");
     }
     Ok(n)
 }

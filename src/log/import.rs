@@ -1,9 +1,9 @@
 //! Bulk import of a whole log into an empty data directory, for `claims-ledger restore`.
 //!
 //! The importer is given the events in position order, as decoded stored records (exactly the bytes
-//! the original log stored), and writes the same layout the live writer does (see `layout`): the `e`
-//! keys (hash ‖ record), the stream index chunks, `mhead`, and the Merkle tree (every perfect
-//! subtree a leaf completes, leaf rule `merkle::leaf_hash(stored)`, and the frontier). Each batch of
+//! the original log stored), and writes the same layout the live writer does (see `layout`): pages of
+//! (hash ‖ record) frames, `mhead`, and the Merkle tree (its tiles, leaf rule
+//! `merkle::leaf_hash(stored)`, and the frontier). Each batch of
 //! [`BATCH_EVENTS`] events is one atomic sled batch that also moves `mhead` and `mtree`, so the
 //! directory always holds a consistent prefix. [`Importer::finish`] flushes sled and fsyncs its
 //! files and the directory, so a successful import survives a crash.
@@ -29,10 +29,11 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::layout::{
-    event_key, event_value, head_value, node_key, stream_chunk_key, CHUNK, FRONTIER_KEY, HEAD_KEY,
+    head_value, tile_key, PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
 };
 use super::record::{self, Hash, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES};
 use super::store::open_db;
+use super::tiles::Tiles;
 use super::LogError;
 use crate::merkle::{self, Frontier};
 
@@ -60,9 +61,9 @@ pub struct Importer {
     batch: sled::Batch,
     /// Events staged in `batch`.
     staged: usize,
-    /// Stream index chunks that are not full yet and were touched by the current batch, by stream:
-    /// (chunk number, positions so far). A chunk is staged as soon as it is full.
-    open_chunks: HashMap<String, (u64, Vec<u8>)>,
+    /// The staged events, cut into pages.
+    pages: PageBuilder,
+    tiles: Tiles,
     /// The next revision of every stream seen.
     revisions: HashMap<String, u64>,
     count: u64,
@@ -86,7 +87,8 @@ impl Importer {
             db,
             batch: sled::Batch::default(),
             staged: 0,
-            open_chunks: HashMap::new(),
+            pages: PageBuilder::new(),
+            tiles: Tiles::default(),
             revisions: HashMap::new(),
             count: 0,
             head_hash: GENESIS_HASH,
@@ -161,20 +163,13 @@ impl Importer {
             ));
         }
         // Every check passed: stage it.
-        self.stage_index(rec)?;
-        self.batch.insert(
-            &event_key(position)[..],
-            event_value(&rec.hash, &rec.stored),
-        );
+        self.pages.push(position, &rec.hash, &rec.stored);
         let batch = &mut self.batch;
-        self.frontier
-            .push_with(merkle::leaf_hash(&rec.stored), |level, index, hash| {
-                batch.insert(&node_key(level, index)[..], &hash[..]);
-            })
-            .map_err(|e| LogError::Corrupt {
-                position,
-                reason: e.to_string(),
-            })?;
+        self.tiles.push(
+            &mut self.frontier,
+            merkle::leaf_hash(&rec.stored),
+            &mut |level, index, hashes| batch.insert(&tile_key(level, index)[..], hashes),
+        );
         match self.revisions.get_mut(rec.stream.as_str()) {
             Some(r) => *r += 1,
             None => {
@@ -191,60 +186,16 @@ impl Importer {
         Ok(())
     }
 
-    /// Adds the event's position to its stream's index chunk.
-    fn stage_index(&mut self, rec: &RecordedEvent) -> Result<(), LogError> {
-        let revision = rec.stream_revision;
-        let chunk_no = revision / CHUNK;
-        let mut chunk = match self.open_chunks.remove(rec.stream.as_str()) {
-            Some((no, chunk)) if no == chunk_no => chunk,
-            // A chunk is removed from `open_chunks` when full, so this cannot happen.
-            Some((no, _)) => {
-                return Err(LogError::Corrupt {
-                    position: rec.position,
-                    reason: format!("stream {}: index chunk {no} left open", rec.stream),
-                })
-            }
-            None if revision % CHUNK == 0 => Vec::with_capacity(CHUNK as usize * 8),
-            // The chunk was started in an earlier batch, already applied.
-            None => {
-                let chunk = self
-                    .db
-                    .get(stream_chunk_key(&rec.stream, chunk_no))?
-                    .map(|v| v.to_vec())
-                    .unwrap_or_default();
-                if chunk.len() as u64 != (revision % CHUNK) * 8 {
-                    return Err(LogError::Corrupt {
-                        position: rec.position,
-                        reason: format!(
-                            "stream {}: index chunk {chunk_no} holds {} bytes before revision {revision}",
-                            rec.stream,
-                            chunk.len()
-                        ),
-                    });
-                }
-                chunk
-            }
-        };
-        chunk.extend_from_slice(&rec.position.to_be_bytes());
-        if chunk.len() as u64 == CHUNK * 8 {
-            self.batch
-                .insert(stream_chunk_key(&rec.stream, chunk_no), chunk);
-        } else {
-            self.open_chunks
-                .insert(rec.stream.clone(), (chunk_no, chunk));
-        }
-        Ok(())
-    }
-
-    /// Applies the staged events with the index chunks they touched, the head and the frontier,
-    /// atomically.
+    /// Applies the staged pages with the tiles they touched, the head and the frontier, atomically.
     fn apply(&mut self) -> Result<(), LogError> {
         let mut batch = std::mem::take(&mut self.batch);
-        for (stream, (chunk_no, chunk)) in self.open_chunks.drain() {
-            batch.insert(stream_chunk_key(&stream, chunk_no), chunk);
+        std::mem::replace(&mut self.pages, PageBuilder::new()).stage(&mut batch);
+        for (key, hashes) in self.tiles.take_changed(self.count) {
+            batch.insert(&key[..], hashes);
         }
         batch.insert(HEAD_KEY, head_value(self.count, &self.head_hash));
         batch.insert(FRONTIER_KEY, self.frontier.to_bytes());
+        batch.insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes());
         self.db.apply_batch(batch)?;
         self.staged = 0;
         Ok(())

@@ -1,87 +1,139 @@
 //! The on-disk layout: one sled tree, keys prefixed by one byte, so that one `apply_batch` is atomic
-//! across all of them. Two keys per event, because every sled key costs a node update:
-//! - `e` + position (u64 BE) → SHA-256 of the record (32 bytes) ‖ the record bytes. The hash is of the
-//!   record bytes exactly as stored; keeping it beside them lets `verify` tell altered bytes (it names
-//!   that position) from a broken link (it names the next one).
-//! - `s` + stream + 0x00 + chunk (u32 BE) → the positions (u64 BE each) of the stream's revisions
-//!   `chunk * CHUNK ..`; a stream's revision count is implied by its chunks.
+//! across all of them. Every sled key written costs a node update, a log message and, sooner or later,
+//! a leaf rewrite, whatever its size; so a commit group writes a few large keys, not several per event:
+//! - `e` + first position (u64 BE) → a page: the events of one commit group (split at
+//!   [`PAGE_TARGET_BYTES`]), in position order, each framed as record length (u32 BE) ‖ SHA-256 of the
+//!   record ‖ the record bytes. The hash is of the record bytes exactly as stored; keeping it beside
+//!   them lets `verify` tell altered bytes (it names that position) from a broken link (it names the
+//!   next one). An event is found through the page with the greatest first position at or below it.
+//! - `t` + tile level (u8) + tile index (u64 BE) → a Merkle tile as in C2SP tlog-tiles: the hashes
+//!   (32 bytes each, at most [`TILE_WIDTH`]) of the perfect subtrees at tree level
+//!   `TILE_HEIGHT * tile level` with indexes `[index * TILE_WIDTH, ...)`. Level 0 holds the leaf
+//!   hashes `SHA-256(0x00 ‖ record)`. The last tile of each level is partial and grows with the log.
+//!   Nodes between tile levels are recomputed from a tile when a proof needs them.
 //! - `i` + idempotency key → JSON idempotency record.
 //! - `mhead` → event count (u64 BE) ‖ hash of the last event.
-//! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE).
-//! - `n` + level (u8) + index (u64 BE) → the RFC 6962 hash of the perfect Merkle subtree over leaves
-//!   `[index << level, (index + 1) << level)`; level 0 holds the leaf hashes `SHA-256(0x00 ‖ record)`.
-//!   Written in the same batch as the events that complete them; about two per event.
 //! - `mtree` → the Merkle frontier (size ‖ right-edge subtree hashes) after the last event.
-use super::record::Hash;
+//! - `mlayout` → [`LAYOUT_VERSION`] (u32 BE), so a binary never misreads another layout.
+//! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE).
+//!
+//! There is no stream index on disk: the writer keeps each stream's positions in memory and rebuilds
+//! them from the records' own `stream` and `stream_revision` when the log opens.
+use super::record::{Hash, MAX_RECORD_BYTES};
 
 pub(crate) const EVENT: u8 = b'e';
-pub(crate) const STREAM: u8 = b's';
+pub(crate) const TILE: u8 = b't';
 pub(crate) const IDEMPOTENCY: u8 = b'i';
 pub(crate) const HEAD_KEY: &[u8] = b"mhead";
 pub(crate) const CURSOR: u8 = b'c';
-pub(crate) const NODE: u8 = b'n';
 pub(crate) const FRONTIER_KEY: &[u8] = b"mtree";
-/// Positions per stream-index chunk: small enough that rewriting the last chunk is cheap.
-pub(crate) const CHUNK: u64 = 64;
+pub(crate) const LAYOUT_KEY: &[u8] = b"mlayout";
+/// 1 was one key per event with a stream index on disk; 2 is pages and tiles.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 
-pub(crate) fn event_key(pos: u64) -> [u8; 9] {
+/// A page is closed once it holds this many bytes. sled splits a leaf past 16 entries, so a leaf of
+/// pages stays far below sled's 4 MiB blob threshold even when single records are as large as
+/// [`MAX_RECORD_BYTES`] (a page then holds just that record).
+pub(crate) const PAGE_TARGET_BYTES: usize = 64 * 1024;
+/// Bytes a page spends on each event besides its record.
+pub(crate) const FRAME_OVERHEAD: usize = 4 + 32;
+const _: () = assert!(17 * (MAX_RECORD_BYTES + FRAME_OVERHEAD) < 4 << 20);
+
+/// Tree levels per tile level, and hashes per full tile.
+pub(crate) const TILE_HEIGHT: u32 = 8;
+pub(crate) const TILE_WIDTH: u64 = 1 << TILE_HEIGHT;
+
+/// The key of the page whose first event is at `first`.
+pub(crate) fn page_key(first: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = EVENT;
-    k[1..].copy_from_slice(&pos.to_be_bytes());
+    k[1..].copy_from_slice(&first.to_be_bytes());
     k
 }
 
-pub(crate) fn node_key(level: u32, index: u64) -> [u8; 10] {
+/// The first position of a page key.
+pub(crate) fn page_first(k: &[u8]) -> Option<u64> {
+    match k {
+        [EVENT, rest @ ..] if rest.len() == 8 => be_u64(rest),
+        _ => None,
+    }
+}
+
+pub(crate) fn tile_key(level: u8, index: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
-    k[0] = NODE;
-    // Levels never exceed 64 (a tree of at most 2^64 leaves).
-    k[1] = level.min(255) as u8;
+    k[0] = TILE;
+    k[1] = level;
     k[2..].copy_from_slice(&index.to_be_bytes());
     k
 }
 
-pub(crate) fn event_value(hash: &Hash, record: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32 + record.len());
-    v.extend_from_slice(hash);
-    v.extend_from_slice(record);
-    v
+/// Appends one event's frame to a page.
+pub(crate) fn push_frame(page: &mut Vec<u8>, hash: &Hash, record: &[u8]) {
+    // Records are bounded by MAX_RECORD_BYTES, far below u32::MAX.
+    page.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    page.extend_from_slice(hash);
+    page.extend_from_slice(record);
 }
 
-/// The stored hash and the record bytes of an event value.
-pub(crate) fn split_event_value(v: &[u8]) -> Option<(Hash, &[u8])> {
-    let hash: Hash = v.get(..32)?.try_into().ok()?;
-    Some((hash, &v[32..]))
+/// The frames of a page in order: `Some((hash, record))`, or one `None` where the bytes stop
+/// making a whole frame (and nothing after it).
+pub(crate) fn frames(page: &[u8]) -> impl Iterator<Item = Option<(Hash, &[u8])>> + '_ {
+    let mut rest = page;
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        if rest.is_empty() || broken {
+            return None;
+        }
+        let frame = (|| {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let hash: Hash = rest.get(4..36)?.try_into().ok()?;
+            let record = rest.get(36..36usize.checked_add(len)?)?;
+            Some((hash, record, 36 + len))
+        })();
+        match frame {
+            Some((hash, record, used)) => {
+                rest = &rest[used..];
+                Some(Some((hash, record)))
+            }
+            None => {
+                broken = true;
+                Some(None)
+            }
+        }
+    })
 }
 
-/// `s` + stream + 0x00: the prefix of all of a stream's chunks.
-pub(crate) fn stream_prefix(stream: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(stream.len() + 6);
-    k.push(STREAM);
-    k.extend_from_slice(stream.as_bytes());
-    k.push(0);
-    k
+/// Cuts events into pages: a page is closed before an event that would take it past
+/// [`PAGE_TARGET_BYTES`], so every page holds at least one event.
+pub(crate) struct PageBuilder {
+    pages: Vec<(u64, Vec<u8>)>,
 }
 
-pub(crate) fn stream_chunk_key(stream: &str, chunk: u64) -> Vec<u8> {
-    let mut k = stream_prefix(stream);
-    k.extend_from_slice(&(chunk as u32).to_be_bytes());
-    k
-}
-
-/// Splits a stream-chunk key into the stream name and the chunk number.
-pub(crate) fn parse_stream_chunk_key(k: &[u8]) -> Option<(&str, u64)> {
-    let body = k.strip_prefix(&[STREAM])?;
-    let (name, chunk) = body.split_at(body.len().checked_sub(5)?);
-    if chunk.first() != Some(&0) {
-        return None;
+impl PageBuilder {
+    pub(crate) fn new() -> Self {
+        PageBuilder { pages: Vec::new() }
     }
-    let n = u32::from_be_bytes(chunk[1..].try_into().ok()?);
-    Some((std::str::from_utf8(name).ok()?, u64::from(n)))
-}
 
-/// The positions listed in a chunk value.
-pub(crate) fn chunk_positions(v: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    v.chunks_exact(8).filter_map(be_u64)
+    pub(crate) fn push(&mut self, position: u64, hash: &Hash, record: &[u8]) {
+        let size = FRAME_OVERHEAD + record.len();
+        match self.pages.last_mut() {
+            Some((_, page)) if page.len() + size <= PAGE_TARGET_BYTES => {
+                push_frame(page, hash, record)
+            }
+            _ => {
+                let mut page = Vec::with_capacity(size.max(PAGE_TARGET_BYTES.min(size * 64)));
+                push_frame(&mut page, hash, record);
+                self.pages.push((position, page));
+            }
+        }
+    }
+
+    /// Stages every page in `batch`.
+    pub(crate) fn stage(self, batch: &mut sled::Batch) {
+        for (first, page) in self.pages {
+            batch.insert(&page_key(first)[..], page);
+        }
+    }
 }
 
 pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {
@@ -118,29 +170,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_chunk_keys_round_trip_and_do_not_collide_with_longer_names() {
-        let k = stream_chunk_key("party-a", 3);
-        assert_eq!(parse_stream_chunk_key(&k), Some(("party-a", 3)));
-        // "party-a" chunks must not be found under the prefix of "party-ab" or vice versa.
-        assert!(!k.starts_with(&stream_prefix("party-ab")));
-        assert!(!stream_chunk_key("party-ab", 0).starts_with(&stream_prefix("party-a")));
-        assert_eq!(parse_stream_chunk_key(b"sx"), None);
-    }
-
-    #[test]
-    fn event_values_keep_the_hash_apart_from_the_record() {
-        let v = event_value(&[7u8; 32], b"{}");
-        assert_eq!(split_event_value(&v), Some(([7u8; 32], &b"{}"[..])));
-        assert_eq!(split_event_value(&v[..31]), None);
+    fn pages_keep_each_hash_apart_from_its_record_and_stop_at_broken_frames() {
+        let mut page = Vec::new();
+        push_frame(&mut page, &[7u8; 32], b"{}");
+        push_frame(&mut page, &[8u8; 32], b"[1]");
+        let all: Vec<_> = frames(&page).collect();
+        assert_eq!(
+            all,
+            vec![
+                Some(([7u8; 32], &b"{}"[..])),
+                Some(([8u8; 32], &b"[1]"[..]))
+            ]
+        );
+        let cut: Vec<_> = frames(&page[..page.len() - 1]).collect();
+        assert_eq!(cut, vec![Some(([7u8; 32], &b"{}"[..])), None]);
         assert_eq!(parse_head(&head_value(9, &[1u8; 32])), Some((9, [1u8; 32])));
-        let positions: Vec<u64> =
-            chunk_positions(&[0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 1, 0]).collect();
-        assert_eq!(positions, vec![5, 256]);
     }
 
     #[test]
-    fn event_keys_sort_by_position() {
-        assert!(event_key(255) < event_key(256));
-        assert!(event_key(u64::MAX - 1) < event_key(u64::MAX));
+    fn page_builder_closes_pages_at_the_target_and_never_leaves_one_empty() {
+        let big = vec![b'x'; PAGE_TARGET_BYTES / 3];
+        let mut b = PageBuilder::new();
+        for pos in 10..15 {
+            b.push(pos, &[0u8; 32], &big);
+        }
+        // A huge record gets a page of its own.
+        let huge = vec![b'y'; PAGE_TARGET_BYTES * 2];
+        b.push(15, &[0u8; 32], &huge);
+        let firsts: Vec<u64> = b.pages.iter().map(|(f, _)| *f).collect();
+        assert_eq!(firsts, vec![10, 12, 14, 15]);
+        assert!(b.pages.iter().all(|(_, p)| frames(p).count() >= 1));
+    }
+
+    #[test]
+    fn page_keys_sort_by_position_and_parse_back() {
+        assert!(page_key(255) < page_key(256));
+        assert!(page_key(u64::MAX - 1) < page_key(u64::MAX));
+        assert_eq!(page_first(&page_key(42)), Some(42));
+        assert_eq!(page_first(b"mhead"), None);
+        assert!(tile_key(0, 1) < tile_key(1, 0));
     }
 }

@@ -3,10 +3,12 @@
 //! exact stored bytes, and group commit with a real fdatasync before any acknowledgement.
 //!
 //! Knows nothing of gRPC or of the domain: payloads are opaque JSON here.
+pub mod disk;
 pub mod import;
 mod layout;
 mod record;
 mod store;
+mod tiles;
 pub mod verify;
 
 pub use record::{decode, sha256, Hash, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES};

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -22,11 +22,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::layout::{
-    be_u64, chunk_positions, cursor_key, event_key, event_value, head_value, idempotency_key,
-    node_key, parse_head, split_event_value, stream_chunk_key, stream_prefix, CHUNK, FRONTIER_KEY,
-    HEAD_KEY,
+    be_u64, cursor_key, frames, head_value, idempotency_key, page_first, page_key, parse_head,
+    PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
 };
 use super::record::{self, Encode, Hash, RecordedEvent, GENESIS_HASH};
+use super::tiles::{stage_tree, TileNodes, Tiles};
 use super::LogError;
 use crate::merkle::{self, Frontier};
 
@@ -187,49 +187,134 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
     Ok(db)
 }
 
-/// Reads the event at `pos`, checking its bytes against the hash stored with them.
-fn read_event(db: &sled::Db, pos: u64) -> Result<RecordedEvent, LogError> {
-    match db.get(event_key(pos))? {
-        Some(v) => decode_event_value(pos, &v),
-        None => Err(LogError::Corrupt {
-            position: pos,
-            reason: "missing below the head".into(),
-        }),
-    }
+/// The page holding position `pos`, if any: its first position and its bytes.
+fn page_of(db: &sled::Db, pos: u64) -> Result<Option<(u64, sled::IVec)>, LogError> {
+    let Some(item) = db.range(page_key(0)..=page_key(pos)).next_back() else {
+        return Ok(None);
+    };
+    let (k, v) = item?;
+    let first = page_first(&k).ok_or_else(|| LogError::Corrupt {
+        position: pos,
+        reason: format!("malformed page key {k:?}"),
+    })?;
+    Ok(Some((first, v)))
 }
 
-fn decode_event_value(pos: u64, v: &[u8]) -> Result<RecordedEvent, LogError> {
-    let corrupt = |reason: &str| LogError::Corrupt {
+/// Reads the event at `pos`, checking its bytes against the hash stored with them.
+fn read_event(db: &sled::Db, pos: u64) -> Result<RecordedEvent, LogError> {
+    let missing = || LogError::Corrupt {
         position: pos,
-        reason: reason.to_string(),
+        reason: "missing below the head".into(),
     };
-    let (hash, bytes) = split_event_value(v).ok_or_else(|| corrupt("truncated event value"))?;
+    let (first, page) = page_of(db, pos)?.ok_or_else(missing)?;
+    let index = usize::try_from(pos - first).map_err(|_| missing())?;
+    let found = match frames(&page).nth(index) {
+        Some(Some((hash, bytes))) => decode_frame(pos, hash, bytes),
+        Some(None) => Err(LogError::Corrupt {
+            position: pos,
+            reason: "truncated page".into(),
+        }),
+        None => Err(missing()),
+    };
+    found
+}
+
+/// Decodes one stored event, checking its bytes against the hash written with them.
+fn decode_frame(pos: u64, hash: Hash, bytes: &[u8]) -> Result<RecordedEvent, LogError> {
     let rec = record::decode(pos, bytes.to_vec())?;
     if rec.hash != hash {
-        return Err(corrupt(
-            "stored bytes do not match the hash written with them",
-        ));
+        return Err(LogError::Corrupt {
+            position: pos,
+            reason: "stored bytes do not match the hash written with them".into(),
+        });
     }
     Ok(rec)
 }
 
-/// Pushes the leaves of `events` onto a copy of `frontier`, staging every perfect subtree they complete
-/// and the new frontier in `batch`, so the tree is written atomically with the events.
-fn stage_tree(frontier: &Frontier, events: &[RecordedEvent], batch: &mut sled::Batch) -> Frontier {
-    let mut next = frontier.clone();
-    for e in events {
-        // `TreeFull` needs 2^64 events; positions would overflow first.
-        let _ = next.push_with(merkle::leaf_hash(&e.stored), |level, index, hash| {
-            batch.insert(&node_key(level, index)[..], &hash[..]);
-        });
+/// Visits the stored events in `[from, end)` in position order (or `(.., from]` downwards when
+/// `backwards`, ignoring `end`) until `visit` returns false. Pages must follow each other without
+/// gaps; a missing or cut page is reported as corruption, never skipped.
+fn scan_events(
+    db: &sled::Db,
+    from: u64,
+    end: u64,
+    backwards: bool,
+    mut visit: impl FnMut(RecordedEvent) -> bool,
+) -> Result<(), LogError> {
+    let gap = |position: u64| LogError::Corrupt {
+        position,
+        reason: "missing below the head".into(),
+    };
+    let cut = |position: u64| LogError::Corrupt {
+        position,
+        reason: "truncated page".into(),
+    };
+    if backwards {
+        // Each page must end where the page after it (seen just before) starts.
+        let mut next_first: Option<u64> = None;
+        for item in db.range(page_key(0)..=page_key(from)).rev() {
+            let (k, v) = item?;
+            let first = page_first(&k).ok_or_else(|| gap(from))?;
+            let mut page = Vec::new();
+            for (i, frame) in frames(&v).enumerate() {
+                page.push(frame.ok_or_else(|| cut(first + i as u64))?);
+            }
+            let page_end = first + page.len() as u64;
+            match next_first {
+                Some(next) if page_end != next => return Err(gap(page_end)),
+                None if page_end <= from => return Err(gap(from)),
+                _ => {}
+            }
+            next_first = Some(first);
+            for (i, (hash, bytes)) in page.into_iter().enumerate().rev() {
+                let pos = first + i as u64;
+                if pos <= from && !visit(decode_frame(pos, hash, bytes)?) {
+                    return Ok(());
+                }
+            }
+        }
+        return match next_first {
+            Some(0) | None => Ok(()),
+            Some(first) => Err(gap(first - 1)),
+        };
     }
-    batch.insert(FRONTIER_KEY, next.to_bytes());
-    next
+    if from >= end {
+        return Ok(());
+    }
+    let start = page_of(db, from)?.map_or(from, |(first, _)| first);
+    let mut expected = start;
+    for item in db.range(page_key(start)..page_key(end)) {
+        let (k, v) = item?;
+        let first = page_first(&k).ok_or_else(|| gap(expected))?;
+        if first != expected {
+            return Err(gap(expected));
+        }
+        for frame in frames(&v) {
+            let (hash, bytes) = frame.ok_or_else(|| cut(expected))?;
+            let pos = expected;
+            expected += 1;
+            if pos < from {
+                continue;
+            }
+            if pos >= end || !visit(decode_frame(pos, hash, bytes)?) {
+                return Ok(());
+            }
+        }
+    }
+    if expected < end {
+        return Err(gap(expected));
+    }
+    Ok(())
 }
 
-/// The stored frontier, extended over any events written without the tree (a log from before it, or
-/// one opened with `merkle: false`) and synced, so every durable event is in the tree.
-fn catch_up_tree(db: &sled::Db, data_file: &File, count: u64) -> Result<Frontier, LogError> {
+/// The stored frontier, extended over any events written without the tree (a log opened with
+/// `merkle: false`) and synced, so every durable event is in the tree. Returns it with the partial
+/// tiles of that size.
+fn catch_up_tree(
+    db: &sled::Db,
+    data_file: &File,
+    count: u64,
+) -> Result<(Frontier, Tiles), LogError> {
     let mut frontier = match db.get(FRONTIER_KEY)? {
         Some(v) => Frontier::from_bytes(&v).map_err(|e| LogError::Corrupt {
             position: 0,
@@ -246,8 +331,9 @@ fn catch_up_tree(db: &sled::Db, data_file: &File, count: u64) -> Result<Frontier
             ),
         });
     }
+    let mut tiles = Tiles::load(db, frontier.size())?;
     if frontier.size() == count {
-        return Ok(frontier);
+        return Ok((frontier, tiles));
     }
     tracing::info!(
         from = frontier.size(),
@@ -256,44 +342,72 @@ fn catch_up_tree(db: &sled::Db, data_file: &File, count: u64) -> Result<Frontier
     );
     while frontier.size() < count {
         let end = count.min(frontier.size() + 4096);
-        let mut events = Vec::new();
-        for item in db.range(event_key(frontier.size())..event_key(end)) {
-            let (k, v) = item?;
-            let pos = be_u64(&k[1..]).unwrap_or(u64::MAX);
-            events.push(decode_event_value(pos, &v)?);
-        }
-        if events.is_empty() {
-            break;
-        }
+        let mut leaves = Vec::new();
+        scan_events(db, frontier.size(), end, false, |e| {
+            leaves.push(merkle::leaf_hash(&e.stored));
+            true
+        })?;
         let mut batch = sled::Batch::default();
-        frontier = stage_tree(&frontier, &events, &mut batch);
+        (frontier, tiles) = stage_tree(&frontier, &tiles, leaves, &mut batch);
         db.apply_batch(batch)?;
     }
     db.flush()?;
     data_file.sync_data()?;
-    Ok(frontier)
+    Ok((frontier, tiles))
+}
+
+/// Refuses a database written in another layout; marks a new one with this layout.
+fn check_layout(db: &sled::Db) -> Result<(), LogError> {
+    match db.get(LAYOUT_KEY)? {
+        Some(v) if v.as_ref() == LAYOUT_VERSION.to_be_bytes() => Ok(()),
+        None if db.get(HEAD_KEY)?.is_none() => {
+            // Made durable by the first group's sync, or written again at the next open.
+            db.insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        other => Err(LogError::Corrupt {
+            position: 0,
+            reason: format!(
+                "the data directory uses storage layout {}, this binary reads only layout {LAYOUT_VERSION}; \
+                 export it with the binary that wrote it and restore it with this one",
+                other
+                    .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+                    .unwrap_or(1)
+            ),
+        }),
+    }
+}
+
+/// Each stream's positions (index = revision), from the records themselves.
+fn index_streams(db: &sled::Db, count: u64) -> Result<HashMap<String, Vec<u64>>, LogError> {
+    let mut streams: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut wrong: Option<LogError> = None;
+    scan_events(db, 0, count, false, |e| {
+        let positions = streams.entry(e.stream).or_default();
+        if e.stream_revision != positions.len() as u64 {
+            wrong = Some(LogError::Corrupt {
+                position: e.position,
+                reason: format!(
+                    "stream revision {} where {} was expected",
+                    e.stream_revision,
+                    positions.len()
+                ),
+            });
+            return false;
+        }
+        positions.push(e.position);
+        true
+    })?;
+    match wrong {
+        Some(e) => Err(e),
+        None => Ok(streams),
+    }
 }
 
 fn proof_error(e: merkle::ProofRequestError<LogError>) -> LogError {
     match e {
         merkle::ProofRequestError::Store(e) => e,
         other => LogError::ProofRequest(other.to_string()),
-    }
-}
-
-/// The stored perfect subtrees, for proofs. Only ask for sizes the log has made durable.
-pub(crate) struct SledNodes<'a>(pub(crate) &'a sled::Db);
-
-impl merkle::NodeStore for SledNodes<'_> {
-    type Error = LogError;
-
-    fn node(&self, level: u32, index: u64) -> Result<Hash, LogError> {
-        let missing = || LogError::Corrupt {
-            position: index.checked_shl(level).unwrap_or(u64::MAX),
-            reason: format!("Merkle node ({level}, {index}) is missing"),
-        };
-        let v = self.0.get(node_key(level, index))?.ok_or_else(missing)?;
-        v.as_ref().try_into().map_err(|_| missing())
     }
 }
 
@@ -312,6 +426,9 @@ struct Shared {
     data_file: File,
     /// Whether the Merkle tree is maintained (proofs are refused otherwise).
     merkle: bool,
+    /// Each stream's positions (index = revision), including those of groups not yet durable:
+    /// readers drop those. Only the writer changes it.
+    streams: RwLock<HashMap<String, Vec<u64>>>,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -337,6 +454,7 @@ impl EventLog {
         observer: Option<Arc<dyn CommitObserver>>,
     ) -> Result<EventLog, LogError> {
         let db = open_db(dir)?;
+        check_layout(&db)?;
         // Persist the directory entries of sled's files once, so the files themselves survive a crash.
         File::open(dir)?.sync_all()?;
         let data_file = File::open(dir.join("db"))?;
@@ -357,11 +475,12 @@ impl EventLog {
             Some(pos) => Some(read_event(&db, pos)?.recorded_at),
             None => None,
         };
-        let frontier = if options.merkle {
+        let (frontier, tiles) = if options.merkle {
             catch_up_tree(&db, &data_file, head.count)?
         } else {
-            Frontier::new()
+            (Frontier::new(), Tiles::default())
         };
+        let streams = index_streams(&db, head.count)?;
         let (durable_tx, _) = watch::channel(head.count);
         crate::metrics::set_log_durable(head.count);
         let shared = Arc::new(Shared {
@@ -374,6 +493,7 @@ impl EventLog {
             staging: AtomicBool::new(false),
             data_file,
             merkle: options.merkle,
+            streams: RwLock::new(streams),
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
@@ -389,6 +509,7 @@ impl EventLog {
             db,
             head,
             frontier,
+            tiles,
             last_recorded,
             options,
         };
@@ -488,32 +609,33 @@ impl EventLog {
         if end == 0 || max == 0 {
             return Ok(out);
         }
-        let db = &self.shared.db;
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if backwards {
-            let from = from.min(end - 1);
-            Box::new(db.range(event_key(0)..=event_key(from)).rev())
-        } else {
-            if from >= end {
-                return Ok(out);
-            }
-            Box::new(db.range(event_key(from)..event_key(end)))
-        };
-        for item in iter.take(max) {
-            let (k, v) = item?;
-            let pos = be_u64(&k[1..]).unwrap_or(u64::MAX);
-            out.push(decode_event_value(pos, &v)?);
+        if !backwards && from >= end {
+            return Ok(out);
         }
+        scan_events(
+            &self.shared.db,
+            if backwards { from.min(end - 1) } else { from },
+            end,
+            backwards,
+            |e| {
+                out.push(e);
+                out.len() < max
+            },
+        )?;
         Ok(out)
     }
 
     /// The positions of a stream's durable events, in revision order (index = revision).
     fn stream_positions(&self, stream: &str) -> Result<Vec<u64>, LogError> {
         let durable = self.durable_count();
-        let mut positions = Vec::new();
-        for item in self.shared.db.scan_prefix(stream_prefix(stream)) {
-            let (_, v) = item?;
-            positions.extend(chunk_positions(&v));
-        }
+        let mut positions = self
+            .shared
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(stream)
+            .cloned()
+            .unwrap_or_default();
         // Events not yet synced are invisible; positions grow with revisions, so they form a tail.
         while positions.last().is_some_and(|p| *p >= durable) {
             positions.pop();
@@ -613,25 +735,25 @@ impl EventLog {
     /// The RFC 6962 root of the first `size` events.
     pub fn tree_root(&self, size: u64) -> Result<Hash, LogError> {
         self.provable(size)?;
-        merkle::root_at(&SledNodes(&self.shared.db), size).map_err(proof_error)
+        merkle::root_at(&TileNodes(&self.shared.db), size).map_err(proof_error)
     }
 
     /// The stored leaf hash of the event at `position`.
     pub fn tree_leaf(&self, position: u64) -> Result<Hash, LogError> {
         self.provable(position.saturating_add(1))?;
-        merkle::NodeStore::node(&SledNodes(&self.shared.db), 0, position)
+        merkle::NodeStore::node(&TileNodes(&self.shared.db), 0, position)
     }
 
     /// The inclusion proof of the event at `position` in the tree of `size` events.
     pub fn inclusion_proof(&self, position: u64, size: u64) -> Result<Vec<Hash>, LogError> {
         self.provable(size)?;
-        merkle::inclusion_proof(&SledNodes(&self.shared.db), position, size).map_err(proof_error)
+        merkle::inclusion_proof(&TileNodes(&self.shared.db), position, size).map_err(proof_error)
     }
 
     /// The consistency proof from the tree of `old_size` events to the tree of `new_size`.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, LogError> {
         self.provable(new_size)?;
-        merkle::consistency_proof(&SledNodes(&self.shared.db), old_size, new_size)
+        merkle::consistency_proof(&TileNodes(&self.shared.db), old_size, new_size)
             .map_err(proof_error)
     }
 
@@ -651,25 +773,18 @@ struct Writer {
     shared: Arc<Shared>,
     db: sled::Db,
     head: Head,
-    /// The Merkle tree's right edge after the last staged event.
+    /// The Merkle tree's right edge after the last staged event, and its partial tiles.
     frontier: Frontier,
+    tiles: Tiles,
     last_recorded: Option<DateTime<Utc>>,
     options: LogOptions,
 }
 
-/// What a group has changed so far but not yet written: consulted before sled, so later appends in
-/// a group see earlier ones.
+/// Idempotency records of a group not yet written: consulted before sled, so a retry within the same
+/// group sees its original.
 #[derive(Default)]
 struct Pending {
-    streams: HashMap<String, StreamTail>,
     idempotency: HashMap<String, IdempotencyRecord>,
-}
-
-/// A stream's last revision and the contents of its last index chunk.
-#[derive(Clone)]
-struct StreamTail {
-    revision: u64,
-    chunk: Vec<u8>,
 }
 
 impl Writer {
@@ -769,11 +884,16 @@ impl Writer {
             }
         }
         if !group.events.is_empty() {
+            let mut pages = PageBuilder::new();
+            for e in &group.events {
+                pages.push(e.position, &e.hash, &e.stored);
+            }
+            pages.stage(&mut batch);
             batch.insert(HEAD_KEY, head_value(head.count, &head.hash));
-            let frontier = self
-                .options
-                .merkle
-                .then(|| stage_tree(&self.frontier, &group.events, &mut batch));
+            let tree = self.options.merkle.then(|| {
+                let leaves = group.events.iter().map(|e| merkle::leaf_hash(&e.stored));
+                stage_tree(&self.frontier, &self.tiles, leaves, &mut batch)
+            });
             if let Err(e) = self.db.apply_batch(batch) {
                 self.shared.poison(&e.into());
                 for (reply, _, _) in group.replies.drain(..) {
@@ -783,8 +903,9 @@ impl Writer {
                 return group;
             }
             self.head = head;
-            if let Some(f) = frontier {
-                self.frontier = f;
+            if let Some((frontier, tiles)) = tree {
+                self.frontier = frontier;
+                self.tiles = tiles;
             }
             self.last_recorded = Some(recorded_at);
             group.head = head;
@@ -792,35 +913,16 @@ impl Writer {
         group
     }
 
-    fn stream_tail(&self, pending: &Pending, stream: &str) -> Result<Option<StreamTail>, LogError> {
-        if let Some(t) = pending.streams.get(stream) {
-            return Ok(Some(t.clone()));
-        }
-        let Some(item) = self.db.scan_prefix(stream_prefix(stream)).next_back() else {
-            return Ok(None);
-        };
-        let (k, v) = item?;
-        let chunk_no = k
-            .len()
-            .checked_sub(4)
-            .and_then(|at| k.get(at..))
-            .and_then(|c| c.try_into().ok())
-            .map(u32::from_be_bytes)
-            .ok_or_else(|| LogError::Corrupt {
-                position: 0,
-                reason: format!("malformed index key of stream {stream}"),
-            })?;
-        let count = v.len() as u64 / 8;
-        if count == 0 {
-            return Err(LogError::Corrupt {
-                position: 0,
-                reason: format!("empty index chunk of stream {stream}"),
-            });
-        }
-        Ok(Some(StreamTail {
-            revision: u64::from(chunk_no) * CHUNK + count - 1,
-            chunk: v.to_vec(),
-        }))
+    /// The number of events of each of `streams` staged so far (durable or not).
+    fn stream_counts<'a>(&self, streams: impl Iterator<Item = &'a str>) -> HashMap<&'a str, u64> {
+        let index = self
+            .shared
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        streams
+            .map(|s| (s, index.get(s).map_or(0, |p| p.len() as u64)))
+            .collect()
     }
 
     /// Checks one append and stages it in `batch`. Touches `head`, `pending` and `batch` only once every
@@ -858,18 +960,15 @@ impl Writer {
         if req.events.is_empty() {
             return Err(LogError::EmptyAppend);
         }
-        // Each stream's tail before this append, looked up once; events below update it.
-        let mut tails: HashMap<&str, Option<StreamTail>> = HashMap::new();
+        // Each stream's event count before this append; events below advance it.
+        let mut counts = self.stream_counts(
+            req.expectations
+                .iter()
+                .map(|(s, _)| s.as_str())
+                .chain(req.events.iter().map(|e| e.stream.as_str())),
+        );
         for (stream, expected) in &req.expectations {
-            let tail = match tails.get(stream.as_str()) {
-                Some(t) => t.clone(),
-                None => {
-                    let t = self.stream_tail(pending, stream)?;
-                    tails.insert(stream, t.clone());
-                    t
-                }
-            };
-            let actual = tail.map(|t| t.revision);
+            let actual = counts.get(stream.as_str()).and_then(|c| c.checked_sub(1));
             let ok = match expected {
                 ExpectedRevision::Any => true,
                 ExpectedRevision::NoStream => actual.is_none(),
@@ -885,8 +984,6 @@ impl Writer {
             }
         }
         // Encode everything first; stage only if all records are acceptable.
-        // Index chunks this append writes, by (stream, chunk number).
-        let mut chunks: HashMap<(&str, u64), Vec<u8>> = HashMap::new();
         let mut staged = Vec::with_capacity(req.events.len());
         let mut prev = head.hash;
         for (i, ev) in req.events.iter().enumerate() {
@@ -894,19 +991,10 @@ impl Writer {
             {
                 return Err(LogError::InvalidStream(ev.stream.clone()));
             }
-            let current = match tails.remove(ev.stream.as_str()) {
-                Some(t) => t,
-                None => self.stream_tail(pending, &ev.stream)?,
-            };
             let position = head.count + i as u64;
-            let (revision, mut chunk) = match current {
-                Some(t) if (t.revision + 1) % CHUNK != 0 => (t.revision + 1, t.chunk),
-                Some(t) => (t.revision + 1, Vec::new()),
-                None => (0, Vec::new()),
-            };
-            chunk.extend_from_slice(&position.to_be_bytes());
-            chunks.insert((&ev.stream, revision / CHUNK), chunk.clone());
-            tails.insert(&ev.stream, Some(StreamTail { revision, chunk }));
+            let count = counts.entry(ev.stream.as_str()).or_default();
+            let revision = *count;
+            *count += 1;
             let bytes = record::encode(&Encode {
                 position,
                 prev_hash: &prev,
@@ -963,18 +1051,21 @@ impl Writer {
             }
             None => None,
         };
-        for rec in &staged {
-            batch.insert(
-                &event_key(rec.position),
-                event_value(&rec.hash, &rec.stored),
-            );
-        }
-        for ((stream, chunk_no), chunk) in chunks {
-            batch.insert(stream_chunk_key(stream, chunk_no), chunk);
-        }
-        for (stream, tail) in tails {
-            if let Some(tail) = tail {
-                pending.streams.insert(stream.to_string(), tail);
+        // Accepted: later appends (of this group too) see these revisions. Readers see them only
+        // once durable; if this group never becomes durable, the log is poisoned and stops.
+        {
+            let mut index = self
+                .shared
+                .streams
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for rec in &staged {
+                match index.get_mut(rec.stream.as_str()) {
+                    Some(positions) => positions.push(rec.position),
+                    None => {
+                        index.insert(rec.stream.clone(), vec![rec.position]);
+                    }
+                }
             }
         }
         head.count += staged.len() as u64;
@@ -1127,5 +1218,92 @@ impl Syncer {
             File::open(&self.blobs_dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory written by the one-key-per-event layout (a head but no layout mark) is refused
+    /// with a message that says what to do, rather than misread.
+    #[test]
+    fn a_directory_of_another_layout_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = open_db(dir.path()).expect("open");
+            db.insert(HEAD_KEY, head_value(3, &[1u8; 32]))
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let err = match EventLog::open(dir.path(), LogOptions::default(), None) {
+            Ok(_) => panic!("a layout-1 directory opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("layout 1"), "{err}");
+        assert!(err.contains("export"), "{err}");
+    }
+
+    /// Pages are found from any position inside them, and scans in both directions cross page
+    /// boundaries without skipping or repeating an event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_found_inside_pages_in_both_directions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = LogOptions {
+            durability: Durability::Relaxed,
+            ..LogOptions::default()
+        };
+        let log = EventLog::open(dir.path(), options, None).expect("open");
+        // Appends of 1, 2, 3 ... events: pages of different lengths.
+        let mut n = 0u64;
+        for size in 1..=12u64 {
+            let events = (0..size)
+                .map(|i| NewEvent {
+                    event_id: Uuid::new_v4(),
+                    stream: format!("s-{}", (n + i) % 5),
+                    event_type: "T".into(),
+                    schema_version: 1,
+                    payload: RawValue::from_string(format!("{{\"n\":{}}}", n + i))
+                        .expect("json"),
+                })
+                .collect();
+            log.append(AppendRequest {
+                events,
+                expectations: Vec::new(),
+                idempotency: None,
+                recorded_by: "test".into(),
+                correlation_id: None,
+                causation_id: None,
+            })
+            .await
+            .expect("append");
+            n += size;
+        }
+        for pos in 0..n {
+            let e = log.get(pos).expect("read").expect("present");
+            assert_eq!(e.position, pos);
+            assert_eq!(e.payload.get(), format!("{{\"n\":{pos}}}"));
+        }
+        let forward: Vec<u64> = log
+            .read_all(17, false, 30)
+            .expect("forward")
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(forward, (17..47).collect::<Vec<_>>());
+        let backward: Vec<u64> = log
+            .read_all(40, true, 25)
+            .expect("backward")
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(backward, (16..=40).rev().collect::<Vec<_>>());
+        let stream: Vec<u64> = log
+            .read_stream("s-3", 0, false, 100)
+            .expect("stream")
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(stream, (0..n).filter(|p| p % 5 == 3).collect::<Vec<_>>());
     }
 }

@@ -1,17 +1,16 @@
 //! Offline verification of a data directory: recomputes every event's hash from its stored bytes,
 //! checks the chain links, gap-free positions, stream revisions and the head, recomputes every
-//! Merkle leaf and stored subtree hash and the root, and names the first position that does not
-//! match. Reads sled directly, so the server must be stopped (sled locks the
-//! directory).
+//! Merkle leaf and stored tile and the root, and names the first position that does not match.
+//! Reads sled directly, so the server must be stopped (sled locks the directory).
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::layout::{
-    be_u64, chunk_positions, node_key, parse_head, parse_stream_chunk_key, split_event_value,
-    CHUNK, EVENT, FRONTIER_KEY, HEAD_KEY, STREAM,
+    be_u64, frames, page_first, parse_head, FRONTIER_KEY, HEAD_KEY, TILE, TILE_HEIGHT, TILE_WIDTH,
 };
 use super::record::{self, Hash, GENESIS_HASH};
 use super::store::open_db;
+use super::tiles::Tiles;
 use super::LogError;
 use crate::merkle::{self, Frontier};
 
@@ -50,82 +49,107 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
     let fail = |position: u64, reason: String| Ok(Err(Mismatch { position, reason }));
     let mut expected_pos = 0u64;
     let mut prev: Hash = GENESIS_HASH;
-    // Positions of each stream's events, as the log itself says (index = revision).
-    let mut streams: HashMap<String, Vec<u64>> = HashMap::new();
-    // The tree is checked when the log keeps one: every stored subtree hash against its recomputation.
+    // Revisions of each stream, as the log itself says.
+    let mut streams: HashMap<String, u64> = HashMap::new();
+    // The tree is checked when the log keeps one: every stored tile against its recomputation.
     let stored_frontier = db.get(FRONTIER_KEY)?;
-    let mut tree = stored_frontier.as_ref().map(|_| Frontier::new());
-    for item in db.scan_prefix([EVENT]) {
+    let mut tree = stored_frontier
+        .as_ref()
+        .map(|_| (Frontier::new(), Tiles::default()));
+    let mut tiles_checked = 0usize;
+    // The stored level-0 tile holding the current position's leaf, by tile index.
+    let mut leaf_tile: Option<(u64, Option<sled::IVec>)> = None;
+    for item in db.scan_prefix([super::layout::EVENT]) {
         let (k, v) = item?;
-        let Some(pos) = be_u64(&k[1..]).filter(|_| k.len() == 9) else {
-            return fail(expected_pos, format!("malformed event key {k:?}"));
+        let Some(first) = page_first(&k) else {
+            return fail(expected_pos, format!("malformed page key {k:?}"));
         };
-        if pos != expected_pos {
-            return fail(expected_pos, format!("missing; next event found is {pos}"));
-        }
-        let Some((stored_hash, bytes)) = split_event_value(&v) else {
-            return fail(pos, "truncated event value".into());
-        };
-        let hash = record::sha256(bytes);
-        if hash != stored_hash {
+        if first != expected_pos {
             return fail(
-                pos,
-                "stored bytes do not match the hash written with them".into(),
+                expected_pos,
+                format!("missing; the next page starts at {first}"),
             );
         }
-        let rec = match record::decode(pos, bytes.to_vec()) {
-            Ok(r) => r,
-            Err(e) => return fail(pos, e.to_string()),
-        };
-        if rec.position != pos {
-            return fail(pos, format!("record claims position {}", rec.position));
-        }
-        if rec.prev_hash != prev {
-            return fail(
-                pos,
-                format!(
-                    "prev_hash {} does not link to the previous event's hash {}",
-                    hex::encode(rec.prev_hash),
-                    hex::encode(prev)
-                ),
-            );
-        }
-        let positions = streams.entry(rec.stream.clone()).or_default();
-        if rec.stream_revision != positions.len() as u64 {
-            return fail(
-                pos,
-                format!(
-                    "stream {} revision {} where {} was expected",
-                    rec.stream,
-                    rec.stream_revision,
-                    positions.len()
-                ),
-            );
-        }
-        positions.push(pos);
-        if let Some(t) = tree.as_mut() {
-            let mut bad: Option<(u32, u64, String)> = None;
-            let _ = t.push_with(merkle::leaf_hash(bytes), |level, index, computed| {
-                if bad.is_some() {
-                    return;
-                }
-                match db.get(node_key(level, index)) {
-                    Ok(Some(v)) if v.as_ref() == computed.as_slice() => {}
-                    Ok(Some(_)) => bad = Some((level, index, "does not match".into())),
-                    Ok(None) => bad = Some((level, index, "is missing".into())),
-                    Err(e) => bad = Some((level, index, format!("is unreadable: {e}"))),
-                }
-            });
-            if let Some((level, index, what)) = bad {
-                // A subtree over leaves [index << level, ...): name its first leaf.
+        for frame in frames(&v) {
+            let pos = expected_pos;
+            let Some((stored_hash, bytes)) = frame else {
+                return fail(pos, "truncated page".into());
+            };
+            let hash = record::sha256(bytes);
+            if hash != stored_hash {
                 return fail(
-                    index << level,
-                    format!("Merkle subtree hash ({level}, {index}) {what}"),
+                    pos,
+                    "stored bytes do not match the hash written with them".into(),
                 );
             }
+            let rec = match record::decode(pos, bytes.to_vec()) {
+                Ok(r) => r,
+                Err(e) => return fail(pos, e.to_string()),
+            };
+            if rec.position != pos {
+                return fail(pos, format!("record claims position {}", rec.position));
+            }
+            if rec.prev_hash != prev {
+                return fail(
+                    pos,
+                    format!(
+                        "prev_hash {} does not link to the previous event's hash {}",
+                        hex::encode(rec.prev_hash),
+                        hex::encode(prev)
+                    ),
+                );
+            }
+            let revision = streams.entry(rec.stream.clone()).or_default();
+            if rec.stream_revision != *revision {
+                return fail(
+                    pos,
+                    format!(
+                        "stream {} revision {} where {} was expected",
+                        rec.stream, rec.stream_revision, revision
+                    ),
+                );
+            }
+            *revision += 1;
+            if let Some((frontier, tiles)) = tree.as_mut() {
+                // Each leaf is checked as it comes, so a rewritten event is named by its position
+                // before the broken link after it.
+                let leaf = merkle::leaf_hash(bytes);
+                let tile = pos / TILE_WIDTH;
+                if leaf_tile.as_ref().map(|(t, _)| *t) != Some(tile) {
+                    leaf_tile = Some((tile, db.get(super::layout::tile_key(0, tile))?));
+                }
+                let slot = (pos % TILE_WIDTH) as usize * 32;
+                let stored = leaf_tile
+                    .as_ref()
+                    .and_then(|(_, v)| v.as_ref())
+                    .and_then(|v| v.get(slot..slot + 32));
+                if stored != Some(leaf.as_slice()) {
+                    return fail(
+                        pos,
+                        format!(
+                            "Merkle leaf hash in tile (0, {tile}) {}",
+                            if stored.is_some() {
+                                "does not match the event"
+                            } else {
+                                "is missing"
+                            }
+                        ),
+                    );
+                }
+                let mut bad: Option<(u64, String)> = None;
+                tiles.push(frontier, leaf, &mut |level, index, computed| {
+                    tiles_checked += 1;
+                    if bad.is_none() {
+                        bad = tile_mismatch(db, level, index, &computed);
+                    }
+                });
+                if let Some((at, what)) = bad {
+                    return fail(at, what);
+                }
+            }
+            prev = hash;
+            expected_pos += 1;
         }
-        prev = hash;
-        expected_pos += 1;
     }
     match db.get(HEAD_KEY)? {
         Some(h) if parse_head(&h) != Some((expected_pos, prev)) => {
@@ -142,56 +166,65 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         None if expected_pos > 0 => return fail(expected_pos, "head record is missing".into()),
         _ => {}
     }
-    if let (Some(t), Some(stored)) = (&tree, &stored_frontier) {
-        if stored.as_ref() != t.to_bytes().as_slice() {
+    if let (Some((frontier, tiles)), Some(stored)) = (&tree, &stored_frontier) {
+        if stored.as_ref() != frontier.to_bytes().as_slice() {
             return fail(
                 expected_pos,
                 "the stored Merkle frontier does not match the recomputed tree".into(),
             );
         }
-    }
-    // The stream index must list exactly the positions found above.
-    let mut indexed: HashMap<String, Vec<u64>> = HashMap::new();
-    for item in db.scan_prefix([STREAM]) {
-        let (k, v) = item?;
-        let Some((stream, chunk)) = parse_stream_chunk_key(&k) else {
-            return fail(expected_pos, format!("malformed stream index key {k:?}"));
-        };
-        let list = indexed.entry(stream.to_string()).or_default();
-        if list.len() as u64 != chunk * CHUNK {
+        for (key, computed) in tiles.partials(expected_pos) {
+            let (level, index) = (key[1], be_u64(&key[2..]).unwrap_or(u64::MAX));
+            tiles_checked += 1;
+            if let Some((at, what)) = tile_mismatch(db, level, index, computed) {
+                return fail(at, what);
+            }
+        }
+        // Any other tile was not made by this log.
+        let stored_tiles = db.scan_prefix([TILE]).count();
+        if stored_tiles != tiles_checked {
             return fail(
                 expected_pos,
-                format!("stream {stream}: index chunk {chunk} out of place"),
+                format!(
+                    "{stored_tiles} Merkle tiles are stored where the log makes {tiles_checked}"
+                ),
             );
         }
-        list.extend(chunk_positions(&v));
-    }
-    for (stream, positions) in &streams {
-        let listed = indexed.remove(stream).unwrap_or_default();
-        if let Some(i) =
-            (0..positions.len().max(listed.len())).find(|i| positions.get(*i) != listed.get(*i))
-        {
-            let at = positions
-                .get(i)
-                .or(listed.get(i))
-                .copied()
-                .unwrap_or(expected_pos);
-            return fail(
-                at,
-                format!("stream {stream}: index disagrees with the log at revision {i}"),
-            );
-        }
-    }
-    if let Some(stream) = indexed.keys().next() {
-        return fail(
-            expected_pos,
-            format!("stream index lists {stream}, which has no events"),
-        );
     }
     Ok(Ok(VerifyReport {
         events: expected_pos,
         streams: streams.len(),
         head_hash: prev,
-        merkle_root: tree.map(|t| t.root()),
+        merkle_root: tree.map(|(t, _)| t.root()),
     }))
+}
+
+/// Where the stored tile `(level, index)` differs from `computed`, if it does: the first leaf
+/// under the first differing hash, and what is wrong.
+fn tile_mismatch(db: &sled::Db, level: u8, index: u64, computed: &[u8]) -> Option<(u64, String)> {
+    let name = format!("Merkle tile ({level}, {index})");
+    // The first leaf under hash `slot` of this tile.
+    let leaf_of = |slot: usize| {
+        index
+            .saturating_mul(TILE_WIDTH)
+            .saturating_add(slot as u64)
+            .checked_shl(TILE_HEIGHT * u32::from(level))
+            .unwrap_or(u64::MAX)
+    };
+    match db.get(super::layout::tile_key(level, index)) {
+        Ok(Some(v)) if v.as_ref() == computed => None,
+        Ok(Some(v)) => {
+            let slot = v
+                .chunks(32)
+                .zip(computed.chunks(32))
+                .position(|(a, b)| a != b)
+                .unwrap_or(v.len().min(computed.len()) / 32);
+            Some((
+                leaf_of(slot),
+                format!("{name} does not match the recomputed tree at hash {slot}"),
+            ))
+        }
+        Ok(None) => Some((leaf_of(0), format!("{name} is missing"))),
+        Err(e) => Some((leaf_of(0), format!("{name} is unreadable: {e}"))),
+    }
 }
