@@ -35,6 +35,24 @@ pub struct BenchArgs {
     /// fsync; no network, no protobuf). Shows how much of the cost is the transport.
     #[arg(long)]
     pub in_process: bool,
+    /// Run without the projector (as `serve` never does), to show what the read models cost the
+    /// append path on the same cores.
+    #[arg(long)]
+    pub without_projections: bool,
+}
+
+/// How `measure_ours` runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ours {
+    pub(crate) writers: usize,
+    pub(crate) per_request: usize,
+    pub(crate) seconds: f64,
+    /// Call the application layer directly instead of through gRPC.
+    pub(crate) in_process: bool,
+    /// Keep the Merkle tree (off only to measure its cost).
+    pub(crate) merkle: bool,
+    /// Run the projector (off only to measure its cost).
+    pub(crate) projections: bool,
 }
 
 /// One measured window: events done, syncs made, time taken, sorted request latencies.
@@ -146,21 +164,27 @@ async fn setup(server: &str) -> anyhow::Result<String> {
     Ok(r.into_inner().source_id)
 }
 
-/// Durable appends through gRPC: `writers` tasks each sending requests of `per_request` statements.
-/// `merkle: false` runs the log without its Merkle tree (to measure the tree's cost).
+/// Durable appends through gRPC (or in process): `writers` tasks each sending requests of
+/// `per_request` statements.
+/// Returns the measurement, the request count, a typical stored record and the process CPU time
+/// these events took (load generator included).
 pub(crate) async fn measure_ours(
     dir: &Path,
-    writers: usize,
-    per_request: usize,
-    seconds: f64,
-    in_process: bool,
-    merkle: bool,
-) -> anyhow::Result<(Measured, u64, Vec<u8>)> {
+    ours: Ours,
+) -> anyhow::Result<(Measured, u64, Vec<u8>, Duration)> {
+    let Ours {
+        writers,
+        per_request,
+        seconds,
+        in_process,
+        merkle,
+        projections,
+    } = ours;
     let options = LogOptions {
         merkle,
         ..LogOptions::default()
     };
-    let app = App::open_with(dir, options, true)?;
+    let app = App::open_with(dir, options, projections)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -179,6 +203,7 @@ pub(crate) async fn measure_ours(
     }
     let start_count = app.log().durable_count();
     let start_syncs = app.log().sync_count();
+    let start_cpu = process_cpu();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -250,8 +275,10 @@ pub(crate) async fn measure_ours(
         .stored;
     let _ = stop_tx.send(());
     server.await??;
-    // Stop the projector too, so no work of this run spills into the next measurement.
+    // Stop the projector too, so no work of this run spills into the next measurement; the CPU it
+    // spends catching up is counted, since these events need it.
     app.finish().await;
+    let cpu = process_cpu().saturating_sub(start_cpu);
     latencies.sort();
     let requests = latencies.len() as u64;
     Ok((
@@ -263,7 +290,27 @@ pub(crate) async fn measure_ours(
         },
         requests,
         record,
+        cpu,
     ))
+}
+
+/// CPU time (user + system) this process has used so far, all threads; zero where `/proc` is not
+/// there. Ticks are USER_HZ, which Linux fixes at 100 for user space.
+pub(crate) fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 /// Raw sled: the same record bytes, `group` inserts per flush + fdatasync, on one thread.
@@ -317,11 +364,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     // A short warm-up run gives a real stored record for the baseline to write.
     let warm_dir = args.dir.join("warm-up");
     let _ = std::fs::remove_dir_all(&warm_dir);
-    let (_, _, record) = measure_ours(&warm_dir, 1, 1, 0.3, false, true).await?;
+    let warm_up = Ours {
+        writers: 1,
+        per_request: 1,
+        seconds: 0.3,
+        in_process: false,
+        merkle: true,
+        projections: true,
+    };
+    let (_, _, record, _) = measure_ours(&warm_dir, warm_up).await?;
     let _ = std::fs::remove_dir_all(&warm_dir);
     if !args.json {
-        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms | ours CPU µs/event | baseline CPU µs/event | CPU ratio |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for &per in &args.events_per_request {
         for &writers in &args.writers {
@@ -333,15 +388,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             // after ours (half the time each) and pool the two.
             let group = writers * per;
             let half = args.seconds / 2.0;
+            let cpu_before = process_cpu();
             let before = tokio::task::block_in_place(|| {
                 measure_baseline(&base_dir.join("before"), group, &record, half)
             })?;
-            let (ours, requests, _) =
-                measure_ours(&run_dir, writers, per, args.seconds, args.in_process, true).await?;
+            let mut base_cpu = process_cpu().saturating_sub(cpu_before);
+            let (ours, requests, _, cpu) = measure_ours(
+                &run_dir,
+                Ours {
+                    writers,
+                    per_request: per,
+                    seconds: args.seconds,
+                    in_process: args.in_process,
+                    merkle: true,
+                    projections: !args.without_projections,
+                },
+            )
+            .await?;
+            let cpu_before = process_cpu();
             let after = tokio::task::block_in_place(|| {
                 measure_baseline(&base_dir.join("after"), group, &record, half)
             })?;
+            base_cpu += process_cpu().saturating_sub(cpu_before);
             let baseline = before.pooled(after);
+            // CPU per event is steadier than throughput on a shared machine.
+            let us_per_event =
+                |cpu: Duration, events: u64| cpu.as_secs_f64() * 1e6 / events.max(1) as f64;
+            let (ours_cpu, base_cpu) = (
+                us_per_event(cpu, ours.events),
+                us_per_event(base_cpu, baseline.events),
+            );
             let ratio = ours.rate() / baseline.rate();
             let per_sync = ours.events as f64 / ours.syncs.max(1) as f64;
             if args.json {
@@ -353,12 +429,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                         "ratio": ratio, "ours_p50_ms": ms(ours.percentile(0.5)), "ours_p99_ms": ms(ours.percentile(0.99)),
                         "ours_events_per_sync": per_sync, "baseline_events_per_sync": group,
                         "baseline_sync_p50_ms": ms(baseline.percentile(0.5)), "record_bytes": record.len(),
-                        "requests": requests,
+                        "requests": requests, "ours_cpu_us_per_event": ours_cpu,
+                        "baseline_cpu_us_per_event": base_cpu,
                     })
                 );
             } else {
                 println!(
-                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {group} | {:.2} |",
+                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {group} | {:.2} | {ours_cpu:.0} | {base_cpu:.0} | {:.1} |",
                     ours.rate(),
                     baseline.rate(),
                     ratio,
@@ -366,6 +443,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                     ms(ours.percentile(0.99)),
                     per_sync,
                     ms(baseline.percentile(0.5)),
+                    ours_cpu / base_cpu.max(f64::MIN_POSITIVE),
                 );
             }
             let _ = std::fs::remove_dir_all(&run_dir);

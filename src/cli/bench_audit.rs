@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::value::RawValue;
 
-use super::bench::{measure_ours, ms, percentile, Measured};
+use super::bench::{measure_ours, ms, percentile, Measured, Ours};
 use super::bench_query::{scan, when_released};
 use crate::log::{open_db, AppendRequest, Durability, EventLog, LogOptions, NewEvent};
 
@@ -64,7 +64,18 @@ async fn append_comparison(args: &AuditBenchArgs) -> anyhow::Result<()> {
         for (i, merkle) in [false, true, false, true].into_iter().enumerate() {
             let dir = args.dir.join(format!("append-{writers}-{i}"));
             let _ = std::fs::remove_dir_all(&dir);
-            let (m, _, _) = measure_ours(&dir, writers, 1, half, false, merkle).await?;
+            let (m, _, _, _) = measure_ours(
+                &dir,
+                Ours {
+                    writers,
+                    per_request: 1,
+                    seconds: half,
+                    in_process: false,
+                    merkle,
+                    projections: true,
+                },
+            )
+            .await?;
             let slot = if merkle { &mut on } else { &mut off };
             *slot = Some(match slot.take() {
                 Some(prev) => prev.pooled(m),

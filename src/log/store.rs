@@ -1263,8 +1263,7 @@ mod tests {
                     stream: format!("s-{}", (n + i) % 5),
                     event_type: "T".into(),
                     schema_version: 1,
-                    payload: RawValue::from_string(format!("{{\"n\":{}}}", n + i))
-                        .expect("json"),
+                    payload: RawValue::from_string(format!("{{\"n\":{}}}", n + i)).expect("json"),
                 })
                 .collect();
             log.append(AppendRequest {
