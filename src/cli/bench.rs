@@ -313,6 +313,36 @@ pub(crate) fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The transport's ceiling: `writers` tasks calling `grpc.health.v1.Health/Check` back to back over
+/// the same connections as `measure_ours` (through the same server layers, no storage). With one
+/// event per request, appends through gRPC cannot beat this rate on this machine.
+async fn measure_noop_rpcs(dir: &Path, writers: usize, seconds: f64) -> anyhow::Result<f64> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let server = BenchServer::start(dir, false).await?;
+    let channels = server.channels(writers.clamp(1, 8)).await?;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = HealthClient::new(channels[w % channels.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                client.check(HealthCheckRequest::default()).await?;
+                n += 1;
+            }
+            Ok::<_, tonic::Status>(n)
+        }));
+    }
+    let mut calls = 0u64;
+    for t in tasks {
+        calls += t.await??;
+    }
+    let rate = calls as f64 / started.elapsed().as_secs_f64();
+    server.stop().await?;
+    Ok(rate)
+}
+
 /// Raw sled: the same record bytes, `group` inserts per flush + fdatasync, on one thread.
 fn measure_baseline(
     dir: &Path,
@@ -375,8 +405,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let (_, _, record, _) = measure_ours(&warm_dir, warm_up).await?;
     let _ = std::fs::remove_dir_all(&warm_dir);
     if !args.json {
-        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms | ours CPU µs/event | baseline CPU µs/event | CPU ratio |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms | ours CPU µs/event | baseline CPU µs/event | CPU ratio | no-op RPCs/s | no-op / baseline |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for &per in &args.events_per_request {
         for &writers in &args.writers {
@@ -411,6 +441,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             })?;
             base_cpu += process_cpu().saturating_sub(cpu_before);
             let baseline = before.pooled(after);
+            // Only single-event requests are bounded by the request rate.
+            let noop = if per == 1 && !args.in_process {
+                let rate =
+                    measure_noop_rpcs(&args.dir.join(format!("noop-{writers}")), writers, half)
+                        .await?;
+                let _ = std::fs::remove_dir_all(args.dir.join(format!("noop-{writers}")));
+                Some(rate)
+            } else {
+                None
+            };
             // CPU per event is steadier than throughput on a shared machine.
             let us_per_event =
                 |cpu: Duration, events: u64| cpu.as_secs_f64() * 1e6 / events.max(1) as f64;
@@ -430,12 +470,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                         "ours_events_per_sync": per_sync, "baseline_events_per_sync": group,
                         "baseline_sync_p50_ms": ms(baseline.percentile(0.5)), "record_bytes": record.len(),
                         "requests": requests, "ours_cpu_us_per_event": ours_cpu,
-                        "baseline_cpu_us_per_event": base_cpu,
+                        "baseline_cpu_us_per_event": base_cpu, "noop_rpcs_per_s": noop,
                     })
                 );
             } else {
                 println!(
-                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {group} | {:.2} | {ours_cpu:.0} | {base_cpu:.0} | {:.1} |",
+                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {group} | {:.2} | {ours_cpu:.0} | {base_cpu:.0} | {:.1} | {} | {} |",
                     ours.rate(),
                     baseline.rate(),
                     ratio,
@@ -444,6 +484,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                     per_sync,
                     ms(baseline.percentile(0.5)),
                     ours_cpu / base_cpu.max(f64::MIN_POSITIVE),
+                    noop.map_or("-".to_string(), |r| format!("{r:.0}")),
+                    noop.map_or("-".to_string(), |r| format!("{:.2}", r / baseline.rate())),
                 );
             }
             let _ = std::fs::remove_dir_all(&run_dir);
