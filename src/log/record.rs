@@ -149,6 +149,21 @@ pub fn decode(position: u64, stored: Vec<u8>) -> Result<RecordedEvent, LogError>
     })
 }
 
+/// Only the stream and revision of stored bytes, skipping the rest unchecked: enough to rebuild the
+/// stream index at open without decoding every payload.
+pub(crate) fn stream_of(position: u64, stored: &[u8]) -> Result<(String, u64), LogError> {
+    #[derive(Deserialize)]
+    struct StreamOnly {
+        stream: String,
+        stream_revision: u64,
+    }
+    let r: StreamOnly = serde_json::from_slice(stored).map_err(|e| LogError::Corrupt {
+        position,
+        reason: format!("unreadable record: {e}"),
+    })?;
+    Ok((r.stream, r.stream_revision))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +197,10 @@ mod tests {
         assert_eq!((rec.position, rec.stream_revision), (4, 1));
         assert_eq!(rec.correlation_id.as_deref(), Some("c"));
         assert_eq!(rec.causation_id, None);
+        assert_eq!(
+            stream_of(4, &bytes).expect("readable"),
+            ("party-russia".to_string(), 1)
+        );
         // Canonical: encoding the same content again gives the same bytes.
         assert_eq!(
             sample(&payload, &[3u8; 32]).expect("test fixture is valid"),

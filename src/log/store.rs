@@ -278,6 +278,23 @@ fn scan_events(
             Some(first) => Err(gap(first - 1)),
         };
     }
+    scan_frames(db, from, end, |pos, hash, bytes| {
+        Ok(visit(decode_frame(pos, hash, bytes)?))
+    })
+}
+
+/// Visits the stored frames (position, stored hash, record bytes) in `[from, end)` in position order
+/// until `visit` returns false. A missing or cut page is reported as corruption, never skipped.
+fn scan_frames(
+    db: &sled::Db,
+    from: u64,
+    end: u64,
+    mut visit: impl FnMut(u64, Hash, &[u8]) -> Result<bool, LogError>,
+) -> Result<(), LogError> {
+    let gap = |position: u64| LogError::Corrupt {
+        position,
+        reason: "missing below the head".into(),
+    };
     if from >= end {
         return Ok(());
     }
@@ -290,13 +307,16 @@ fn scan_events(
             return Err(gap(expected));
         }
         for frame in frames(&v) {
-            let (hash, bytes) = frame.ok_or_else(|| cut(expected))?;
+            let (hash, bytes) = frame.ok_or_else(|| LogError::Corrupt {
+                position: expected,
+                reason: "truncated page".into(),
+            })?;
             let pos = expected;
             expected += 1;
             if pos < from {
                 continue;
             }
-            if pos >= end || !visit(decode_frame(pos, hash, bytes)?) {
+            if pos >= end || !visit(pos, hash, bytes)? {
                 return Ok(());
             }
         }
@@ -378,30 +398,26 @@ fn check_layout(db: &sled::Db) -> Result<(), LogError> {
     }
 }
 
-/// Each stream's positions (index = revision), from the records themselves.
+/// Each stream's positions (index = revision), from the records themselves. Reads only each record's
+/// stream and revision: hashes and links are `verify`'s to check.
 fn index_streams(db: &sled::Db, count: u64) -> Result<HashMap<String, Vec<u64>>, LogError> {
     let mut streams: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut wrong: Option<LogError> = None;
-    scan_events(db, 0, count, false, |e| {
-        let positions = streams.entry(e.stream).or_default();
-        if e.stream_revision != positions.len() as u64 {
-            wrong = Some(LogError::Corrupt {
-                position: e.position,
+    scan_frames(db, 0, count, |pos, _, bytes| {
+        let (stream, revision) = record::stream_of(pos, bytes)?;
+        let positions = streams.entry(stream).or_default();
+        if revision != positions.len() as u64 {
+            return Err(LogError::Corrupt {
+                position: pos,
                 reason: format!(
-                    "stream revision {} where {} was expected",
-                    e.stream_revision,
+                    "stream revision {revision} where {} was expected",
                     positions.len()
                 ),
             });
-            return false;
         }
-        positions.push(e.position);
-        true
+        positions.push(pos);
+        Ok(true)
     })?;
-    match wrong {
-        Some(e) => Err(e),
-        None => Ok(streams),
-    }
+    Ok(streams)
 }
 
 fn proof_error(e: merkle::ProofRequestError<LogError>) -> LogError {
@@ -480,7 +496,14 @@ impl EventLog {
         } else {
             (Frontier::new(), Tiles::default())
         };
+        let indexing = Instant::now();
         let streams = index_streams(&db, head.count)?;
+        tracing::info!(
+            events = head.count,
+            streams = streams.len(),
+            took_ms = indexing.elapsed().as_millis() as u64,
+            "stream index rebuilt from the log"
+        );
         let (durable_tx, _) = watch::channel(head.count);
         crate::metrics::set_log_durable(head.count);
         let shared = Arc::new(Shared {
