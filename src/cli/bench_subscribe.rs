@@ -166,13 +166,16 @@ fn open_when_released(dir: &Path) -> anyhow::Result<sled::Db> {
     }
 }
 
-/// Reads the stored pages and checks the SHA-256 of each record against the hash stored beside it.
-/// Returns how many events it read, which must be `count`.
+/// Reads the stored events at positions `0..count` and checks the SHA-256 of each record against the
+/// hash stored beside it. Returns how many events it read, which must be `count`.
 fn scan(db: &sled::Db, count: u64) -> anyhow::Result<u64> {
     let mut n = 0u64;
-    for page in crate::log::disk::pages(db) {
+    'pages: for page in crate::log::disk::pages(db) {
         let (_, page) = page?;
         for frame in crate::log::disk::page_frames(&page) {
+            if n == count {
+                break 'pages;
+            }
             let (stored, record) = frame.with_context(|| format!("page cut at event {n}"))?;
             let hash: [u8; 32] = Sha256::digest(record).into();
             if hash != stored {
