@@ -378,24 +378,34 @@ fn catch_up_tree(
 
 /// Refuses a database written in another layout; marks a new one with this layout.
 fn check_layout(db: &sled::Db) -> Result<(), LogError> {
-    match db.get(LAYOUT_KEY)? {
-        Some(v) if v.as_ref() == LAYOUT_VERSION.to_be_bytes() => Ok(()),
-        None if db.get(HEAD_KEY)?.is_none() => {
-            // Made durable by the first group's sync, or written again at the next open.
-            db.insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes())?;
-            Ok(())
-        }
-        other => Err(LogError::Corrupt {
+    if let Some(reason) = layout_mismatch(db)? {
+        return Err(LogError::Corrupt {
             position: 0,
-            reason: format!(
-                "the data directory uses storage layout {}, this binary reads only layout {LAYOUT_VERSION}; \
-                 export it with the binary that wrote it and restore it with this one",
-                other
-                    .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
-                    .unwrap_or(1)
-            ),
-        }),
+            reason,
+        });
     }
+    if db.get(LAYOUT_KEY)?.is_none() {
+        // Made durable by the first group's sync, or written again at the next open.
+        db.insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Why a database holding a log cannot be read by this binary, if it cannot: it was written in
+/// another storage layout. An empty database (no head yet) fits any.
+pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError> {
+    let stored = db.get(LAYOUT_KEY)?;
+    if stored.as_deref() == Some(&LAYOUT_VERSION.to_be_bytes()[..]) || db.get(HEAD_KEY)?.is_none() {
+        return Ok(None);
+    }
+    // Layout 1 had no mark.
+    let version = stored
+        .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+        .unwrap_or(1);
+    Ok(Some(format!(
+        "the data directory uses storage layout {version}, this binary reads only layout \
+         {LAYOUT_VERSION}; export it with the binary that wrote it and restore it with this one"
+    )))
 }
 
 /// Each stream's positions (index = revision), from the records themselves. Reads only each record's
@@ -1265,6 +1275,12 @@ mod tests {
         };
         assert!(err.contains("layout 1"), "{err}");
         assert!(err.contains("export"), "{err}");
+        // `verify` says it cannot check it, rather than reporting a broken log.
+        let db = open_db(dir.path()).expect("reopen");
+        match super::super::verify::verify_db(&db) {
+            Err(e) => assert!(e.to_string().contains("layout 1"), "{e}"),
+            Ok(r) => panic!("verify read a layout-1 directory: {r:?}"),
+        }
     }
 
     /// Pages are found from any position inside them, and scans in both directions cross page

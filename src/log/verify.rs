@@ -47,6 +47,13 @@ pub fn verify_dir(dir: &Path) -> Result<Result<VerifyReport, Mismatch>, LogError
 /// Verifies an open sled database holding a log.
 pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogError> {
     let fail = |position: u64, reason: String| Ok(Err(Mismatch { position, reason }));
+    // Another layout cannot be checked, which is not the same as failing the check.
+    if let Some(reason) = super::store::layout_mismatch(db)? {
+        return Err(LogError::Corrupt {
+            position: 0,
+            reason,
+        });
+    }
     let mut expected_pos = 0u64;
     let mut prev: Hash = GENESIS_HASH;
     // Revisions of each stream, as the log itself says.
