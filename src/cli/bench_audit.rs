@@ -6,8 +6,8 @@
 //! - **Proofs** at `--events` (default 1,000,000) events: inclusion and consistency proof latency
 //!   for random positions and sizes, against a random point read of one event (the cheapest thing a
 //!   proof could possibly cost: one sled lookup plus its hash check).
-//! - **Verify**: `verify --data-dir` (hash chain, stream index, every Merkle leaf and stored subtree,
-//!   the frontier) against a raw sled scan that reads every event value, before and after, pooled.
+//! - **Verify**: `verify --data-dir` (hash chain, stream revisions, every Merkle leaf and stored tile,
+//!   the frontier) against a raw sled scan that reads every stored page, before and after, pooled.
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -238,7 +238,7 @@ fn verify_speed(dir: &Path, count: u64, json: bool) -> anyhow::Result<()> {
         println!("|---|---|---|");
         println!("| raw sled scan reading every value (baseline, before/after mean) | {base_rate:.0} | 1.00 |");
         println!(
-            "| `verify --data-dir` (chain, index, every Merkle leaf and subtree) | {ours_rate:.0} | **{:.3}** |",
+            "| `verify --data-dir` (chain, stream revisions, every Merkle leaf and tile) | {ours_rate:.0} | **{:.3}** |",
             ours_rate / base_rate
         );
     }
