@@ -50,25 +50,22 @@ fn verify(dir: &Path) -> Result<VerifyReport, Mismatch> {
     retry_lock("verify", || verify_dir(dir))
 }
 
-/// Writes 20 events over three streams through the log, drops it, and returns the live head.
-async fn build_log(dir: &Path) -> Head {
+/// Writes `total` events through the log in appends of `count(n)` events (`n` = events so far), each
+/// made by `event(i)` and expecting `expect`; drops the log and returns the live head.
+async fn write_log(
+    dir: &Path,
+    total: u64,
+    count: impl Fn(u64) -> u64,
+    event: impl Fn(u64) -> NewEvent,
+    expect: Vec<(String, ExpectedRevision)>,
+) -> Head {
     let log = EventLog::open(dir, LogOptions::default(), None).unwrap();
-    let streams = ["claim-1", "claim-2", "source-1"];
     let mut n = 0u64;
-    while n < EVENTS {
-        // Appends of 1 or 2 events, so that some groups hold several.
-        let count = if n % 3 == 0 && n + 2 <= EVENTS { 2 } else { 1 };
-        let events = (n..n + count)
-            .map(|i| {
-                new_event(
-                    streams[(i % 3) as usize],
-                    &format!(r#"{{"n":{i},"note":"event number {i}"}}"#),
-                )
-            })
-            .collect();
+    while n < total {
+        let count = count(n).min(total - n);
         log.append(AppendRequest {
-            events,
-            expectations: vec![(streams[0].to_string(), ExpectedRevision::Any)],
+            events: (n..n + count).map(&event).collect(),
+            expectations: expect.clone(),
             idempotency: None,
             recorded_by: "builder".to_string(),
             correlation_id: None,
@@ -79,36 +76,40 @@ async fn build_log(dir: &Path) -> Head {
         n += count;
     }
     let head = log.head();
-    assert_eq!(head.count, EVENTS);
+    assert_eq!(head.count, total);
     drop(log);
     head
 }
 
+/// Writes 20 events over three streams through the log, drops it, and returns the live head.
+async fn build_log(dir: &Path) -> Head {
+    let streams = ["claim-1", "claim-2", "source-1"];
+    write_log(
+        dir,
+        EVENTS,
+        // Appends of 1 or 2 events, so that some groups hold several.
+        |n| if n % 3 == 0 && n + 2 <= EVENTS { 2 } else { 1 },
+        |i| {
+            new_event(
+                streams[(i % 3) as usize],
+                &format!(r#"{{"n":{i},"note":"event number {i}"}}"#),
+            )
+        },
+        vec![(streams[0].to_string(), ExpectedRevision::Any)],
+    )
+    .await
+}
+
 /// Writes `LONG_EVENTS` events on one stream in appends of 100, drops the log, and returns its head.
 async fn build_long_log(dir: &Path) -> Head {
-    let log = EventLog::open(dir, LogOptions::default(), None).unwrap();
-    let mut n = 0u64;
-    while n < LONG_EVENTS {
-        let count = 100.min(LONG_EVENTS - n);
-        let events = (n..n + count)
-            .map(|i| new_event("claim-1", &format!(r#"{{"n":{i}}}"#)))
-            .collect();
-        log.append(AppendRequest {
-            events,
-            expectations: vec![],
-            idempotency: None,
-            recorded_by: "builder".to_string(),
-            correlation_id: None,
-            causation_id: None,
-        })
-        .await
-        .unwrap();
-        n += count;
-    }
-    let head = log.head();
-    assert_eq!(head.count, LONG_EVENTS);
-    drop(log);
-    head
+    write_log(
+        dir,
+        LONG_EVENTS,
+        |_| 100,
+        |i| new_event("claim-1", &format!(r#"{{"n":{i}}}"#)),
+        vec![],
+    )
+    .await
 }
 
 /// Opens the stopped log in `dir`, lets `tamper` change it on disk, and flushes.

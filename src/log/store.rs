@@ -1322,26 +1322,20 @@ mod tests {
             assert_eq!(e.position, pos);
             assert_eq!(e.payload.get(), format!("{{\"n\":{pos}}}"));
         }
-        let forward: Vec<u64> = log
-            .read_all(17, false, 30)
-            .expect("forward")
-            .iter()
-            .map(|e| e.position)
-            .collect();
-        assert_eq!(forward, (17..47).collect::<Vec<_>>());
-        let backward: Vec<u64> = log
-            .read_all(40, true, 25)
-            .expect("backward")
-            .iter()
-            .map(|e| e.position)
-            .collect();
-        assert_eq!(backward, (16..=40).rev().collect::<Vec<_>>());
-        let stream: Vec<u64> = log
-            .read_stream("s-3", 0, false, 100)
-            .expect("stream")
-            .iter()
-            .map(|e| e.position)
-            .collect();
-        assert_eq!(stream, (0..n).filter(|p| p % 5 == 3).collect::<Vec<_>>());
+        let positions = |events: Result<Vec<RecordedEvent>, LogError>| -> Vec<u64> {
+            events.expect("read").iter().map(|e| e.position).collect()
+        };
+        assert_eq!(
+            positions(log.read_all(17, false, 30)),
+            (17..47).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            positions(log.read_all(40, true, 25)),
+            (16..=40).rev().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            positions(log.read_stream("s-3", 0, false, 100)),
+            (0..n).filter(|p| p % 5 == 3).collect::<Vec<_>>()
+        );
     }
 }
