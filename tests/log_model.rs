@@ -154,8 +154,11 @@ struct Recorder {
 }
 
 impl CommitObserver for Recorder {
-    fn committed(&self, events: &[RecordedEvent]) {
-        self.seen.lock().unwrap().extend_from_slice(events);
+    fn committed(&self, events: &[Arc<RecordedEvent>]) {
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|e| (**e).clone()));
         self.groups.lock().unwrap().push(events.len());
     }
 }

@@ -84,7 +84,7 @@ struct StateObserver {
 }
 
 impl CommitObserver for StateObserver {
-    fn committed(&self, events: &[RecordedEvent]) {
+    fn committed(&self, events: &[Arc<RecordedEvent>]) {
         self.recent
             .write()
             .unwrap_or_else(|p| p.into_inner())

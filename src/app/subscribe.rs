@@ -69,7 +69,7 @@ pub(crate) struct Recent {
 }
 
 impl Recent {
-    pub(crate) fn extend(&mut self, events: &[RecordedEvent]) {
+    pub(crate) fn extend(&mut self, events: &[Arc<RecordedEvent>]) {
         for e in events {
             // Contiguity is what makes a hit trustworthy; a gap (impossible in log order) resets.
             if self
@@ -79,7 +79,7 @@ impl Recent {
             {
                 self.events.clear();
             }
-            self.events.push_back(Arc::new(e.clone()));
+            self.events.push_back(e.clone());
         }
         while self.events.len() > RECENT {
             self.events.pop_front();
@@ -355,9 +355,9 @@ impl App {
 mod tests {
     use super::*;
 
-    fn rec(position: u64) -> RecordedEvent {
+    fn rec(position: u64) -> Arc<RecordedEvent> {
         let stored = format!(r#"{{"position":{position}}}"#).into_bytes();
-        RecordedEvent {
+        Arc::new(RecordedEvent {
             position,
             prev_hash: [0; 32],
             hash: [0; 32],
@@ -372,7 +372,7 @@ mod tests {
             causation_id: None,
             payload: serde_json::value::RawValue::from_string("{}".into()).expect("json"),
             stored,
-        }
+        })
     }
 
     fn positions(v: Option<Vec<Arc<RecordedEvent>>>) -> Option<Vec<u64>> {

@@ -140,10 +140,11 @@ pub struct Head {
     pub hash: Hash,
 }
 
-/// Told about every durable group, in log order, on the writer thread, before any of the group's
-/// appends is acknowledged. Keep it quick: it delays the next group.
+/// Told about every durable group, in log order, on the syncer thread, before any of the group's
+/// appends is acknowledged. Keep it quick: it delays the acknowledgements. The events are shared, so
+/// an observer can keep them without copying.
 pub trait CommitObserver: Send + Sync {
-    fn committed(&self, events: &[RecordedEvent]);
+    fn committed(&self, events: &[Arc<RecordedEvent>]);
 }
 
 /// Options for [`EventLog::open`].
@@ -1197,21 +1198,26 @@ impl Syncer {
                 groups.iter().map(|g| g.replies.len()).sum(),
             );
         }
-        for group in groups {
-            if !group.events.is_empty() {
-                *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = group.head;
-                self.shared
-                    .durable
-                    .store(group.head.count, Ordering::Release);
-                crate::metrics::observe_committed(group.events.len(), group.head.count);
+        for StagedGroup {
+            replies,
+            events,
+            head,
+        } in groups
+        {
+            if !events.is_empty() {
+                *self.shared.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+                self.shared.durable.store(head.count, Ordering::Release);
+                crate::metrics::observe_committed(events.len(), head.count);
                 if let Some(obs) = &self.observer {
-                    obs.committed(&group.events);
+                    let events: Vec<Arc<RecordedEvent>> =
+                        events.into_iter().map(Arc::new).collect();
+                    obs.committed(&events);
                 }
-                self.shared.durable_tx.send_replace(group.head.count);
+                self.shared.durable_tx.send_replace(head.count);
             }
             // Replays of earlier appends are answered here too: their originals were in earlier
             // groups, synced before this one.
-            for (reply, outcome, received) in group.replies {
+            for (reply, outcome, received) in replies {
                 crate::metrics::observe_append(received.elapsed());
                 let _ = reply.send(Ok(outcome));
             }
