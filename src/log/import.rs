@@ -273,9 +273,9 @@ mod tests {
     }
 
     #[test]
-    fn an_import_verifies_across_batches_and_chunks() {
+    fn an_import_verifies_across_batches_and_tiles() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // 2500 events over 7 streams: three batches, chunks that span batch boundaries.
+        // 2500 events over 7 streams: three batches, with Merkle tiles that span batch boundaries.
         let events = chain(2500, 7);
         let mut imp = Importer::create(dir.path()).expect("create");
         for e in &events {
