@@ -11,14 +11,10 @@ use super::tiles::{stage_tree, Tiles};
 use super::LogError;
 use crate::merkle::{self, Frontier};
 
-/// The page holding `pos`: its key, first position and frames (hash, record), if any.
+/// The page holding `pos`: its first position and frames (hash, record), if any.
 #[allow(clippy::type_complexity)]
 fn page(db: &sled::Db, pos: u64) -> Result<Option<(u64, Vec<(Hash, Vec<u8>)>)>, LogError> {
-    let Some(item) = db.range(page_key(0)..=page_key(pos)).next_back() else {
-        return Ok(None);
-    };
-    let (k, v) = item?;
-    let Some(first) = page_first(&k) else {
+    let Some((first, v)) = super::store::page_of(db, pos)? else {
         return Ok(None);
     };
     let frames = frames(&v)

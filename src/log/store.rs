@@ -189,7 +189,7 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
 }
 
 /// The page holding position `pos`, if any: its first position and its bytes.
-fn page_of(db: &sled::Db, pos: u64) -> Result<Option<(u64, sled::IVec)>, LogError> {
+pub(crate) fn page_of(db: &sled::Db, pos: u64) -> Result<Option<(u64, sled::IVec)>, LogError> {
     let Some(item) = db.range(page_key(0)..=page_key(pos)).next_back() else {
         return Ok(None);
     };
@@ -201,21 +201,30 @@ fn page_of(db: &sled::Db, pos: u64) -> Result<Option<(u64, sled::IVec)>, LogErro
     Ok(Some((first, v)))
 }
 
+/// An event below the head that is not stored.
+fn missing(position: u64) -> LogError {
+    LogError::Corrupt {
+        position,
+        reason: "missing below the head".into(),
+    }
+}
+
+/// A page whose bytes stop in the middle of the frame of `position`.
+fn cut(position: u64) -> LogError {
+    LogError::Corrupt {
+        position,
+        reason: "truncated page".into(),
+    }
+}
+
 /// Reads the event at `pos`, checking its bytes against the hash stored with them.
 fn read_event(db: &sled::Db, pos: u64) -> Result<RecordedEvent, LogError> {
-    let missing = || LogError::Corrupt {
-        position: pos,
-        reason: "missing below the head".into(),
-    };
-    let (first, page) = page_of(db, pos)?.ok_or_else(missing)?;
-    let index = usize::try_from(pos - first).map_err(|_| missing())?;
+    let (first, page) = page_of(db, pos)?.ok_or_else(|| missing(pos))?;
+    let index = usize::try_from(pos - first).map_err(|_| missing(pos))?;
     let found = match frames(&page).nth(index) {
         Some(Some((hash, bytes))) => decode_frame(pos, hash, bytes),
-        Some(None) => Err(LogError::Corrupt {
-            position: pos,
-            reason: "truncated page".into(),
-        }),
-        None => Err(missing()),
+        Some(None) => Err(cut(pos)),
+        None => Err(missing(pos)),
     };
     found
 }
@@ -242,28 +251,20 @@ fn scan_events(
     backwards: bool,
     mut visit: impl FnMut(RecordedEvent) -> bool,
 ) -> Result<(), LogError> {
-    let gap = |position: u64| LogError::Corrupt {
-        position,
-        reason: "missing below the head".into(),
-    };
-    let cut = |position: u64| LogError::Corrupt {
-        position,
-        reason: "truncated page".into(),
-    };
     if backwards {
         // Each page must end where the page after it (seen just before) starts.
         let mut next_first: Option<u64> = None;
         for item in db.range(page_key(0)..=page_key(from)).rev() {
             let (k, v) = item?;
-            let first = page_first(&k).ok_or_else(|| gap(from))?;
+            let first = page_first(&k).ok_or_else(|| missing(from))?;
             let mut page = Vec::new();
             for (i, frame) in frames(&v).enumerate() {
                 page.push(frame.ok_or_else(|| cut(first + i as u64))?);
             }
             let page_end = first + page.len() as u64;
             match next_first {
-                Some(next) if page_end != next => return Err(gap(page_end)),
-                None if page_end <= from => return Err(gap(from)),
+                Some(next) if page_end != next => return Err(missing(page_end)),
+                None if page_end <= from => return Err(missing(from)),
                 _ => {}
             }
             next_first = Some(first);
@@ -276,7 +277,7 @@ fn scan_events(
         }
         return match next_first {
             Some(0) | None => Ok(()),
-            Some(first) => Err(gap(first - 1)),
+            Some(first) => Err(missing(first - 1)),
         };
     }
     scan_frames(db, from, end, |pos, hash, bytes| {
@@ -292,10 +293,6 @@ fn scan_frames(
     end: u64,
     mut visit: impl FnMut(u64, Hash, &[u8]) -> Result<bool, LogError>,
 ) -> Result<(), LogError> {
-    let gap = |position: u64| LogError::Corrupt {
-        position,
-        reason: "missing below the head".into(),
-    };
     if from >= end {
         return Ok(());
     }
@@ -303,15 +300,12 @@ fn scan_frames(
     let mut expected = start;
     for item in db.range(page_key(start)..page_key(end)) {
         let (k, v) = item?;
-        let first = page_first(&k).ok_or_else(|| gap(expected))?;
+        let first = page_first(&k).ok_or_else(|| missing(expected))?;
         if first != expected {
-            return Err(gap(expected));
+            return Err(missing(expected));
         }
         for frame in frames(&v) {
-            let (hash, bytes) = frame.ok_or_else(|| LogError::Corrupt {
-                position: expected,
-                reason: "truncated page".into(),
-            })?;
+            let (hash, bytes) = frame.ok_or_else(|| cut(expected))?;
             let pos = expected;
             expected += 1;
             if pos < from {
@@ -323,7 +317,7 @@ fn scan_frames(
         }
     }
     if expected < end {
-        return Err(gap(expected));
+        return Err(missing(expected));
     }
     Ok(())
 }
