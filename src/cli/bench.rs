@@ -33,12 +33,37 @@ pub struct BenchArgs {
     pub json: bool,
     /// Drive the application layer directly instead of through gRPC (same validation, log and
     /// fsync; no network, no protobuf). Shows how much of the cost is the transport.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "session")]
     pub in_process: bool,
+    /// Each writer sends its appends over one `Ledger.AppendSession` stream, waiting for each answer
+    /// before sending the next, instead of one unary call per append.
+    #[arg(long)]
+    pub session: bool,
     /// Run without the projector (as `serve` never does), to show what the read models cost the
     /// append path on the same cores.
     #[arg(long)]
     pub without_projections: bool,
+}
+
+/// How the writers of `measure_ours` reach the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// One unary call per request (`RecordStatement`, or `SubmitBatch` for several events).
+    Unary,
+    /// One `AppendSession` stream per writer, one message per request.
+    Session,
+    /// `App::write` called directly: no network, no protobuf.
+    InProcess,
+}
+
+impl Transport {
+    pub(crate) fn of(args: &BenchArgs) -> Transport {
+        match (args.in_process, args.session) {
+            (true, _) => Transport::InProcess,
+            (false, true) => Transport::Session,
+            (false, false) => Transport::Unary,
+        }
+    }
 }
 
 /// How `measure_ours` runs.
@@ -47,8 +72,7 @@ pub(crate) struct Ours {
     pub(crate) writers: usize,
     pub(crate) per_request: usize,
     pub(crate) seconds: f64,
-    /// Call the application layer directly instead of through gRPC.
-    pub(crate) in_process: bool,
+    pub(crate) transport: Transport,
     /// Keep the Merkle tree (off only to measure its cost).
     pub(crate) merkle: bool,
     /// Run the projector (off only to measure its cost).
@@ -176,7 +200,7 @@ pub(crate) async fn measure_ours(
         writers,
         per_request,
         seconds,
-        in_process,
+        transport,
         merkle,
         projections,
     } = ours;
@@ -208,56 +232,17 @@ pub(crate) async fn measure_ours(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let mut client = pb::ledger_client::LedgerClient::new(channels[w % channels.len()].clone());
+        let channel = channels[w % channels.len()].clone();
         let cmd = quote_statement(&source_id, "bench-speaker", "", STATED);
-        let direct = in_process.then(|| {
-            let c = crate::grpc::convert::record_statement(cmd.clone(), "command.")
-                .expect("the bench command converts");
-            (app.clone(), c)
-        });
+        let mut writer = BenchWriter::new(transport, channel, &app, cmd, per_request).await?;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                if let Some((app, command)) = &direct {
-                    let commands = (0..per_request)
-                        .map(|_| ClientCommand {
-                            command: command.clone(),
-                            expected: ExpectedRevision::Any,
-                        })
-                        .collect();
-                    let shape = if per_request == 1 {
-                        Shape::Single
-                    } else {
-                        Shape::Batch
-                    };
-                    app.write(WriteContext::default(), commands, shape)
-                        .await
-                        .map_err(tonic::Status::from)?;
-                } else if per_request == 1 {
-                    client
-                        .record_statement(pb::RecordStatementRequest {
-                            command: Some(cmd.clone()),
-                            ..Default::default()
-                        })
-                        .await?;
-                } else {
-                    let commands = (0..per_request)
-                        .map(|_| pb::BatchCommand {
-                            expected_revision: None,
-                            command: Some(pb::batch_command::Command::RecordStatement(cmd.clone())),
-                        })
-                        .collect();
-                    client
-                        .submit_batch(pb::SubmitBatchRequest {
-                            options: None,
-                            commands,
-                        })
-                        .await?;
-                }
+                writer.send().await?;
                 lat.push(t.elapsed());
             }
-            Ok::<_, tonic::Status>(lat)
+            Ok::<_, anyhow::Error>(lat)
         }));
     }
     let mut latencies = Vec::new();
@@ -292,6 +277,154 @@ pub(crate) async fn measure_ours(
         record,
         cpu,
     ))
+}
+
+/// One writer of `measure_ours`: sends a request of `per_request` statements and waits for it to be
+/// durable.
+enum BenchWriter {
+    Unary {
+        client: pb::ledger_client::LedgerClient<tonic::transport::Channel>,
+        cmd: pb::RecordStatementCommand,
+        per_request: usize,
+    },
+    Session {
+        requests: tokio::sync::mpsc::Sender<pb::AppendSessionRequest>,
+        answers: tonic::Streaming<pb::AppendSessionResponse>,
+        append: pb::SubmitBatchRequest,
+        next_id: u64,
+    },
+    InProcess {
+        app: App,
+        commands: Vec<ClientCommand>,
+        shape: Shape,
+    },
+}
+
+impl BenchWriter {
+    async fn new(
+        transport: Transport,
+        channel: tonic::transport::Channel,
+        app: &App,
+        cmd: pb::RecordStatementCommand,
+        per_request: usize,
+    ) -> anyhow::Result<BenchWriter> {
+        let batch = |cmd: &pb::RecordStatementCommand| pb::SubmitBatchRequest {
+            options: None,
+            commands: (0..per_request)
+                .map(|_| pb::BatchCommand {
+                    expected_revision: None,
+                    command: Some(pb::batch_command::Command::RecordStatement(cmd.clone())),
+                })
+                .collect(),
+        };
+        Ok(match transport {
+            Transport::Unary => BenchWriter::Unary {
+                client: pb::ledger_client::LedgerClient::new(channel),
+                cmd,
+                per_request,
+            },
+            Transport::Session => {
+                let (requests, rx) = tokio::sync::mpsc::channel(1);
+                let answers = pb::ledger_client::LedgerClient::new(channel)
+                    .append_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                BenchWriter::Session {
+                    requests,
+                    answers,
+                    append: batch(&cmd),
+                    next_id: 0,
+                }
+            }
+            Transport::InProcess => {
+                let command = crate::grpc::convert::record_statement(cmd, "command.")
+                    .map_err(|e| anyhow::anyhow!("the bench command does not convert: {e}"))?;
+                BenchWriter::InProcess {
+                    app: app.clone(),
+                    commands: vec![
+                        ClientCommand {
+                            command,
+                            expected: ExpectedRevision::Any,
+                        };
+                        per_request
+                    ],
+                    shape: if per_request == 1 {
+                        Shape::Single
+                    } else {
+                        Shape::Batch
+                    },
+                }
+            }
+        })
+    }
+
+    async fn send(&mut self) -> anyhow::Result<()> {
+        match self {
+            BenchWriter::Unary {
+                client,
+                cmd,
+                per_request: 1,
+            } => {
+                client
+                    .record_statement(pb::RecordStatementRequest {
+                        command: Some(cmd.clone()),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            BenchWriter::Unary {
+                client,
+                cmd,
+                per_request,
+            } => {
+                let commands = (0..*per_request)
+                    .map(|_| pb::BatchCommand {
+                        expected_revision: None,
+                        command: Some(pb::batch_command::Command::RecordStatement(cmd.clone())),
+                    })
+                    .collect();
+                client
+                    .submit_batch(pb::SubmitBatchRequest {
+                        options: None,
+                        commands,
+                    })
+                    .await?;
+            }
+            BenchWriter::Session {
+                requests,
+                answers,
+                append,
+                next_id,
+            } => {
+                *next_id += 1;
+                requests
+                    .send(pb::AppendSessionRequest {
+                        request_id: *next_id,
+                        append: Some(append.clone()),
+                    })
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the append session closed"))?;
+                let answer = answers
+                    .message()
+                    .await?
+                    .context("the append session ended early")?;
+                match answer.result {
+                    Some(pb::append_session_response::Result::Accepted(_))
+                        if answer.request_id == *next_id => {}
+                    other => anyhow::bail!("append {next_id} not accepted: {other:?}"),
+                }
+            }
+            BenchWriter::InProcess {
+                app,
+                commands,
+                shape,
+            } => {
+                app.write(WriteContext::default(), commands.clone(), *shape)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// CPU time (user + system) this process has used so far, all threads; zero where `/proc` is not
@@ -398,7 +531,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         writers: 1,
         per_request: 1,
         seconds: 0.3,
-        in_process: false,
+        transport: Transport::Unary,
         merkle: true,
         projections: true,
     };
@@ -429,7 +562,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                     writers,
                     per_request: per,
                     seconds: args.seconds,
-                    in_process: args.in_process,
+                    transport: Transport::of(&args),
                     merkle: true,
                     projections: !args.without_projections,
                 },
@@ -442,7 +575,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             base_cpu += process_cpu().saturating_sub(cpu_before);
             let baseline = before.pooled(after);
             // Only single-event requests are bounded by the request rate.
-            let noop = if per == 1 && !args.in_process {
+            let noop = if per == 1 && Transport::of(&args) == Transport::Unary {
                 let rate =
                     measure_noop_rpcs(&args.dir.join(format!("noop-{writers}")), writers, half)
                         .await?;

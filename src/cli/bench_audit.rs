@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::value::RawValue;
 
-use super::bench::{measure_ours, ms, percentile, Measured, Ours};
+use super::bench::{measure_ours, ms, percentile, Measured, Ours, Transport};
 use super::bench_query::{scan, when_released};
 use crate::log::{open_db, AppendRequest, Durability, EventLog, LogOptions, NewEvent};
 
@@ -70,7 +70,7 @@ async fn append_comparison(args: &AuditBenchArgs) -> anyhow::Result<()> {
                     writers,
                     per_request: 1,
                     seconds: half,
-                    in_process: false,
+                    transport: Transport::Unary,
                     merkle,
                     projections: true,
                 },

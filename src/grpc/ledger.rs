@@ -1,6 +1,10 @@
-//! `claimsledger.v1.Ledger`: one RPC per command plus `SubmitBatch`. Each handler only converts; the
+//! `claimsledger.v1.Ledger`: one RPC per command, `SubmitBatch`, and `AppendSession` (batches on one
+//! long-lived stream). Each handler only converts; the
 //! write path itself is `App::write`.
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::pb;
@@ -184,36 +188,98 @@ impl pb::ledger_server::Ledger for LedgerService {
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let ctx = recorded_by(&req);
         let r = req.into_inner();
-        let mut commands = Vec::with_capacity(r.commands.len());
-        for (i, c) in r.commands.into_iter().enumerate() {
-            let Some(inner) = c.command else {
-                return Err(
-                    AppError::invalid(format!("commands[{i}]"), "no command is set").into(),
-                );
-            };
-            let prefix = format!("commands[{i}].{}.", convert::batch_command_name(&inner));
-            commands.push(ClientCommand {
-                command: convert::batch_command(inner, &prefix)?,
-                expected: convert::expected_revision(c.expected_revision.as_ref()),
-            });
-        }
-        let w = self
-            .app
-            .write(with_options(ctx, r.options), commands, Shape::Batch)
-            .await?;
-        let results = w
-            .entity_ids
-            .iter()
-            .zip(&w.outcome.events)
-            .map(|(id, e)| pb::BatchCommandResult {
-                entity_id: id.clone(),
-                event: Some(convert::appended_pb(e)),
-            })
-            .collect();
-        Ok(Response::new(pb::SubmitBatchResponse {
-            results,
-            result: Some(result_pb(&w)),
-        }))
+        Ok(Response::new(batch(&self.app, ctx, r, "").await?))
+    }
+
+    type AppendSessionStream =
+        Pin<Box<dyn Stream<Item = Result<pb::AppendSessionResponse, Status>> + Send>>;
+
+    async fn append_session(
+        &self,
+        req: Request<Streaming<pb::AppendSessionRequest>>,
+    ) -> Result<Response<Self::AppendSessionStream>, Status> {
+        let ctx = recorded_by(&req);
+        let app = self.app.clone();
+        // `then` runs one append at a time, in arrival order: the next is read and decided only once
+        // this one is answered, which is what makes later appends see earlier ones.
+        let answers = req.into_inner().then(move |message| {
+            let (app, ctx) = (app.clone(), ctx.clone());
+            async move {
+                // A framing or decoding error ends the session with its status.
+                let message = message?;
+                let request_id = message.request_id;
+                let result = match message.append {
+                    None => Err(AppError::invalid("append", "is required").into()),
+                    Some(append) => batch(&app, ctx, append, "append.").await,
+                };
+                Ok(pb::AppendSessionResponse {
+                    request_id,
+                    result: Some(match result {
+                        Ok(accepted) => pb::append_session_response::Result::Accepted(accepted),
+                        Err(status) => {
+                            pb::append_session_response::Result::Refused(refusal(status))
+                        }
+                    }),
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// Applies a batch of commands atomically. `path` prefixes the field paths of violations (the
+/// batch's place in its message).
+async fn batch(
+    app: &App,
+    recorded_by: String,
+    r: pb::SubmitBatchRequest,
+    path: &str,
+) -> Result<pb::SubmitBatchResponse, Status> {
+    let mut commands = Vec::with_capacity(r.commands.len());
+    for (i, c) in r.commands.into_iter().enumerate() {
+        let Some(inner) = c.command else {
+            return Err(
+                AppError::invalid(format!("{path}commands[{i}]"), "no command is set").into(),
+            );
+        };
+        let prefix = format!(
+            "{path}commands[{i}].{}.",
+            convert::batch_command_name(&inner)
+        );
+        commands.push(ClientCommand {
+            command: convert::batch_command(inner, &prefix)?,
+            expected: convert::expected_revision(c.expected_revision.as_ref()),
+        });
+    }
+    let w = app
+        .write(with_options(recorded_by, r.options), commands, Shape::Batch)
+        .await?;
+    let results = w
+        .entity_ids
+        .iter()
+        .zip(&w.outcome.events)
+        .map(|(id, e)| pb::BatchCommandResult {
+            entity_id: id.clone(),
+            event: Some(convert::appended_pb(e)),
+        })
+        .collect();
+    Ok(pb::SubmitBatchResponse {
+        results,
+        result: Some(result_pb(&w)),
+    })
+}
+
+/// A refused append of a session: the status a unary call would have carried, with its details.
+fn refusal(status: Status) -> pb::AppendRefusal {
+    use prost::Message as _;
+    // The details of a status built by `grpc::status` are an encoded google.rpc.Status.
+    let details = tonic_types::Status::decode(status.details())
+        .map(|s| s.details)
+        .unwrap_or_default();
+    pb::AppendRefusal {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details,
     }
 }
 
