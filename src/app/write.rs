@@ -52,11 +52,25 @@ struct Expectation {
 /// causation ids, hashes, times, key names), an upper bound given their own limits.
 const ENVELOPE_ALLOWANCE: usize = 1024;
 
-/// Where field paths of a command start: `command.` for single RPCs, `commands[i].<kind>.` in batches.
+/// Where field paths of a command start: `command.` for single RPCs, `<at>commands[i].<kind>.` in
+/// batches, where `at` is the batch's place in its message (`append.` in an append session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Single,
-    Batch,
+    Batch { at: &'static str },
+}
+
+impl Shape {
+    /// A batch that is the whole request, as in `SubmitBatch`.
+    pub const BATCH: Shape = Shape::Batch { at: "" };
+
+    /// Where the request's own fields (`options`, `commands`) start.
+    pub fn at(self) -> &'static str {
+        match self {
+            Shape::Single => "",
+            Shape::Batch { at } => at,
+        }
+    }
 }
 
 const MAX_OPTION_LEN: usize = 128;
@@ -84,20 +98,17 @@ impl App {
         shape: Shape,
     ) -> Result<WriteOutcome, AppError> {
         let mut violations = Vec::new();
-        check_option(
-            &mut violations,
-            "options.idempotency_key",
-            &ctx.idempotency_key,
-        );
-        check_option(
-            &mut violations,
-            "options.correlation_id",
-            &ctx.correlation_id,
-        );
-        check_option(&mut violations, "options.causation_id", &ctx.causation_id);
+        let at = shape.at();
+        for (name, value) in [
+            ("idempotency_key", &ctx.idempotency_key),
+            ("correlation_id", &ctx.correlation_id),
+            ("causation_id", &ctx.causation_id),
+        ] {
+            check_option(&mut violations, &format!("{at}options.{name}"), value);
+        }
         if commands.is_empty() || commands.len() > MAX_BATCH {
             violations.push(FieldViolation {
-                field: "commands".into(),
+                field: format!("{at}commands"),
                 description: format!("must hold 1..{MAX_BATCH} commands, got {}", commands.len()),
             });
         }
@@ -147,7 +158,7 @@ impl App {
             if size > crate::log::MAX_RECORD_BYTES {
                 let field = match shape {
                     Shape::Single => "command".to_string(),
-                    Shape::Batch => format!("commands[{i}]"),
+                    Shape::Batch { at } => format!("{at}commands[{i}]"),
                 };
                 return Err(AppError::invalid(
                     field,
@@ -223,7 +234,7 @@ impl App {
         for (i, c) in commands.iter().enumerate() {
             let prefix = match shape {
                 Shape::Single => "command.".to_string(),
-                Shape::Batch => format!("commands[{i}].{}.", c.command.name()),
+                Shape::Batch { at } => format!("{at}commands[{i}].{}.", c.command.name()),
             };
             let decision = decide(&overlay, &c.command, &ctx)
                 .map_err(|e: DomainError| AppError::Domain(e.prefixed(&prefix)))?;

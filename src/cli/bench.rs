@@ -351,7 +351,7 @@ impl BenchWriter {
                     shape: if per_request == 1 {
                         Shape::Single
                     } else {
-                        Shape::Batch
+                        Shape::BATCH
                     },
                 }
             }

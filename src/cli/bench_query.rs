@@ -373,7 +373,7 @@ async fn write_batch(app: &App, commands: Vec<Cmd>) -> anyhow::Result<()> {
         recorded_by: RECORDED_BY.into(),
         ..Default::default()
     };
-    app.write(ctx, commands, Shape::Batch).await?;
+    app.write(ctx, commands, Shape::BATCH).await?;
     Ok(())
 }
 

@@ -144,7 +144,7 @@ async fn preload(dir: &Path, events: u64) -> anyhow::Result<(String, u64)> {
         }
         let n = (events - have).min(MAX_BATCH as u64) as usize;
         let batch = (0..n).map(|_| any(statement.clone())).collect();
-        app.write(context(), batch, Shape::Batch).await?;
+        app.write(context(), batch, Shape::BATCH).await?;
     }
     let count = app.log().durable_count();
     // Release the directory for the servers that follow.

@@ -188,7 +188,7 @@ impl pb::ledger_server::Ledger for LedgerService {
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let ctx = recorded_by(&req);
         let r = req.into_inner();
-        Ok(Response::new(batch(&self.app, ctx, r, "").await?))
+        Ok(Response::new(batch(&self.app, ctx, r, Shape::BATCH).await?))
     }
 
     type AppendSessionStream =
@@ -210,7 +210,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                 let request_id = message.request_id;
                 let result = match message.append {
                     None => Err(AppError::invalid("append", "is required").into()),
-                    Some(append) => batch(&app, ctx, append, "append.").await,
+                    Some(append) => batch(&app, ctx, append, SESSION_BATCH).await,
                 };
                 Ok(pb::AppendSessionResponse {
                     request_id,
@@ -227,14 +227,17 @@ impl pb::ledger_server::Ledger for LedgerService {
     }
 }
 
-/// Applies a batch of commands atomically. `path` prefixes the field paths of violations (the
-/// batch's place in its message).
+/// Where an append session's batch sits in its message, for field paths.
+const SESSION_BATCH: Shape = Shape::Batch { at: "append." };
+
+/// Applies a batch of commands atomically; `shape` says where the batch sits in its message.
 async fn batch(
     app: &App,
     recorded_by: String,
     r: pb::SubmitBatchRequest,
-    path: &str,
+    shape: Shape,
 ) -> Result<pb::SubmitBatchResponse, Status> {
+    let path = shape.at();
     let mut commands = Vec::with_capacity(r.commands.len());
     for (i, c) in r.commands.into_iter().enumerate() {
         let Some(inner) = c.command else {
@@ -252,7 +255,7 @@ async fn batch(
         });
     }
     let w = app
-        .write(with_options(recorded_by, r.options), commands, Shape::Batch)
+        .write(with_options(recorded_by, r.options), commands, shape)
         .await?;
     let results = w
         .entity_ids
