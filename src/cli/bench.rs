@@ -282,10 +282,15 @@ pub(crate) async fn measure_ours(
 /// One writer of `measure_ours`: sends a request of `per_request` statements and waits for it to be
 /// durable.
 enum BenchWriter {
-    Unary {
+    /// `RecordStatement`, for one event per request.
+    UnaryOne {
         client: pb::ledger_client::LedgerClient<tonic::transport::Channel>,
-        cmd: pb::RecordStatementCommand,
-        per_request: usize,
+        request: pb::RecordStatementRequest,
+    },
+    /// `SubmitBatch`, for several.
+    UnaryBatch {
+        client: pb::ledger_client::LedgerClient<tonic::transport::Channel>,
+        batch: pb::SubmitBatchRequest,
     },
     Session {
         requests: tokio::sync::mpsc::Sender<pb::AppendSessionRequest>,
@@ -318,10 +323,16 @@ impl BenchWriter {
                 .collect(),
         };
         Ok(match transport {
-            Transport::Unary => BenchWriter::Unary {
+            Transport::Unary if per_request == 1 => BenchWriter::UnaryOne {
                 client: pb::ledger_client::LedgerClient::new(channel),
-                cmd,
-                per_request,
+                request: pb::RecordStatementRequest {
+                    command: Some(cmd),
+                    ..Default::default()
+                },
+            },
+            Transport::Unary => BenchWriter::UnaryBatch {
+                client: pb::ledger_client::LedgerClient::new(channel),
+                batch: batch(&cmd),
             },
             Transport::Session => {
                 let (requests, rx) = tokio::sync::mpsc::channel(1);
@@ -360,35 +371,11 @@ impl BenchWriter {
 
     async fn send(&mut self) -> anyhow::Result<()> {
         match self {
-            BenchWriter::Unary {
-                client,
-                cmd,
-                per_request: 1,
-            } => {
-                client
-                    .record_statement(pb::RecordStatementRequest {
-                        command: Some(cmd.clone()),
-                        ..Default::default()
-                    })
-                    .await?;
+            BenchWriter::UnaryOne { client, request } => {
+                client.record_statement(request.clone()).await?;
             }
-            BenchWriter::Unary {
-                client,
-                cmd,
-                per_request,
-            } => {
-                let commands = (0..*per_request)
-                    .map(|_| pb::BatchCommand {
-                        expected_revision: None,
-                        command: Some(pb::batch_command::Command::RecordStatement(cmd.clone())),
-                    })
-                    .collect();
-                client
-                    .submit_batch(pb::SubmitBatchRequest {
-                        options: None,
-                        commands,
-                    })
-                    .await?;
+            BenchWriter::UnaryBatch { client, batch } => {
+                client.submit_batch(batch.clone()).await?;
             }
             BenchWriter::Session {
                 requests,
