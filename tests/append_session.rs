@@ -6,8 +6,8 @@
 //! would have failed with (code, message and google.rpc details, with field violations named
 //! relative to the session message, and re-parsable as a google.rpc.Status) while writing nothing
 //! and going on with the next append, deduplicates by idempotency key, serves several concurrent
-//! sessions without losing or sharing positions, and ends its response stream cleanly when the
-//! client closes its side.
+//! sessions without losing or sharing positions, ends its response stream cleanly when the client
+//! closes its side, and ends it with UNAVAILABLE when the server shuts down.
 mod common;
 
 use std::collections::BTreeSet;
@@ -801,4 +801,30 @@ async fn closing_the_request_side_ends_the_session_cleanly() {
         .expect("clean end")
         .is_none());
     assert_eq!(head(&s).await, 3);
+}
+
+#[tokio::test]
+async fn shutdown_ends_an_open_session_with_unavailable_and_keeps_its_answered_appends() {
+    let s = TestServer::start().await;
+    let mut session = Session::open(&s).await;
+    accepted(&session.call(1, Some(append(vec![register("kept")]))).await);
+    // The client keeps its side open: the server must not wait for it to stop.
+    let stopping = tokio::spawn(s.stop());
+    let end = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        session.answers.message(),
+    )
+    .await
+    .expect("the session must end at shutdown, not wait for the client")
+    .expect_err("the session must end with a status at shutdown");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("append session"), "{end:?}");
+    let dir = tokio::time::timeout(std::time::Duration::from_secs(30), stopping)
+        .await
+        .expect("the server must stop while a session is open")
+        .expect("stop");
+    session.close();
+    let again = TestServer::start_in(dir).await;
+    assert_eq!(head(&again).await, 1, "the answered append is on disk");
+    again.stop().await;
 }

@@ -30,8 +30,9 @@ pub enum AppError {
     /// The requested stream or event does not exist.
     #[error("{0} not found")]
     NotFound(String),
-    /// The server is shutting down. Reconnect and resume from the last position received.
-    #[error("the server is shutting down; resume from the last position received")]
+    /// The server is shutting down. Reconnect and resume: a subscription from the last position
+    /// received, an append session from its first append without an answer.
+    #[error("the server is shutting down; reconnect and resume (a subscription from the last position received, an append session from its first append without an answer, which was not applied)")]
     ShuttingDown,
     /// Writes are refused until restart (a sync failed). Retry against a healthy server.
     #[error("the ledger is not accepting writes")]

@@ -187,6 +187,19 @@ impl App {
         Ok(())
     }
 
+    /// Resolves once the server has begun to shut down (at once if it has). Long-lived calls end on it.
+    pub fn shutting_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|down| *down).await;
+        }
+    }
+
+    /// Whether the server has begun to shut down.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Ends every subscription (with `AppError::ShuttingDown`) so that a graceful shutdown can finish.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);

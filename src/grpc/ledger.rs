@@ -200,9 +200,14 @@ impl pb::ledger_server::Ledger for LedgerService {
     ) -> Result<Response<Self::AppendSessionStream>, Status> {
         let ctx = recorded_by(&req);
         let app = self.app.clone();
+        let ending = self.app.clone();
+        // At shutdown the session stops reading appends, finishes the one in hand, and ends with
+        // UNAVAILABLE: every append without an answer was not applied, so a client can resend it.
+        let requests =
+            futures_util::StreamExt::take_until(req.into_inner(), self.app.shutting_down());
         // `then` runs one append at a time, in arrival order: the next is read and decided only once
         // this one is answered, which is what makes later appends see earlier ones.
-        let answers = req.into_inner().then(move |message| {
+        let answers = requests.then(move |message| {
             let (app, ctx) = (app.clone(), ctx.clone());
             async move {
                 // A framing or decoding error ends the session with its status.
@@ -223,7 +228,12 @@ impl pb::ledger_server::Ledger for LedgerService {
                 })
             }
         });
-        Ok(Response::new(Box::pin(answers)))
+        let shut_down = tokio_stream::once(()).filter_map(move |()| {
+            ending
+                .is_shutting_down()
+                .then(|| Err(AppError::ShuttingDown.into()))
+        });
+        Ok(Response::new(Box::pin(answers.chain(shut_down))))
     }
 }
 
