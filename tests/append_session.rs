@@ -87,6 +87,12 @@ impl Session {
     fn close(&mut self) {
         self.tx.take();
     }
+
+    /// The response stream ends without error and without further answers.
+    async fn assert_ended_cleanly(&mut self) {
+        let end = self.answers.message().await.expect("clean end");
+        assert!(end.is_none(), "an answer after the end: {end:?}");
+    }
 }
 
 fn append(commands: Vec<C>) -> pb::SubmitBatchRequest {
@@ -329,12 +335,7 @@ async fn dependent_appends_sent_back_to_back_are_applied_in_order() {
     assert_eq!(head(&s).await, sent.len() as u64 + 2);
 
     session.close();
-    assert!(session
-        .answers
-        .message()
-        .await
-        .expect("clean end")
-        .is_none());
+    session.assert_ended_cleanly().await;
 }
 
 #[tokio::test]
@@ -492,12 +493,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
     );
 
     session.close();
-    assert!(session
-        .answers
-        .message()
-        .await
-        .expect("clean end")
-        .is_none());
+    session.assert_ended_cleanly().await;
 
     // Checked last, so that the checks above run even if the name is wrong.
     assert!(
@@ -764,24 +760,14 @@ async fn closing_the_request_side_ends_the_session_cleanly() {
     // No appends at all.
     let mut session = Session::open(&s).await;
     session.close();
-    assert!(session
-        .answers
-        .message()
-        .await
-        .expect("clean end")
-        .is_none());
+    session.assert_ended_cleanly().await;
 
     // After answered appends, including a refused one.
     let mut session = Session::open(&s).await;
     accepted(&session.call(1, Some(append(vec![register("one")]))).await);
     refused(&session.call(2, None).await);
     session.close();
-    assert!(session
-        .answers
-        .message()
-        .await
-        .expect("clean end")
-        .is_none());
+    session.assert_ended_cleanly().await;
 
     // Closed right after sending: the pending appends are still answered, then the stream ends.
     let mut session = Session::open(&s).await;
@@ -794,12 +780,7 @@ async fn closing_the_request_side_ends_the_session_cleanly() {
     assert_eq!(b.request_id, 4);
     assert_eq!(positions(accepted(&a)), vec![1]);
     assert_eq!(positions(accepted(&b)), vec![2]);
-    assert!(session
-        .answers
-        .message()
-        .await
-        .expect("clean end")
-        .is_none());
+    session.assert_ended_cleanly().await;
     assert_eq!(head(&s).await, 3);
 }
 
