@@ -1,6 +1,5 @@
 //! `claimsledger.v1.Ledger`: one RPC per command, `SubmitBatch`, and `AppendSession` (batches on one
-//! long-lived stream). Each handler only converts; the
-//! write path itself is `App::write`.
+//! long-lived stream). Each handler only converts; the write path itself is `App::write`.
 use std::pin::Pin;
 
 use tokio_stream::{Stream, StreamExt};
