@@ -13,7 +13,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use claims_ledger::checkpoint::{Checkpoint, Verifier};
 use claims_ledger::grpc::pb;
@@ -194,19 +193,6 @@ fn read_checkpoint(path: &Path, key: &str) -> Checkpoint {
 
 // ---- the disk by hand -------------------------------------------------------------------------
 
-fn open_db_retry(dir: &Path) -> sled::Db {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match open_db(dir) {
-            Ok(db) => return db,
-            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("open the db: {e}"),
-        }
-    }
-}
-
 /// The record bytes stored at `pos`, checked against the hash stored with them.
 fn record(db: &sled::Db, pos: u64) -> Vec<u8> {
     let (hash, bytes) = disk::stored_event(db, pos)
@@ -274,7 +260,7 @@ fn a_naive_rewrite_is_named_offline_and_fails_the_inclusion_check() {
     let sc = Scenario::new();
     let original;
     {
-        let db = open_db_retry(&sc.data);
+        let db = open_db(&sc.data).expect("open the db");
         let bytes = record(&db, TARGET);
         original = bytes.clone();
         let rec: Value = serde_json::from_slice(&bytes).expect("record JSON");
@@ -326,7 +312,7 @@ fn a_naive_rewrite_is_named_offline_and_fails_the_inclusion_check() {
     }
     stop(&mut server);
     assert_ne!(original, {
-        let db = open_db_retry(&sc.data);
+        let db = open_db(&sc.data).expect("open the db");
         disk::stored_event(&db, TARGET)
             .expect("read")
             .expect("event")
@@ -342,7 +328,7 @@ fn a_thorough_rewrite_passes_offline_verify_but_not_the_saved_checkpoint() {
     let forged_target_bytes;
     let rebuilt_root;
     {
-        let db = open_db_retry(&sc.data);
+        let db = open_db(&sc.data).expect("open the db");
         let (count, _) = head(&db);
         assert_eq!(count, sc.size);
         let mut prev = sha256(&record(&db, TARGET - 1));

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
@@ -79,34 +78,17 @@ fn options(durability: Durability) -> LogOptions {
     }
 }
 
-/// Runs `f` until it stops failing because sled's directory lock is still held by a log whose
-/// writer thread is exiting (at most ~5 s).
-fn retry_lock<T>(what: &str, mut f: impl FnMut() -> Result<T, LogError>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-}
-
 fn open_log(
     dir: &Path,
     durability: Durability,
     observer: Option<Arc<dyn CommitObserver>>,
 ) -> EventLog {
-    retry_lock("open the log", || {
-        EventLog::open(dir, options(durability), observer.clone())
-    })
+    EventLog::open(dir, options(durability), observer).expect("open the log")
 }
 
 /// Verifies `dir` offline once the (dropped) log has let go of it; the verification must pass.
 fn verify_ok(dir: &Path) -> VerifyReport {
-    match retry_lock("verify", || verify_dir(dir)) {
+    match verify_dir(dir).expect("verify") {
         Ok(report) => report,
         Err(m) => panic!("verification failed: {m}"),
     }

@@ -3,7 +3,6 @@
 //! and Merkle tiles, on the db `open_db` opens). `verify_dir` must name the first position that no
 //! longer holds, and pass an untouched log.
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use tempfile::TempDir;
@@ -12,8 +11,7 @@ use uuid::Uuid;
 use claims_ledger::log::disk;
 use claims_ledger::log::verify::{verify_dir, Mismatch, VerifyReport};
 use claims_ledger::log::{
-    open_db, sha256, AppendRequest, EventLog, ExpectedRevision, Hash, Head, LogError, LogOptions,
-    NewEvent,
+    open_db, sha256, AppendRequest, EventLog, ExpectedRevision, Hash, Head, LogOptions, NewEvent,
 };
 
 const EVENTS: u64 = 20;
@@ -31,23 +29,8 @@ fn new_event(stream: &str, payload: &str) -> NewEvent {
     }
 }
 
-/// Runs `f` until it stops failing because sled's directory lock is still held by a log (or db)
-/// that is shutting down (at most ~5 s).
-fn retry_lock<T>(what: &str, mut f: impl FnMut() -> Result<T, LogError>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-}
-
 fn verify(dir: &Path) -> Result<VerifyReport, Mismatch> {
-    retry_lock("verify", || verify_dir(dir))
+    verify_dir(dir).expect("verify")
 }
 
 /// Writes `total` events through the log in appends of `count(n)` events (`n` = events so far), each
@@ -114,7 +97,7 @@ async fn build_long_log(dir: &Path) -> Head {
 
 /// Opens the stopped log in `dir`, lets `tamper` change it on disk, and flushes.
 fn tamper_dir(dir: &Path, tamper: impl FnOnce(&sled::Db)) {
-    let db = retry_lock("open the db", || open_db(dir));
+    let db = open_db(dir).expect("open the db");
     tamper(&db);
     db.flush().unwrap();
     drop(db);

@@ -627,11 +627,9 @@ pub(crate) struct BenchServer {
 impl BenchServer {
     /// Opens the log durably (the default options), with or without projections, and serves it.
     pub(crate) async fn start(dir: &Path, projections: bool) -> anyhow::Result<BenchServer> {
-        let app = tokio::task::block_in_place(|| {
-            super::bench_query::when_released(dir, || {
-                App::open_with(dir, LogOptions::default(), projections)
-            })
-        })?;
+        let app =
+            tokio::task::block_in_place(|| App::open_with(dir, LogOptions::default(), projections))
+                .with_context(|| format!("opening {}", dir.display()))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = format!("http://{}", listener.local_addr()?);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -8,6 +8,7 @@
 //!   proof could possibly cost: one sled lookup plus its hash check).
 //! - **Verify**: `verify --data-dir` (hash chain, stream revisions, every Merkle leaf and stored tile,
 //!   the frontier) against a raw sled scan that reads every stored page, before and after, pooled.
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use clap::Args;
 use serde_json::value::RawValue;
 
 use super::bench::{measure_ours, ms, percentile, Measured, Ours, Transport};
-use super::bench_query::{scan, when_released};
+use super::bench_query::scan;
 use crate::log::{open_db, AppendRequest, Durability, EventLog, LogOptions, NewEvent};
 
 #[derive(Debug, Clone, Args)]
@@ -168,7 +169,8 @@ fn timed<T>(
 }
 
 fn proofs(dir: &Path, args: &AuditBenchArgs) -> anyhow::Result<()> {
-    let log = when_released(dir, || EventLog::open(dir, LogOptions::default(), None))?;
+    let log = EventLog::open(dir, LogOptions::default(), None)
+        .with_context(|| format!("opening {}", dir.display()))?;
     let n = log.durable_count();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let reads = timed(args.samples, || Ok(log.get(rng.below(n))?))?;
@@ -209,7 +211,7 @@ fn proofs(dir: &Path, args: &AuditBenchArgs) -> anyhow::Result<()> {
 
 fn verify_speed(dir: &Path, count: u64, json: bool) -> anyhow::Result<()> {
     let raw = |dir: &Path| -> anyhow::Result<Duration> {
-        let db = when_released(dir, || open_db(dir))?;
+        let db = open_db(dir).with_context(|| format!("opening {}", dir.display()))?;
         let started = Instant::now();
         let (events, _) = scan(&db)?;
         anyhow::ensure!(events == count, "raw scan found {events} of {count} events");
@@ -217,7 +219,8 @@ fn verify_speed(dir: &Path, count: u64, json: bool) -> anyhow::Result<()> {
     };
     let before = raw(dir)?;
     let started = Instant::now();
-    let report = when_released(dir, || crate::log::verify::verify_dir(dir))?
+    let report = crate::log::verify::verify_dir(dir)
+        .with_context(|| format!("opening {}", dir.display()))?
         .map_err(|m| anyhow::anyhow!("the benchmark log does not verify: {m}"))?;
     let verify = started.elapsed();
     anyhow::ensure!(report.merkle_root.is_some(), "the log kept no tree");

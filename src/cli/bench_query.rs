@@ -72,8 +72,6 @@ const QUERY_WRITERS: usize = 8;
 const APPEND_WRITERS: [usize; 2] = [8, 64];
 /// HTTP/2 connections the append writers share, as a client pool would.
 const MAX_CONNECTIONS: usize = 8;
-/// Longest wait for sled's directory lock to be released by a database that was just closed.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the projector to catch up with the log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Untimed work before a measured window: connections, sled caches, the first fsyncs.
@@ -417,24 +415,6 @@ async fn generate(dir: &Path, target: u64) -> anyhow::Result<Dataset> {
     })
 }
 
-/// Retries `open` until the database that held the directory lock has let go of it.
-pub(crate) fn when_released<T, E>(
-    what: &Path,
-    mut open: impl FnMut() -> Result<T, E>,
-) -> anyhow::Result<T>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let deadline = Instant::now() + LOCK_TIMEOUT;
-    loop {
-        match open() {
-            Ok(v) => return Ok(v),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", what.display())),
-        }
-    }
-}
-
 /// Timed raw scans of a closed log: the first on a freshly opened database, the second on the same
 /// handle with sled's cache warm.
 struct RawScans {
@@ -460,7 +440,7 @@ pub(crate) fn scan(db: &sled::Db) -> anyhow::Result<(u64, u64)> {
 }
 
 fn raw_scans(dir: &Path, count: u64) -> anyhow::Result<RawScans> {
-    let db = when_released(dir, || open_db(dir))?;
+    let db = open_db(dir).with_context(|| format!("opening {}", dir.display()))?;
     let started = Instant::now();
     let (events, bytes) = scan(&db)?;
     let cold = started.elapsed();
@@ -495,7 +475,8 @@ fn measure_rebuild(data: &Dataset) -> anyhow::Result<Rebuild> {
     let dir = &data.dir;
     let count = data.events;
     let before = raw_scans(dir, count)?;
-    let log = when_released(dir, || EventLog::open(dir, LogOptions::default(), None))?;
+    let log = EventLog::open(dir, LogOptions::default(), None)
+        .with_context(|| format!("opening {}", dir.display()))?;
     if log.durable_count() != count {
         bail!(
             "the log holds {} events, {count} were written",

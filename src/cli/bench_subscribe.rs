@@ -64,8 +64,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Shortest wait for the subscribers to receive everything once the writers stop; it grows with
 /// `--live-seconds`. A subscriber still behind after it counts as incomplete.
 const MIN_DRAIN: Duration = Duration::from_secs(20);
-/// Longest wait for sled's directory lock to be released by a log that was just closed.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Appends made before the first measurement and not counted.
 const WARM_UP_SECONDS: f64 = 1.0;
 const SPEAKER: &str = "bench-speaker";
@@ -152,20 +150,6 @@ async fn preload(dir: &Path, events: u64) -> anyhow::Result<(String, u64)> {
     Ok((source_id, count))
 }
 
-/// Opens sled on `dir` once the log that used it has let go of its lock.
-fn open_when_released(dir: &Path) -> anyhow::Result<sled::Db> {
-    let deadline = Instant::now() + LOCK_TIMEOUT;
-    loop {
-        match open_db(dir) {
-            Ok(db) => return Ok(db),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => {
-                return Err(e).with_context(|| format!("opening {} with sled", dir.display()))
-            }
-        }
-    }
-}
-
 /// Reads the stored events at positions `0..count` and checks the SHA-256 of each record against the
 /// hash stored beside it. Returns how many events it read, which must be `count`.
 fn scan(db: &sled::Db, count: u64) -> anyhow::Result<u64> {
@@ -193,7 +177,7 @@ fn scan(db: &sled::Db, count: u64) -> anyhow::Result<u64> {
 /// The baseline of catch-up: one untimed scan to warm sled's cache (ours runs after the server's
 /// replay has read everything), then a timed one.
 fn measure_raw_scan(dir: &Path, count: u64) -> anyhow::Result<Duration> {
-    let db = open_when_released(dir)?;
+    let db = open_db(dir).with_context(|| format!("opening {}", dir.display()))?;
     scan(&db, count)?;
     let started = Instant::now();
     let n = scan(&db, count)?;

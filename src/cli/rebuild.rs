@@ -7,7 +7,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::log::{EventLog, LogOptions};
+use crate::log::{EventLog, LogOptions, SLED_LOCKED};
 use crate::projection::Projections;
 
 /// Redraw the progress bar at most this often; a redraw per 512-event batch would flood a terminal.
@@ -15,9 +15,6 @@ const REDRAW: Duration = Duration::from_millis(100);
 
 /// Width of the bar itself, in characters.
 const BAR: usize = 30;
-
-/// sled's message when another process holds the database lock (sled 0.34, `config.rs`).
-const SLED_LOCKED: &str = "could not acquire lock";
 
 /// Turns an open error into a message that says what to do about it.
 fn open_error(what: &str, dir: &Path, err: impl std::fmt::Display) -> anyhow::Error {

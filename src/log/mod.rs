@@ -13,8 +13,8 @@ pub mod verify;
 
 pub use record::{decode, sha256, Hash, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES};
 pub use store::{
-    open_db, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability, EventLog,
-    ExpectedRevision, Head, Idempotency, LogOptions, NewEvent,
+    open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
+    EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, SLED_LOCKED,
 };
 
 /// Errors of the log. Variants say what the caller should do.

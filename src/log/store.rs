@@ -181,11 +181,30 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
     std::fs::create_dir_all(dir)?;
     // 16 MiB segments put sled's blob threshold at 4 MiB; a leaf holds at most ~17 entries of at most
     // MAX_RECORD_BYTES, so no leaf ever becomes an (unsynced) blob.
-    let db = sled::Config::new()
-        .path(dir)
-        .segment_size(16 << 20)
-        .open()?;
+    let db = open_sled(&sled::Config::new().path(dir).segment_size(16 << 20))?;
     Ok(db)
+}
+
+/// sled's message when another handle holds the directory's lock (sled 0.34, `config.rs`).
+pub const SLED_LOCKED: &str = "could not acquire lock";
+
+/// How long an open waits for a lock that is being released.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens `config`, waiting up to [`LOCK_WAIT`] while its directory is locked. sled lets go of the
+/// lock from background threads some time after the last handle drops, so a reopen in the same
+/// process (a restart, `verify` after a run) can briefly find it still held. A lock held by another
+/// live process still fails, only later.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(e) if e.to_string().contains(SLED_LOCKED) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The page holding position `pos`, if any: its first position and its bytes.
@@ -1281,6 +1300,23 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("layout 1"), "{e}"),
             Ok(r) => panic!("verify read a layout-1 directory: {r:?}"),
         }
+    }
+
+    /// A reopen waits for a handle that is letting go of the directory, instead of failing the
+    /// way a restart in the same process sometimes did.
+    #[test]
+    fn an_open_waits_for_the_lock_to_be_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open_db(dir.path()).expect("open");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        let db = open_db(dir.path()).expect("reopen once released");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        releaser.join().expect("releaser");
+        db.insert(b"k", b"v").expect("the reopened db writes");
     }
 
     /// Pages are found from any position inside them, and scans in both directions cross page

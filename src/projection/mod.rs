@@ -463,10 +463,7 @@ impl Projections {
     /// callers about to rebuild anyway (the offline `rebuild`), so they do not replay twice.
     pub fn open_unchecked(dir: &Path) -> Result<(Projections, bool), ProjectionError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 << 20)
-            .open()?;
+        let db = crate::log::open_sled(&sled::Config::new().path(dir).cache_capacity(256 << 20))?;
         let generation = match db.get(META_ACTIVE)? {
             Some(v) if v.len() == 8 => {
                 let mut b = [0u8; 8];
