@@ -14,6 +14,9 @@ use crate::app::{App, ClientCommand, Shape, WriteContext};
 use crate::grpc::pb;
 use crate::log::{open_db, ExpectedRevision, LogOptions};
 
+/// HTTP/2 connections the writers share, as a client pool would (at most one per writer).
+const CONNECTIONS: usize = 8;
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Scratch directory on the disk to measure (removed afterwards).
@@ -218,7 +221,7 @@ pub(crate) async fn measure_ours(
     let source_id = setup(&addr).await?;
     // A few HTTP/2 connections shared by the writers, as a client pool would.
     let mut channels = Vec::new();
-    for _ in 0..writers.clamp(1, 8) {
+    for _ in 0..writers.clamp(1, CONNECTIONS) {
         channels.push(
             tonic::transport::Endpoint::from_shared(addr.clone())?
                 .connect()
@@ -439,7 +442,7 @@ pub(crate) fn process_cpu() -> Duration {
 async fn measure_noop_rpcs(dir: &Path, writers: usize, seconds: f64) -> anyhow::Result<f64> {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let server = BenchServer::start(dir, false).await?;
-    let channels = server.channels(writers.clamp(1, 8)).await?;
+    let channels = server.channels(writers.clamp(1, CONNECTIONS)).await?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -525,8 +528,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let (_, _, record, _) = measure_ours(&warm_dir, warm_up).await?;
     let _ = std::fs::remove_dir_all(&warm_dir);
     if !args.json {
-        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms | ours CPU µs/event | baseline CPU µs/event | CPU ratio | no-op RPCs/s | no-op / baseline |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| writers | events/request | ours events/s | baseline events/s | ratio | ours p50 ms | ours p99 ms | ours events/sync | baseline events/sync | baseline sync p50 ms | ours CPU µs/event | baseline CPU µs/event | CPU ratio | no-op RPCs/s | no-op / baseline | raw sled via gRPC events/s | its events/sync | raw sled via gRPC / baseline |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for &per in &args.events_per_request {
         for &writers in &args.writers {
@@ -571,6 +574,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             } else {
                 None
             };
+            // The same calls answered by raw sled behind a bare gRPC server: ours cannot beat it.
+            let ceiling = if per == 1 && Transport::of(&args) == Transport::Unary {
+                let request = pb::RecordStatementRequest {
+                    command: Some(quote_statement(
+                        &uuid::Uuid::nil().to_string(),
+                        "bench-speaker",
+                        "",
+                        STATED,
+                    )),
+                    ..Default::default()
+                };
+                Some(
+                    super::bench_ceiling::measure_raw_sled_rpcs(
+                        &args.dir.join(format!("ceiling-{writers}")),
+                        writers,
+                        writers.clamp(1, CONNECTIONS),
+                        &record,
+                        request,
+                        half,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
             // CPU per event is steadier than throughput on a shared machine.
             let us_per_event =
                 |cpu: Duration, events: u64| cpu.as_secs_f64() * 1e6 / events.max(1) as f64;
@@ -591,11 +619,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                         "baseline_sync_p50_ms": ms(baseline.percentile(0.5)), "record_bytes": record.len(),
                         "requests": requests, "ours_cpu_us_per_event": ours_cpu,
                         "baseline_cpu_us_per_event": base_cpu, "noop_rpcs_per_s": noop,
+                        "raw_sled_rpcs_per_s": ceiling.map(|c| c.0),
+                        "raw_sled_rpcs_events_per_sync": ceiling.map(|c| c.1),
                     })
                 );
             } else {
                 println!(
-                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {group} | {:.2} | {ours_cpu:.0} | {base_cpu:.0} | {:.1} | {} | {} |",
+                    "| {writers} | {per} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {group} | {:.2} | {ours_cpu:.0} | {base_cpu:.0} | {:.1} | {} | {} | {} | {} | {} |",
                     ours.rate(),
                     baseline.rate(),
                     ratio,
@@ -606,6 +636,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                     ours_cpu / base_cpu.max(f64::MIN_POSITIVE),
                     noop.map_or("-".to_string(), |r| format!("{r:.0}")),
                     noop.map_or("-".to_string(), |r| format!("{:.2}", r / baseline.rate())),
+                    ceiling.map_or("-".to_string(), |(r, _)| format!("{r:.0}")),
+                    ceiling.map_or("-".to_string(), |(_, g)| format!("{g:.1}")),
+                    ceiling.map_or("-".to_string(), |(r, _)| format!("{:.2}", r / baseline.rate())),
                 );
             }
             let _ = std::fs::remove_dir_all(&run_dir);

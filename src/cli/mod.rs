@@ -6,6 +6,7 @@ pub mod audit_verify;
 pub mod backup;
 pub mod bench;
 pub mod bench_audit;
+pub mod bench_ceiling;
 pub mod bench_query;
 pub mod bench_subscribe;
 mod client;
