@@ -14,7 +14,8 @@
 //!   subscriptions get their own label; anonymous ones are reported as their maximum lag under
 //!   `subscription="anonymous"`, so the number of series stays bounded;
 //! - gRPC: [`GrpcMetricsLayer`], a `tower::Layer` for `tonic::transport::Server::builder().layer(..)`
-//!   that counts requests by method and status code and times them.
+//!   that counts requests by method and status code and times them; and the appends inside
+//!   `Ledger.AppendSession` streams ([`observe_session_append`]), which that layer sees as one call.
 //!
 //! The hot path takes no locks: histograms and counters are plain atomics. Only the labelled series
 //! sit in maps behind locks: per gRPC method (a read lock once per request; the write lock only the
@@ -196,6 +197,8 @@ struct Registry {
     grpc: RwLock<HashMap<Box<str>, Arc<MethodStats>>>,
     /// Paths beyond `MAX_METHODS`, unimplemented ones, and unprintable ones.
     grpc_other: Arc<MethodStats>,
+    /// Appends answered inside append sessions.
+    session_appends: MethodStats,
 }
 
 fn registry() -> &'static Registry {
@@ -212,12 +215,25 @@ fn registry() -> &'static Registry {
         subscriptions: Mutex::new(Subscriptions::default()),
         grpc: RwLock::new(HashMap::new()),
         grpc_other: Arc::new(MethodStats::new()),
+        session_appends: MethodStats::new(),
     })
 }
 
 /// One append acknowledged: `latency` from its arrival at the log to its reply after the sync.
 pub fn observe_append(latency: Duration) {
     registry().append.observe_duration(latency);
+}
+
+/// One append of an append session answered with gRPC status `code` (0 when accepted), `took`
+/// after its message arrived.
+pub fn observe_session_append(code: i32, took: Duration) {
+    let stats = &registry().session_appends;
+    let slot = usize::try_from(code)
+        .ok()
+        .filter(|c| *c < stats.codes.len())
+        .unwrap_or(2); // UNKNOWN
+    stats.codes[slot].fetch_add(1, Ordering::Relaxed);
+    stats.duration.observe_duration(took);
 }
 
 /// One sync of the log to disk (flush plus fdatasync) took `took`.
@@ -438,6 +454,28 @@ pub fn render() -> String {
             .duration
             .render(&mut out, name, &format!("method=\"{method}\""));
     }
+
+    let name = "claims_ledger_session_appends_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Appends answered inside Ledger.AppendSession streams, by the status code each carried.",
+    );
+    for (code, count) in CODE_NAMES.iter().zip(r.session_appends.codes.iter()) {
+        let count = count.load(Ordering::Relaxed);
+        if count > 0 {
+            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {count}");
+        }
+    }
+    let name = "claims_ledger_session_append_duration_seconds";
+    header(
+        &mut out,
+        name,
+        "histogram",
+        "Time from an append session message's arrival until its answer is ready.",
+    );
+    r.session_appends.duration.render(&mut out, name, "");
     out
 }
 

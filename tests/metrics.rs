@@ -345,6 +345,69 @@ async fn appends_move_the_log_metrics_by_exactly_what_was_written() {
     s.stop().await;
 }
 
+/// The appends inside an append session are counted one by one, by the status each carried, and
+/// timed; the gRPC layer sees the whole session as one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_session_appends_are_counted_by_status() {
+    let _serial = LOG_TESTS.lock().await;
+    let s = TestServer::start().await;
+    let before = parse_exposition(&metrics::render());
+    let register = |id: &str| pb::SubmitBatchRequest {
+        options: None,
+        commands: vec![pb::BatchCommand {
+            expected_revision: None,
+            command: Some(pb::batch_command::Command::RegisterParty(party(
+                id,
+                pb::PartyKind::Person,
+            ))),
+        }],
+    };
+    let messages = vec![
+        pb::AppendSessionRequest {
+            request_id: 1,
+            append: Some(register("session-metrics-a")),
+        },
+        // No append: refused with INVALID_ARGUMENT, and the session goes on.
+        pb::AppendSessionRequest {
+            request_id: 2,
+            append: None,
+        },
+        pb::AppendSessionRequest {
+            request_id: 3,
+            append: Some(register("session-metrics-b")),
+        },
+    ];
+    let mut answers = s
+        .ledger()
+        .await
+        .append_session(tokio_stream::iter(messages))
+        .await
+        .expect("open session")
+        .into_inner();
+    let mut refused = Vec::new();
+    while let Some(answer) = answers.message().await.expect("answer") {
+        if let Some(pb::append_session_response::Result::Refused(r)) = answer.result {
+            refused.push((answer.request_id, r.code));
+        }
+    }
+    assert_eq!(refused, vec![(2, tonic::Code::InvalidArgument as i32)]);
+
+    let after = parse_exposition(&metrics::render());
+    let delta = |series: &str| get(&after, series) - get(&before, series);
+    assert_eq!(
+        delta("claims_ledger_session_appends_total{code=\"OK\"}"),
+        2.0
+    );
+    assert_eq!(
+        delta("claims_ledger_session_appends_total{code=\"INVALID_ARGUMENT\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("claims_ledger_session_append_duration_seconds_count"),
+        3.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_subscriptions_are_counted_with_their_lag() {
     let _serial = LOG_TESTS.lock().await;

@@ -211,11 +211,14 @@ impl pb::ledger_server::Ledger for LedgerService {
             async move {
                 // A framing or decoding error ends the session with its status.
                 let message = message?;
+                let arrived = std::time::Instant::now();
                 let request_id = message.request_id;
                 let result = match message.append {
                     None => Err(AppError::invalid("append", "is required").into()),
                     Some(append) => batch(&app, ctx, append, SESSION_BATCH).await,
                 };
+                let code = result.as_ref().map_or_else(|s| s.code() as i32, |_| 0);
+                crate::metrics::observe_session_append(code, arrived.elapsed());
                 Ok(pb::AppendSessionResponse {
                     request_id,
                     result: Some(match result {
