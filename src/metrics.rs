@@ -435,12 +435,12 @@ pub fn render() -> String {
         "gRPC requests finished, by method and status code.",
     );
     for (method, stats) in &methods {
-        for (code, count) in CODE_NAMES.iter().zip(stats.codes.iter()) {
-            let count = count.load(Ordering::Relaxed);
-            if count > 0 {
-                let _ = writeln!(out, "{name}{{method=\"{method}\",code=\"{code}\"}} {count}");
-            }
-        }
+        render_codes(
+            &mut out,
+            name,
+            &format!("method=\"{method}\","),
+            &stats.codes,
+        );
     }
     let name = "claims_ledger_grpc_request_duration_seconds";
     header(
@@ -462,12 +462,7 @@ pub fn render() -> String {
         "counter",
         "Appends answered inside Ledger.AppendSession streams, by the status code each carried.",
     );
-    for (code, count) in CODE_NAMES.iter().zip(r.session_appends.codes.iter()) {
-        let count = count.load(Ordering::Relaxed);
-        if count > 0 {
-            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {count}");
-        }
-    }
+    render_codes(&mut out, name, "", &r.session_appends.codes);
     let name = "claims_ledger_session_append_duration_seconds";
     header(
         &mut out,
@@ -477,6 +472,16 @@ pub fn render() -> String {
     );
     r.session_appends.duration.render(&mut out, name, "");
     out
+}
+
+/// One sample per status code seen, labelled `{labels}code="..."` (`labels` ends with a comma).
+fn render_codes(out: &mut String, name: &str, labels: &str, codes: &[AtomicU64; 17]) {
+    for (code, count) in CODE_NAMES.iter().zip(codes.iter()) {
+        let count = count.load(Ordering::Relaxed);
+        if count > 0 {
+            let _ = writeln!(out, "{name}{{{labels}code=\"{code}\"}} {count}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -443,15 +443,43 @@ async fn measure_noop_rpcs(dir: &Path, writers: usize, seconds: f64) -> anyhow::
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let server = BenchServer::start(dir, false).await?;
     let channels = server.channels(writers.clamp(1, CONNECTIONS)).await?;
+    let (_, rate) = closed_loop(
+        &channels,
+        writers,
+        seconds,
+        HealthClient::new,
+        |mut c| async move { c.check(HealthCheckRequest::default()).await.map(drop) },
+    )
+    .await?;
+    server.stop().await?;
+    Ok(rate)
+}
+
+/// `writers` tasks, each with its own client on one of `channels`, making `call` back to back for
+/// `seconds`, each waiting for its answer before the next. Returns the calls answered and their rate.
+pub(crate) async fn closed_loop<C, F, Fut>(
+    channels: &[tonic::transport::Channel],
+    writers: usize,
+    seconds: f64,
+    client: impl Fn(tonic::transport::Channel) -> C,
+    call: F,
+) -> anyhow::Result<(u64, f64)>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
+    anyhow::ensure!(!channels.is_empty(), "no connection to call over");
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let mut client = HealthClient::new(channels[w % channels.len()].clone());
+        let (client, call) = (client(channels[w % channels.len()].clone()), call.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                client.check(HealthCheckRequest::default()).await?;
+                // A tonic client clone shares its connection; it is two reference counts.
+                call(client.clone()).await?;
                 n += 1;
             }
             Ok::<_, tonic::Status>(n)
@@ -461,9 +489,7 @@ async fn measure_noop_rpcs(dir: &Path, writers: usize, seconds: f64) -> anyhow::
     for t in tasks {
         calls += t.await??;
     }
-    let rate = calls as f64 / started.elapsed().as_secs_f64();
-    server.stop().await?;
-    Ok(rate)
+    Ok((calls, calls as f64 / started.elapsed().as_secs_f64()))
 }
 
 /// Raw sled: the same record bytes, `group` inserts per flush + fdatasync, on one thread.

@@ -164,26 +164,17 @@ pub(crate) async fn measure_raw_sled_rpcs(
                 .await?,
         );
     }
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let mut client = pb::ledger_client::LedgerClient::new(channels[w % channels.len()].clone());
-        let request = request.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                client.record_statement(request.clone()).await?;
-                n += 1;
-            }
-            Ok::<_, tonic::Status>(n)
-        }));
-    }
-    let mut calls = 0u64;
-    for t in tasks {
-        calls += t.await??;
-    }
-    let rate = calls as f64 / started.elapsed().as_secs_f64();
+    let (calls, rate) = super::bench::closed_loop(
+        &channels,
+        writers,
+        seconds,
+        pb::ledger_client::LedgerClient::new,
+        move |mut c| {
+            let request = request.clone();
+            async move { c.record_statement(request).await.map(drop) }
+        },
+    )
+    .await?;
     drop(channels);
     let _ = stop.send(());
     server.await??;
