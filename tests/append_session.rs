@@ -95,26 +95,13 @@ impl Session {
     }
 }
 
-fn append(commands: Vec<C>) -> pb::SubmitBatchRequest {
-    pb::SubmitBatchRequest {
-        options: None,
-        commands: commands
-            .into_iter()
-            .map(|c| pb::BatchCommand {
-                expected_revision: None,
-                command: Some(c),
-            })
-            .collect(),
-    }
-}
-
 fn keyed(key: &str, commands: Vec<C>) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {
         options: Some(pb::WriteOptions {
             idempotency_key: key.into(),
             ..Default::default()
         }),
-        ..append(commands)
+        ..batch_of(commands)
     }
 }
 
@@ -196,17 +183,6 @@ fn as_status(r: &pb::AppendRefusal) -> tonic::Status {
     tonic::Status::with_details(Code::from(r.code), r.message.clone(), bytes.into())
 }
 
-async fn head(server: &TestServer) -> u64 {
-    server
-        .events()
-        .await
-        .get_head(pb::GetHeadRequest {})
-        .await
-        .expect("head")
-        .into_inner()
-        .event_count
-}
-
 /// The stored event at `position`.
 async fn event_at(server: &TestServer, position: u64) -> pb::EventEnvelope {
     let page = server
@@ -282,7 +258,9 @@ async fn dependent_appends_sent_back_to_back_are_applied_in_order() {
         ),
     ];
     for (id, command, ..) in &sent {
-        session.send(*id, Some(append(vec![command.clone()]))).await;
+        session
+            .send(*id, Some(batch_of(vec![command.clone()])))
+            .await;
     }
 
     let mut all_positions = Vec::new();
@@ -305,7 +283,7 @@ async fn dependent_appends_sent_back_to_back_are_applied_in_order() {
         all_positions.windows(2).all(|w| w[0] < w[1]),
         "positions must increase in send order: {all_positions:?}"
     );
-    assert_eq!(head(&s).await, sent.len() as u64);
+    assert_eq!(s.head().await.event_count, sent.len() as u64);
 
     // The statement really is Lavrov's, from the source registered in the same session.
     let stored = event_at(&s, all_positions[2]).await;
@@ -323,7 +301,7 @@ async fn dependent_appends_sent_back_to_back_are_applied_in_order() {
     let answer = session
         .call(
             99,
-            Some(append(vec![register("group-a"), register("group-b")])),
+            Some(batch_of(vec![register("group-a"), register("group-b")])),
         )
         .await;
     let ok = accepted(&answer);
@@ -332,7 +310,7 @@ async fn dependent_appends_sent_back_to_back_are_applied_in_order() {
     let more = positions(ok);
     let last = *all_positions.last().unwrap();
     assert_eq!(more, vec![last + 1, last + 2]);
-    assert_eq!(head(&s).await, sent.len() as u64 + 2);
+    assert_eq!(s.head().await.event_count, sent.len() as u64 + 2);
 
     session.close();
     session.assert_ended_cleanly().await;
@@ -345,7 +323,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
     let a = session
         .call(
             1,
-            Some(append(vec![
+            Some(batch_of(vec![
                 C::RegisterParty(party("sergey-lavrov", pb::PartyKind::Person)),
                 source_with_id(SOURCE_ID),
             ])),
@@ -358,7 +336,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
     // next position.
     let mut after_refusal = async |session: &mut Session, what: &str| {
         assert_eq!(
-            head(&s).await,
+            s.head().await.event_count,
             next_position,
             "the refused {what} wrote something"
         );
@@ -366,7 +344,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
         let answer = session
             .call(
                 id,
-                Some(append(vec![register(&format!("after-{next_party}"))])),
+                Some(batch_of(vec![register(&format!("after-{next_party}"))])),
             )
             .await;
         let got = positions(accepted(&answer));
@@ -389,7 +367,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
     let mut bad_span = statement("sergey-lavrov", SOURCE_ID, QUOTE);
     bad_span.spans[0].exact = "something else".into();
     let answer = session
-        .call(2, Some(append(vec![C::RecordStatement(bad_span)])))
+        .call(2, Some(batch_of(vec![C::RecordStatement(bad_span)])))
         .await;
     let span_refusal = refused(&answer).clone();
     assert_eq!(span_refusal.code, Code::InvalidArgument as i32);
@@ -456,7 +434,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
     let answer = session
         .call(
             5,
-            Some(append(vec![C::RecordStatement(statement(
+            Some(batch_of(vec![C::RecordStatement(statement(
                 "nobody", SOURCE_ID, QUOTE,
             ))])),
         )
@@ -476,7 +454,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
     let answer = session
         .call(
             6,
-            Some(append(vec![
+            Some(batch_of(vec![
                 register("half-batch"),
                 C::RecordStatement(statement("nobody", SOURCE_ID, QUOTE)),
             ])),
@@ -485,7 +463,7 @@ async fn refusals_are_answered_in_the_stream_write_nothing_and_the_session_goes_
     assert_eq!(refused(&answer).code, Code::NotFound as i32);
     after_refusal(&mut session, "half-good batch").await;
     let answer = session
-        .call(7, Some(append(vec![register("half-batch")])))
+        .call(7, Some(batch_of(vec![register("half-batch")])))
         .await;
     assert!(
         !accepted(&answer).result.as_ref().unwrap().deduplicated,
@@ -510,7 +488,7 @@ async fn field_violations_are_named_relative_to_the_session_message() {
         &session
             .call(
                 1,
-                Some(append(vec![
+                Some(batch_of(vec![
                     C::RegisterParty(party("sergey-lavrov", pb::PartyKind::Person)),
                     source_with_id(SOURCE_ID),
                 ])),
@@ -534,19 +512,19 @@ async fn field_violations_are_named_relative_to_the_session_message() {
     let cases: Vec<(&str, pb::SubmitBatchRequest)> = vec![
         (
             "commands[1].record_statement.spans[0].exact",
-            append(vec![register("fine"), C::RecordStatement(bad_span)]),
+            batch_of(vec![register("fine"), C::RecordStatement(bad_span)]),
         ),
         (
             "commands[0].record_statement.stated_time.at",
-            append(vec![C::RecordStatement(late)]),
+            batch_of(vec![C::RecordStatement(late)]),
         ),
         (
             "commands[0].register_source.published_at",
-            append(vec![C::RegisterSource(bad_time)]),
+            batch_of(vec![C::RegisterSource(bad_time)]),
         ),
         (
             "commands[0].register_party.party_id",
-            append(vec![C::RegisterParty(party(
+            batch_of(vec![C::RegisterParty(party(
                 "Not A Slug",
                 pb::PartyKind::State,
             ))]),
@@ -564,7 +542,7 @@ async fn field_violations_are_named_relative_to_the_session_message() {
                 ],
             },
         ),
-        ("commands", append(vec![])),
+        ("commands", batch_of(vec![])),
         (
             "options.idempotency_key",
             keyed("has space", vec![register("fine")]),
@@ -603,7 +581,11 @@ async fn field_violations_are_named_relative_to_the_session_message() {
             wrong.push(format!("{field}: got {fields:?}, want {want:?}"));
         }
     }
-    assert_eq!(head(&s).await, 2, "refused appends wrote nothing");
+    assert_eq!(
+        s.head().await.event_count,
+        2,
+        "refused appends wrote nothing"
+    );
     assert!(
         wrong.is_empty(),
         "violations not named relative to AppendSessionRequest:\n{}",
@@ -631,7 +613,7 @@ async fn idempotency_keys_replay_in_a_session_and_conflicting_reuse_is_refused()
     let first_result = first.result.clone().unwrap();
     assert!(!first_result.deduplicated);
     let first_positions = positions(&first);
-    assert_eq!(head(&s).await, 2);
+    assert_eq!(s.head().await.event_count, 2);
 
     let again = session
         .call(
@@ -649,7 +631,7 @@ async fn idempotency_keys_replay_in_a_session_and_conflicting_reuse_is_refused()
     assert_eq!(again_result.events, first_result.events);
     assert_eq!(again_result.recorded_at, first_result.recorded_at);
     assert_eq!(again.results, first.results);
-    assert_eq!(head(&s).await, 2, "a replay writes nothing");
+    assert_eq!(s.head().await.event_count, 2, "a replay writes nothing");
 
     // The same key on SubmitBatch: the same write, so the same answer.
     let unary = s
@@ -673,7 +655,11 @@ async fn idempotency_keys_replay_in_a_session_and_conflicting_reuse_is_refused()
     let info = as_status(r).get_details_error_info().expect("error info");
     assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
     assert_eq!(info.metadata["idempotency_key"], "key-1");
-    assert_eq!(head(&s).await, 2, "a conflicting reuse writes nothing");
+    assert_eq!(
+        s.head().await.event_count,
+        2,
+        "a conflicting reuse writes nothing"
+    );
 
     // A key first used in the session replays there too, and the session goes on.
     let other = session
@@ -686,7 +672,7 @@ async fn idempotency_keys_replay_in_a_session_and_conflicting_reuse_is_refused()
         .await;
     assert!(accepted(&replay).result.as_ref().unwrap().deduplicated);
     assert_eq!(positions(accepted(&replay)), other_positions);
-    assert_eq!(head(&s).await, 3);
+    assert_eq!(s.head().await.event_count, 3);
 }
 
 #[tokio::test]
@@ -702,7 +688,7 @@ async fn concurrent_sessions_all_get_answers_at_distinct_positions() {
             for j in 0..APPENDS {
                 let id = i * 1000 + j;
                 session
-                    .send(id, Some(append(vec![register(&format!("s{i}-a{j}"))])))
+                    .send(id, Some(batch_of(vec![register(&format!("s{i}-a{j}"))])))
                     .await;
             }
             session.close();
@@ -742,7 +728,7 @@ async fn concurrent_sessions_all_get_answers_at_distinct_positions() {
     assert_eq!(all.len() as u64, total);
     let distinct: BTreeSet<u64> = all.iter().map(|(p, _)| *p).collect();
     assert_eq!(distinct.len() as u64, total, "positions must be distinct");
-    assert_eq!(head(&s).await, total);
+    assert_eq!(s.head().await.event_count, total);
     assert_eq!(
         distinct.into_iter().collect::<Vec<_>>(),
         (0..total).collect::<Vec<_>>(),
@@ -764,15 +750,17 @@ async fn closing_the_request_side_ends_the_session_cleanly() {
 
     // After answered appends, including a refused one.
     let mut session = Session::open(&s).await;
-    accepted(&session.call(1, Some(append(vec![register("one")]))).await);
+    accepted(&session.call(1, Some(batch_of(vec![register("one")]))).await);
     refused(&session.call(2, None).await);
     session.close();
     session.assert_ended_cleanly().await;
 
     // Closed right after sending: the pending appends are still answered, then the stream ends.
     let mut session = Session::open(&s).await;
-    session.send(3, Some(append(vec![register("two")]))).await;
-    session.send(4, Some(append(vec![register("three")]))).await;
+    session.send(3, Some(batch_of(vec![register("two")]))).await;
+    session
+        .send(4, Some(batch_of(vec![register("three")])))
+        .await;
     session.close();
     let a = session.next().await;
     assert_eq!(a.request_id, 3);
@@ -781,14 +769,18 @@ async fn closing_the_request_side_ends_the_session_cleanly() {
     assert_eq!(positions(accepted(&a)), vec![1]);
     assert_eq!(positions(accepted(&b)), vec![2]);
     session.assert_ended_cleanly().await;
-    assert_eq!(head(&s).await, 3);
+    assert_eq!(s.head().await.event_count, 3);
 }
 
 #[tokio::test]
 async fn shutdown_ends_an_open_session_with_unavailable_and_keeps_its_answered_appends() {
     let s = TestServer::start().await;
     let mut session = Session::open(&s).await;
-    accepted(&session.call(1, Some(append(vec![register("kept")]))).await);
+    accepted(
+        &session
+            .call(1, Some(batch_of(vec![register("kept")])))
+            .await,
+    );
     // The client keeps its side open: the server must not wait for it to stop.
     let stopping = tokio::spawn(s.stop());
     let end = tokio::time::timeout(
@@ -806,6 +798,10 @@ async fn shutdown_ends_an_open_session_with_unavailable_and_keeps_its_answered_a
         .expect("stop");
     session.close();
     let again = TestServer::start_in(dir).await;
-    assert_eq!(head(&again).await, 1, "the answered append is on disk");
+    assert_eq!(
+        again.head().await.event_count,
+        1,
+        "the answered append is on disk"
+    );
     again.stop().await;
 }

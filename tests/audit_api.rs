@@ -42,15 +42,6 @@ async fn audit(s: &TestServer) -> Audit {
     pb::audit_client::AuditClient::new(s.channel().await)
 }
 
-async fn head(s: &TestServer) -> pb::GetHeadResponse {
-    s.events()
-        .await
-        .get_head(pb::GetHeadRequest {})
-        .await
-        .expect("GetHead")
-        .into_inner()
-}
-
 /// Every event of the log, read page by page (1000 at a time) with ReadAll.
 async fn all_events(s: &TestServer) -> Vec<pb::EventEnvelope> {
     let mut c = s.events().await;
@@ -220,7 +211,7 @@ async fn checkpoints_are_signed_and_commit_to_every_stored_event() {
     );
 
     let events = all_events(&s).await;
-    let n = head(&s).await.event_count;
+    let n = s.head().await.event_count;
     assert!(n > 40, "the demo data holds the whole dataset ({n} events)");
     assert_eq!(events.len() as u64, n, "ReadAll returns every event");
     let leaves = leaves(&events);
@@ -330,7 +321,7 @@ async fn consistency_proofs_link_every_pair_of_signed_checkpoints() {
     let s = demo_server().await;
     let mut a = audit(&s).await;
     let v = pinned_key(&mut a).await;
-    let n = head(&s).await.event_count;
+    let n = s.head().await.event_count;
     let mut cps = Vec::new();
     for size in std::iter::once(0).chain(sizes(n)) {
         cps.push(signed(&mut a, &v, Some(size)).await.1);
@@ -602,7 +593,7 @@ async fn forged_consistency_proofs_and_forks_are_rejected() {
     let s = demo_server().await;
     let mut a = audit(&s).await;
     let v = pinned_key(&mut a).await;
-    let n = head(&s).await.event_count;
+    let n = s.head().await.event_count;
     let (_, new) = signed(&mut a, &v, None).await;
 
     // A non-power-of-two old size (the proof starts with a seed hash) and a power of two.
@@ -689,7 +680,7 @@ async fn forged_consistency_proofs_and_forks_are_rejected() {
     let fv = pinned_key(&mut fa).await;
     assert_eq!(fv.name(), v.name(), "same origin name");
     assert_ne!(fv, v, "another key");
-    assert_eq!(head(&fork).await.event_count, n, "same size");
+    assert_eq!(fork.head().await.event_count, n, "same size");
     let (fork_note, fork_old) = signed(&mut fa, &fv, Some(13)).await;
     let (_, fork_new) = signed(&mut fa, &fv, None).await;
     let (_, old) = signed(&mut a, &v, Some(13)).await;
@@ -967,7 +958,7 @@ async fn a_retracted_statement_stays_provably_in_the_log() {
 async fn requests_outside_the_log_are_out_of_range_and_write_nothing() {
     let s = demo_server().await;
     let mut a = audit(&s).await;
-    let before = head(&s).await;
+    let before = s.head().await;
     let n = before.event_count;
     assert!(n > 10);
 
@@ -1028,7 +1019,7 @@ async fn requests_outside_the_log_are_out_of_range_and_write_nothing() {
             Code::OutOfRange,
         );
     }
-    let after = head(&s).await;
+    let after = s.head().await;
     assert_eq!(
         (after.event_count, after.hash),
         (before.event_count, before.hash),

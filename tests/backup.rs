@@ -17,15 +17,6 @@ use claims_ledger::log::{sha256, LogOptions};
 use common::*;
 use serde_json::Value;
 
-async fn head(s: &TestServer) -> pb::GetHeadResponse {
-    s.events()
-        .await
-        .get_head(pb::GetHeadRequest {})
-        .await
-        .expect("head")
-        .into_inner()
-}
-
 async fn load_demo(s: &TestServer) {
     let dataset = claims_ledger::dataset::parse(claims_ledger::dataset::ISTANBUL).expect("dataset");
     s.app
@@ -170,7 +161,7 @@ async fn writer(s_addr: String, i: usize, source_id: String, stop: Arc<AtomicBoo
 
 async fn wait_for_count(s: &TestServer, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while head(s).await.event_count < at_least {
+    while s.head().await.event_count < at_least {
         assert!(Instant::now() < deadline, "writers too slow");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -180,7 +171,7 @@ async fn wait_for_count(s: &TestServer, at_least: u64) {
 async fn an_export_under_concurrent_writes_restores_byte_for_byte() {
     let s = TestServer::start().await;
     load_demo(&s).await;
-    let demo = head(&s).await.event_count;
+    let demo = s.head().await.event_count;
     let source_id = seed_writers(&s).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
@@ -204,7 +195,7 @@ async fn an_export_under_concurrent_writes_restores_byte_for_byte() {
     }
     assert!(n >= 1100 && n > demo);
     assert!(
-        head(&s).await.event_count > n,
+        s.head().await.event_count > n,
         "writes continued after the head was read"
     );
 
@@ -559,7 +550,7 @@ async fn run_bin(args: Vec<String>) -> (i32, String) {
 async fn the_cli_exports_restores_and_names_the_bad_line() {
     let s = TestServer::start().await;
     load_demo(&s).await;
-    let n = head(&s).await.event_count;
+    let n = s.head().await.event_count;
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("cli.ndjson");
     let path = |p: &Path| p.to_string_lossy().into_owned();
@@ -646,7 +637,7 @@ async fn large_events_are_exported_in_smaller_pages() {
         .await
         .expect("submit sources");
     }
-    let n = head(&s).await.event_count;
+    let n = s.head().await.event_count;
     assert_eq!(n, 150);
     let envelopes = s
         .app

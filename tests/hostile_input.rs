@@ -1601,19 +1601,6 @@ async fn head_of(s: &TestServer) -> Snapshot {
         .expect("GetHead answers")
 }
 
-fn batch_of(commands: Vec<pb::batch_command::Command>) -> pb::SubmitBatchRequest {
-    pb::SubmitBatchRequest {
-        options: None,
-        commands: commands
-            .into_iter()
-            .map(|c| pb::BatchCommand {
-                expected_revision: None,
-                command: Some(c),
-            })
-            .collect(),
-    }
-}
-
 #[tokio::test]
 async fn a_batch_over_max_batch_is_refused_whole() {
     let s = TestServer::start().await;

@@ -14,16 +14,6 @@ fn field_violations(s: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn head(server: &TestServer) -> pb::GetHeadResponse {
-    server
-        .events()
-        .await
-        .get_head(pb::GetHeadRequest {})
-        .await
-        .expect("head")
-        .into_inner()
-}
-
 /// Registers russia, sergey-lavrov and a source; returns the source id.
 async fn seed(c: &mut pb::ledger_client::LedgerClient<tonic::transport::Channel>) -> String {
     for p in [
@@ -109,7 +99,7 @@ async fn register_party_records_envelope_and_refuses_duplicates() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    assert_eq!(head(&s).await.event_count, 1, "nothing written on error");
+    assert_eq!(s.head().await.event_count, 1, "nothing written on error");
 }
 
 #[tokio::test]
@@ -156,7 +146,7 @@ async fn invalid_input_names_every_bad_field_and_writes_nothing() {
         field_violations(&err),
         vec!["options.idempotency_key".to_string()]
     );
-    assert_eq!(head(&s).await.event_count, 0);
+    assert_eq!(s.head().await.event_count, 0);
 }
 
 #[tokio::test]
@@ -180,7 +170,7 @@ async fn statements_need_exact_spans_and_known_references() {
         ok.result.unwrap().events[0].stream,
         format!("statement-{}", ok.statement_id)
     );
-    let before = head(&s).await.event_count;
+    let before = s.head().await.event_count;
 
     // Byte offsets instead of code points: the text before the quote has a curly quote (3 bytes).
     let mut bytes_span = statement("sergey-lavrov", &source_id, quote);
@@ -258,7 +248,7 @@ async fn statements_need_exact_spans_and_known_references() {
         vec!["command.stated_time.at".to_string()]
     );
     assert_eq!(
-        head(&s).await.event_count,
+        s.head().await.event_count,
         before,
         "nothing written on error"
     );
@@ -287,13 +277,13 @@ async fn idempotent_writes_replay_and_conflicting_reuse_is_refused() {
     assert_eq!(a.events, b.events);
     assert_eq!(a.recorded_at, b.recorded_at);
     assert_eq!(again.party_id, "ukraine");
-    assert_eq!(head(&s).await.event_count, 1);
+    assert_eq!(s.head().await.event_count, 1);
 
     let err = c.register_party(req("Ukraina")).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     let info = err.get_details_error_info().expect("error info");
     assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(head(&s).await.event_count, 1);
+    assert_eq!(s.head().await.event_count, 1);
 
     // Server-generated ids are part of the original answer, and replayed as such.
     let source_req = pb::RegisterSourceRequest {
@@ -312,7 +302,7 @@ async fn idempotent_writes_replay_and_conflicting_reuse_is_refused() {
     let s2 = c.register_source(source_req).await.unwrap().into_inner();
     assert!(!s1.source_id.is_empty());
     assert_eq!(s1.source_id, s2.source_id);
-    assert_eq!(head(&s).await.event_count, 2);
+    assert_eq!(s.head().await.event_count, 2);
 }
 
 #[tokio::test]
@@ -431,7 +421,7 @@ async fn batches_are_atomic_and_see_their_own_earlier_commands() {
         vec!["commands[2].record_statement.spans[0].exact".to_string()]
     );
     assert_eq!(
-        head(&s).await.event_count,
+        s.head().await.event_count,
         0,
         "a failed batch writes nothing"
     );
@@ -691,7 +681,7 @@ async fn concurrent_creations_of_one_id_yield_one_winner() {
         }
     }
     assert_eq!(ok, 1);
-    assert_eq!(head(&s).await.event_count, 1);
+    assert_eq!(s.head().await.event_count, 1);
 }
 
 #[tokio::test]
@@ -761,5 +751,5 @@ async fn oversized_and_out_of_range_input_is_refused_precisely() {
         .await
         .unwrap_err();
     assert_eq!(field_violations(&err), vec!["commands".to_string()]);
-    assert_eq!(head(&s).await.event_count, 0, "nothing written");
+    assert_eq!(s.head().await.event_count, 0, "nothing written");
 }

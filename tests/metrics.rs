@@ -352,15 +352,11 @@ async fn append_session_appends_are_counted_by_status() {
     let _serial = LOG_TESTS.lock().await;
     let s = TestServer::start().await;
     let before = parse_exposition(&metrics::render());
-    let register = |id: &str| pb::SubmitBatchRequest {
-        options: None,
-        commands: vec![pb::BatchCommand {
-            expected_revision: None,
-            command: Some(pb::batch_command::Command::RegisterParty(party(
-                id,
-                pb::PartyKind::Person,
-            ))),
-        }],
+    let register = |id: &str| {
+        batch_of(vec![pb::batch_command::Command::RegisterParty(party(
+            id,
+            pb::PartyKind::Person,
+        ))])
     };
     let messages = vec![
         pb::AppendSessionRequest {

@@ -23,16 +23,6 @@ fn fresh(min: u64) -> Option<pb::ReadConsistency> {
     Some(pb::ReadConsistency { min_position: min })
 }
 
-async fn log_count(s: &TestServer) -> u64 {
-    s.events()
-        .await
-        .get_head(pb::GetHeadRequest {})
-        .await
-        .expect("head")
-        .into_inner()
-        .event_count
-}
-
 async fn positions(q: &mut Query, party: &str, topic: &str, min: u64) -> Vec<pb::Position> {
     q.get_positions(pb::GetPositionsRequest {
         party_id: party.into(),
@@ -67,7 +57,7 @@ async fn demo() -> (TestServer, u64) {
         .load_dataset(&dataset, "demo-loader")
         .await
         .expect("load");
-    let n = log_count(&s).await;
+    let n = s.head().await.event_count;
     (s, n)
 }
 
@@ -839,7 +829,7 @@ async fn unknown_ids_bad_input_and_unreachable_positions_get_precise_statuses() 
         "{err:?}"
     );
     assert!(started.elapsed() >= std::time::Duration::from_millis(250));
-    assert_eq!(log_count(&s).await, n, "queries write nothing");
+    assert_eq!(s.head().await.event_count, n, "queries write nothing");
     s.stop().await;
 }
 

@@ -61,6 +61,16 @@ impl TestServer {
         pb::query_client::QueryClient::new(self.channel().await)
     }
 
+    /// The log's head, read over gRPC.
+    pub async fn head(&self) -> pb::GetHeadResponse {
+        self.events()
+            .await
+            .get_head(pb::GetHeadRequest {})
+            .await
+            .expect("GetHead")
+            .into_inner()
+    }
+
     pub async fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
         pb::admin_client::AdminClient::new(self.channel().await)
     }
@@ -186,6 +196,20 @@ impl Drop for ChildServer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A `SubmitBatch` request (or session append) of `commands`, without options or expectations.
+pub fn batch_of(commands: Vec<pb::batch_command::Command>) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        options: None,
+        commands: commands
+            .into_iter()
+            .map(|c| pb::BatchCommand {
+                expected_revision: None,
+                command: Some(c),
+            })
+            .collect(),
     }
 }
 
