@@ -277,16 +277,7 @@ async fn seed(ledger: &mut Ledger) {
         C::AssertClaim(cl),
     ];
     ledger
-        .submit_batch(pb::SubmitBatchRequest {
-            options: None,
-            commands: commands
-                .into_iter()
-                .map(|c| pb::BatchCommand {
-                    expected_revision: None,
-                    command: Some(c),
-                })
-                .collect(),
-        })
+        .submit_batch(batch_of(commands))
         .await
         .expect("seed batch");
 }
