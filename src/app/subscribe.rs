@@ -370,6 +370,7 @@ mod tests {
             recorded_by: "t".into(),
             correlation_id: None,
             causation_id: None,
+            idempotency: None,
             payload: serde_json::value::RawValue::from_string("{}".into()).expect("json"),
             stored,
         })

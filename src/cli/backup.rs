@@ -31,10 +31,14 @@
 //! then renames it into place (an existing empty directory is replaced, so a crash mid-restore
 //! never leaves a partial log there). On any failure nothing is left behind.
 //!
-//! Not in an export, so not restored: idempotency records (a retry, after a restore, of a write
-//! made before the backup is not deduplicated), named subscription cursors, the projections
-//! (rebuilt from the log on the first start), and the checkpoint signing key (copy `signing.key`
-//! into the restored directory to keep signing as the same log).
+//! Idempotency survives a restore: the first event of an append made under an idempotency key
+//! records the key in its stored bytes, and the import rebuilds the idempotency records from those
+//! (see `log::import`). A retry against the restored server of a write made before the backup gets
+//! the original answer, `deduplicated`.
+//!
+//! Not in an export, so not restored: named subscription cursors, the projections (rebuilt from the
+//! log on the first start), and the checkpoint signing key (copy `signing.key` into the restored
+//! directory to keep signing as the same log).
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -378,6 +382,8 @@ pub struct Restored {
     pub merkle_root: Hash,
     /// Whether the export carried a Merkle root to compare with (it did, and it matched).
     pub merkle_root_checked: bool,
+    /// Idempotency records rebuilt from the events.
+    pub idempotency_records: u64,
 }
 
 /// Why a restore failed: the 1-based line of the export at fault, when there is one.
@@ -419,11 +425,11 @@ pub fn restore(from: &Path, data_dir: &Path, json: bool) -> anyhow::Result<i32> 
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "data_dir": data_dir.display().to_string(), "events": r.events, "streams": r.streams, "head_hash": hex::encode(r.head_hash), "merkle_root": root, "merkle_root_checked": r.merkle_root_checked})
+                    serde_json::json!({"ok": true, "data_dir": data_dir.display().to_string(), "events": r.events, "streams": r.streams, "head_hash": hex::encode(r.head_hash), "merkle_root": root, "merkle_root_checked": r.merkle_root_checked, "idempotency_records": r.idempotency_records})
                 );
             } else {
                 println!(
-                    "restored {} events in {} streams into {}\nhead hash: {}\nMerkle root: {root} ({})\nnot restored: idempotency records, subscription cursors, the signing key; projections are rebuilt on the first start",
+                    "restored {} events in {} streams into {}\nhead hash: {}\nMerkle root: {root} ({})\nidempotency records rebuilt: {}\nnot restored: subscription cursors, the signing key; projections are rebuilt on the first start",
                     r.events,
                     r.streams,
                     data_dir.display(),
@@ -432,7 +438,8 @@ pub fn restore(from: &Path, data_dir: &Path, json: bool) -> anyhow::Result<i32> 
                         "matches the export's"
                     } else {
                         "the export carries none to compare with"
-                    }
+                    },
+                    r.idempotency_records
                 );
             }
             Ok(0)
@@ -668,11 +675,13 @@ fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
         }
     }
 
-    let summary = importer
-        .finish()
-        .map_err(|e| general(format!("writing {}: {e}", dir.display())))?;
+    let summary = importer.finish().map_err(|e| match e {
+        // The events ended inside an append: the trailer came too early.
+        LogError::Corrupt { reason, .. } => at(trailer_line, reason),
+        e => general(format!("writing {}: {e}", dir.display())),
+    })?;
     // Read the written directory back from disk as `verify` does, and compare.
-    let report = match verify_retrying(dir) {
+    let report = match verify_dir(dir) {
         Ok(Ok(r)) => r,
         Ok(Err(m)) => {
             return Err(at(
@@ -704,6 +713,7 @@ fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
         head_hash: report.head_hash,
         merkle_root: summary.merkle_root,
         merkle_root_checked: trailer_root.is_some(),
+        idempotency_records: summary.idempotency_records,
     })
 }
 
@@ -910,21 +920,6 @@ fn describe_bad_line(
         format!("not a valid trailer: {trailer_err}")
     } else {
         format!("not a valid event line: {event_err}")
-    }
-}
-
-/// `verify_dir`, waiting for sled to release the directory's lock after the importer closed it.
-fn verify_retrying(
-    dir: &Path,
-) -> Result<Result<log::verify::VerifyReport, log::verify::Mismatch>, LogError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match verify_dir(dir) {
-            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
     }
 }
 

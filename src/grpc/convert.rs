@@ -553,6 +553,11 @@ pub fn envelope_pb(rec: &RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
         hash: hex::encode(rec.hash),
         payload: Some(payload_pb(&event)),
         stored_bytes: rec.stored.clone(),
+        idempotency_key: rec
+            .idempotency
+            .as_ref()
+            .map(|m| m.key.clone())
+            .unwrap_or_default(),
     })
 }
 

@@ -13,26 +13,32 @@
 //! bytes, stream revisions are consecutive per stream, recorded time never goes backwards, and no
 //! record is larger than [`MAX_RECORD_BYTES`].
 //!
-//! What an import does NOT bring back, because an export does not carry it:
-//! - Idempotency records (`i` keys). A client that retries, against the restored log, a write it
-//!   made before the backup is not recognised as a retry: the write is decided again (appended a
-//!   second time, or refused by the domain rules, e.g. a party that already exists).
-//! - Subscription cursors (`c` keys). Named subscribers start again from the `from_position` they
-//!   pass, as if they had never acknowledged anything.
+//! Idempotency records (`i` keys) are rebuilt from the records themselves: the first event of an
+//! append made under a key carries the key, the request's content hash and the append's event count
+//! (see `record`). After a restore, a retry of a write made before the backup gets the original
+//! answer, and the same key with other content is refused, as on the original server. The importer
+//! refuses a mark that opens while another append is still open, an append whose events differ in
+//! `recorded_at`, a key seen twice, and a log that ends inside an append. Appends made before marks
+//! existed carry none and get no `i` key.
+//!
+//! What an import does NOT bring back, because an export does not carry it: subscription cursors
+//! (`c` keys). Named subscribers start again from the `from_position` they pass, as if they had
+//! never acknowledged anything.
 //!
 //! The projections (a separate database) are not imported either; they are rebuilt from the log on
 //! the first start.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
 use super::layout::{
-    head_value, tile_key, PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
+    head_value, idempotency_key, tile_key, PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY,
+    LAYOUT_VERSION,
 };
 use super::record::{self, Hash, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES};
-use super::store::open_db;
+use super::store::{open_db, Appended, IdempotencyRecord};
 use super::tiles::Tiles;
 use super::LogError;
 use crate::merkle::{self, Frontier};
@@ -52,6 +58,8 @@ pub struct ImportSummary {
     pub head_hash: Hash,
     /// The RFC 6962 root over every event.
     pub merkle_root: Hash,
+    /// Idempotency records rebuilt from the events' marks.
+    pub idempotency_records: u64,
 }
 
 /// Writes a log into an empty data directory, event by event. See the module documentation.
@@ -70,6 +78,20 @@ pub struct Importer {
     head_hash: Hash,
     frontier: Frontier,
     last_recorded: Option<DateTime<Utc>>,
+    /// The append under an idempotency key whose events are still arriving.
+    open: Option<OpenAppend>,
+    /// Every idempotency key seen, to refuse one used twice.
+    keys: HashSet<String>,
+    /// `i` keys written.
+    idempotency_records: u64,
+}
+
+/// An append made under an idempotency key, being collected event by event.
+struct OpenAppend {
+    key: String,
+    record: IdempotencyRecord,
+    /// Events of the append not yet pushed.
+    remaining: u32,
 }
 
 impl Importer {
@@ -94,6 +116,9 @@ impl Importer {
             head_hash: GENESIS_HASH,
             frontier: Frontier::new(),
             last_recorded: None,
+            open: None,
+            keys: HashSet::new(),
+            idempotency_records: 0,
         })
     }
 
@@ -162,7 +187,49 @@ impl Importer {
                 last.to_rfc3339()
             ));
         }
+        match (&rec.idempotency, &self.open) {
+            (Some(mark), Some(open)) => {
+                return refuse(format!(
+                    "an append under idempotency key {:?} starts while the one under {:?} still \
+                     lacks {} event(s)",
+                    mark.key, open.key, open.remaining
+                ))
+            }
+            (Some(mark), None) if self.keys.contains(&mark.key) => {
+                return refuse(format!("idempotency key {:?} used a second time", mark.key))
+            }
+            (None, Some(open)) if open.record.recorded_at != rec.recorded_at => {
+                return refuse(format!(
+                    "recorded_at differs within the append under idempotency key {:?}",
+                    open.key
+                ))
+            }
+            _ => {}
+        }
         // Every check passed: stage it.
+        if let Some(mark) = &rec.idempotency {
+            self.keys.insert(mark.key.clone());
+            self.open = Some(OpenAppend {
+                key: mark.key.clone(),
+                record: IdempotencyRecord {
+                    content_hash: mark.content_hash,
+                    recorded_at: rec.recorded_at,
+                    events: Vec::with_capacity(mark.events as usize),
+                },
+                remaining: mark.events,
+            });
+        }
+        if let Some(mut open) = self.open.take() {
+            open.record.events.push(Appended::from(rec));
+            open.remaining -= 1;
+            if open.remaining == 0 {
+                self.batch
+                    .insert(idempotency_key(&open.key), open.record.to_bytes()?);
+                self.idempotency_records += 1;
+            } else {
+                self.open = Some(open);
+            }
+        }
         self.pages.push(position, &rec.hash, &rec.stored);
         let batch = &mut self.batch;
         self.tiles.push(
@@ -203,6 +270,15 @@ impl Importer {
 
     /// Applies what is staged, flushes sled and fsyncs its files and the directory.
     pub fn finish(mut self) -> Result<ImportSummary, LogError> {
+        if let Some(open) = &self.open {
+            return Err(LogError::Corrupt {
+                position: self.count,
+                reason: format!(
+                    "the log ends inside the append under idempotency key {:?}, {} event(s) short",
+                    open.key, open.remaining
+                ),
+            });
+        }
         self.apply()?;
         self.db.flush()?;
         sync_dir_files(&self.dir)?;
@@ -215,6 +291,7 @@ impl Importer {
             streams: self.revisions.len(),
             head_hash: self.head_hash,
             merkle_root: self.frontier.root(),
+            idempotency_records: self.idempotency_records,
         })
     }
 }
@@ -241,6 +318,25 @@ mod tests {
 
     /// A chain of `n` records over `streams` streams, round robin.
     fn chain(n: u64, streams: u64) -> Vec<RecordedEvent> {
+        marked_chain(n, streams, &[])
+    }
+
+    /// Like [`chain`], with `marks[i] = (position, mark)` put on those positions.
+    fn marked_chain(
+        n: u64,
+        streams: u64,
+        marks: &[(u64, record::IdempotencyMark)],
+    ) -> Vec<RecordedEvent> {
+        marked_chain_at(n, streams, marks, |_| 0)
+    }
+
+    /// Like [`marked_chain`], the event at position p recorded `seconds(p)` after a fixed time.
+    fn marked_chain_at(
+        n: u64,
+        streams: u64,
+        marks: &[(u64, record::IdempotencyMark)],
+        seconds: impl Fn(u64) -> i64,
+    ) -> Vec<RecordedEvent> {
         let mut prev = GENESIS_HASH;
         let mut revisions: HashMap<String, u64> = HashMap::new();
         let payload = RawValue::from_string(r#"{"x":1}"#.into()).expect("fixture");
@@ -257,10 +353,11 @@ mod tests {
                 stream_revision: *rev,
                 event_type: "T",
                 schema_version: 1,
-                recorded_at: at,
+                recorded_at: at + chrono::Duration::seconds(seconds(position)),
                 recorded_by: "test",
                 correlation_id: None,
                 causation_id: None,
+                idempotency: marks.iter().find(|(p, _)| *p == position).map(|(_, m)| m),
                 payload: &payload,
             })
             .expect("fixture");
@@ -321,26 +418,94 @@ mod tests {
         assert_eq!(imp.finish().expect("finish").events, 2);
     }
 
+    fn mark(key: &str, events: u32) -> record::IdempotencyMark {
+        record::IdempotencyMark {
+            key: key.into(),
+            content_hash: record::sha256(key.as_bytes()),
+            events,
+        }
+    }
+
+    #[test]
+    fn idempotency_records_are_rebuilt_from_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // An append of 3 events under "a" at 1..=3, one of 1 under "b" at 5; 0, 4 and 6 unmarked.
+        let events = marked_chain(7, 2, &[(1, mark("a", 3)), (5, mark("b", 1))]);
+        let mut imp = Importer::create(dir.path()).expect("create");
+        for e in &events {
+            imp.push(e).expect("push");
+        }
+        let summary = imp.finish().expect("finish");
+        assert_eq!(summary.idempotency_records, 2);
+        let db = open_db(dir.path()).expect("reopen");
+        let read = |key: &str| -> IdempotencyRecord {
+            let v = db
+                .get(idempotency_key(key))
+                .expect("get")
+                .expect("an `i` record");
+            serde_json::from_slice(&v).expect("decodes")
+        };
+        let a = read("a");
+        assert_eq!(a.content_hash, record::sha256(b"a"));
+        assert_eq!(a.recorded_at, events[1].recorded_at);
+        assert_eq!(
+            a.events,
+            events[1..=3].iter().map(Appended::from).collect::<Vec<_>>()
+        );
+        let b = read("b");
+        assert_eq!(b.events, vec![Appended::from(&events[5])]);
+        let i_keys = db.scan_prefix([super::super::layout::IDEMPOTENCY]).count();
+        assert_eq!(i_keys, 2, "only marked appends get an `i` record");
+    }
+
+    #[test]
+    fn broken_appends_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A second mark while the first append still lacks an event.
+        let overlapping = marked_chain(3, 1, &[(0, mark("a", 2)), (1, mark("b", 1))]);
+        let mut imp = Importer::create(dir.path()).expect("create");
+        imp.push(&overlapping[0]).expect("push");
+        let err = imp.push(&overlapping[1]).expect_err("overlap");
+        assert!(err.to_string().contains("still lacks 1 event"), "{err}");
+        assert_eq!(imp.count(), 1, "a refused event changes nothing");
+
+        // The same key twice.
+        let twice = marked_chain(2, 1, &[(0, mark("a", 1)), (1, mark("a", 1))]);
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let mut imp = Importer::create(dir2.path()).expect("create");
+        imp.push(&twice[0]).expect("push");
+        let err = imp.push(&twice[1]).expect_err("reused key");
+        assert!(err.to_string().contains("a second time"), "{err}");
+
+        // An append whose events were recorded at different times.
+        let split = marked_chain_at(2, 1, &[(0, mark("a", 2))], |p| p as i64);
+        let dir4 = tempfile::tempdir().expect("tempdir");
+        let mut imp = Importer::create(dir4.path()).expect("create");
+        imp.push(&split[0]).expect("push");
+        let err = imp.push(&split[1]).expect_err("split append");
+        assert!(err.to_string().contains("recorded_at differs"), "{err}");
+
+        // The log ends inside an append.
+        let short = marked_chain(2, 1, &[(1, mark("a", 2))]);
+        let dir3 = tempfile::tempdir().expect("tempdir");
+        let mut imp = Importer::create(dir3.path()).expect("create");
+        for e in &short {
+            imp.push(e).expect("push");
+        }
+        let err = imp.finish().expect_err("ends inside an append");
+        assert!(err.to_string().contains("1 event(s) short"), "{err}");
+    }
+
     #[test]
     fn a_directory_with_data_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut imp = Importer::create(dir.path()).expect("create");
         imp.push(&chain(1, 1)[0]).expect("push");
         imp.finish().expect("finish");
-        // sled may take a moment to release its lock after the last handle is dropped.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Importer::create(dir.path()) {
-                Err(e) if e.to_string().contains("lock") => {
-                    assert!(std::time::Instant::now() < deadline, "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => {
-                    assert!(e.to_string().contains("already holds a log"), "{e}");
-                    break;
-                }
-                Ok(_) => panic!("a directory with a log was accepted"),
-            }
+        // `open_db` waits for the lock the finished import's threads are still releasing.
+        match Importer::create(dir.path()) {
+            Err(e) => assert!(e.to_string().contains("already holds a log"), "{e}"),
+            Ok(_) => panic!("a directory with a log was accepted"),
         }
     }
 }

@@ -11,7 +11,9 @@ mod store;
 mod tiles;
 pub mod verify;
 
-pub use record::{decode, sha256, Hash, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES};
+pub use record::{
+    decode, sha256, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES,
+};
 pub use store::{
     open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
     EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, SLED_LOCKED,

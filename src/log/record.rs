@@ -1,6 +1,12 @@
 //! The stored form of one event: canonical JSON bytes holding the whole envelope, the link to the
 //! previous event's hash, and the payload. The SHA-256 of exactly these bytes is the event's hash, so an
 //! auditor can recompute it from what is on disk without knowing any Rust type.
+//!
+//! The first event of an append made under an idempotency key also records that key, the hash of
+//! the request's content and how many events the append holds. The log itself is then the source of
+//! truth for idempotency: the `i` index is derived from it, and a restore rebuilds it from the
+//! export (see `import`). The field is absent otherwise, so records written before it existed keep
+//! their bytes and hashes.
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -40,7 +46,34 @@ struct RecordOut<'a> {
     correlation_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     causation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency: Option<MarkOut<'a>>,
     payload: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct MarkOut<'a> {
+    key: &'a str,
+    content_hash: String,
+    events: u32,
+}
+
+#[derive(Deserialize)]
+struct MarkIn {
+    key: String,
+    content_hash: String,
+    events: u32,
+}
+
+/// Carried by the first event of an append made under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyMark {
+    /// The client's idempotency key.
+    pub key: String,
+    /// Hash of the request's content, to refuse the same key with other content.
+    pub content_hash: Hash,
+    /// Events in the append, this one included; they hold consecutive positions.
+    pub events: u32,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +91,8 @@ struct RecordIn {
     correlation_id: Option<String>,
     #[serde(default)]
     causation_id: Option<String>,
+    #[serde(default)]
+    idempotency: Option<MarkIn>,
     payload: Box<RawValue>,
 }
 
@@ -76,6 +111,8 @@ pub struct RecordedEvent {
     pub recorded_by: String,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
+    /// Present on the first event of an append made under an idempotency key.
+    pub idempotency: Option<IdempotencyMark>,
     /// The payload JSON, a slice of `stored`.
     pub payload: Box<RawValue>,
     /// The exact stored bytes.
@@ -95,6 +132,8 @@ pub(crate) struct Encode<'a> {
     pub recorded_by: &'a str,
     pub correlation_id: Option<&'a str>,
     pub causation_id: Option<&'a str>,
+    /// Only on the first event of an append made under an idempotency key.
+    pub idempotency: Option<&'a IdempotencyMark>,
     pub payload: &'a RawValue,
 }
 
@@ -111,6 +150,11 @@ pub(crate) fn encode(e: &Encode<'_>) -> Result<Vec<u8>, LogError> {
         recorded_by: e.recorded_by,
         correlation_id: e.correlation_id,
         causation_id: e.causation_id,
+        idempotency: e.idempotency.map(|m| MarkOut {
+            key: &m.key,
+            content_hash: hex::encode(m.content_hash),
+            events: m.events,
+        }),
         payload: e.payload,
     };
     let bytes = serde_json::to_vec(&out).map_err(|e| LogError::Encode(e.to_string()))?;
@@ -131,6 +175,22 @@ pub fn decode(position: u64, stored: Vec<u8>) -> Result<RecordedEvent, LogError>
     let mut prev_hash = [0u8; 32];
     hex::decode_to_slice(&r.prev_hash, &mut prev_hash)
         .map_err(|e| corrupt(format!("bad prev_hash: {e}")))?;
+    let idempotency = match r.idempotency {
+        Some(m) => {
+            let mut content_hash = [0u8; 32];
+            hex::decode_to_slice(&m.content_hash, &mut content_hash)
+                .map_err(|e| corrupt(format!("bad idempotency content_hash: {e}")))?;
+            if m.events == 0 {
+                return Err(corrupt("an idempotency mark over 0 events".into()));
+            }
+            Some(IdempotencyMark {
+                key: m.key,
+                content_hash,
+                events: m.events,
+            })
+        }
+        None => None,
+    };
     Ok(RecordedEvent {
         position: r.position,
         prev_hash,
@@ -144,6 +204,7 @@ pub fn decode(position: u64, stored: Vec<u8>) -> Result<RecordedEvent, LogError>
         recorded_by: r.recorded_by,
         correlation_id: r.correlation_id,
         causation_id: r.causation_id,
+        idempotency,
         payload: r.payload,
         stored,
     })
@@ -181,6 +242,7 @@ mod tests {
             recorded_by: "tester",
             correlation_id: Some("c"),
             causation_id: None,
+            idempotency: None,
             payload,
         })
     }
@@ -211,6 +273,48 @@ mod tests {
             sha256(&sample(&payload, &[4u8; 32]).expect("test fixture is valid")),
             rec.hash
         );
+    }
+
+    #[test]
+    fn an_idempotency_mark_round_trips_and_is_absent_otherwise() {
+        let payload = RawValue::from_string(r#"{"x":1}"#.into()).expect("fixture");
+        let plain = sample(&payload, &GENESIS_HASH).expect("fixture");
+        assert!(!String::from_utf8_lossy(&plain).contains("idempotency"));
+        assert_eq!(decode(4, plain).expect("readable").idempotency, None);
+
+        let mark = IdempotencyMark {
+            key: "retry-me".into(),
+            content_hash: [7u8; 32],
+            events: 3,
+        };
+        let marked = encode(&Encode {
+            position: 4,
+            prev_hash: &GENESIS_HASH,
+            event_id: Uuid::nil(),
+            stream: "s",
+            stream_revision: 0,
+            event_type: "T",
+            schema_version: 1,
+            recorded_at: DateTime::from_timestamp(1_717_545_600, 0).expect("fixture"),
+            recorded_by: "tester",
+            correlation_id: None,
+            causation_id: None,
+            idempotency: Some(&mark),
+            payload: &payload,
+        })
+        .expect("fixture");
+        assert_eq!(
+            decode(4, marked.clone()).expect("readable").idempotency,
+            Some(mark)
+        );
+        // A mark over no events can't be made by the writer, so it is corruption.
+        let zero = String::from_utf8(marked)
+            .expect("utf-8")
+            .replace("\"events\":3", "\"events\":0");
+        assert!(matches!(
+            decode(4, zero.into_bytes()),
+            Err(LogError::Corrupt { position: 4, .. })
+        ));
     }
 
     #[test]

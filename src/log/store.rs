@@ -25,7 +25,7 @@ use super::layout::{
     be_u64, cursor_key, frames, head_value, idempotency_key, page_first, page_key, parse_head,
     PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
 };
-use super::record::{self, Encode, Hash, RecordedEvent, GENESIS_HASH};
+use super::record::{self, Encode, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH};
 use super::tiles::{stage_tree, TileNodes, Tiles};
 use super::LogError;
 use crate::merkle::{self, Frontier};
@@ -103,6 +103,18 @@ pub struct Appended {
     pub hash: Hash,
 }
 
+impl From<&RecordedEvent> for Appended {
+    fn from(rec: &RecordedEvent) -> Appended {
+        Appended {
+            event_id: rec.event_id,
+            stream: rec.stream.clone(),
+            stream_revision: rec.stream_revision,
+            position: rec.position,
+            hash: rec.hash,
+        }
+    }
+}
+
 /// The answer to an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -112,16 +124,21 @@ pub struct AppendOutcome {
     pub deduplicated: bool,
 }
 
-/// Stored under `i` + key: enough to answer a retry exactly as the original.
+/// Stored under `i` + key: enough to answer a retry exactly as the original. Derived from the log
+/// (the append's first event carries an [`IdempotencyMark`]), so `import` can rebuild it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct IdempotencyRecord {
+pub(super) struct IdempotencyRecord {
     #[serde(with = "hex::serde")]
-    content_hash: Hash,
-    recorded_at: DateTime<Utc>,
-    events: Vec<Appended>,
+    pub(super) content_hash: Hash,
+    pub(super) recorded_at: DateTime<Utc>,
+    pub(super) events: Vec<Appended>,
 }
 
 impl IdempotencyRecord {
+    pub(super) fn to_bytes(&self) -> Result<Vec<u8>, LogError> {
+        serde_json::to_vec(self).map_err(|e| LogError::Encode(e.to_string()))
+    }
+
     fn outcome(&self) -> AppendOutcome {
         AppendOutcome {
             events: self.events.clone(),
@@ -1030,6 +1047,16 @@ impl Writer {
                 });
             }
         }
+        let mark = match &req.idempotency {
+            Some(idem) => Some(IdempotencyMark {
+                key: idem.key.clone(),
+                content_hash: idem.content_hash,
+                events: u32::try_from(req.events.len()).map_err(|_| {
+                    LogError::Encode(format!("{} events in one append", req.events.len()))
+                })?,
+            }),
+            None => None,
+        };
         // Encode everything first; stage only if all records are acceptable.
         let mut staged = Vec::with_capacity(req.events.len());
         let mut prev = head.hash;
@@ -1042,6 +1069,8 @@ impl Writer {
             let count = counts.entry(ev.stream.as_str()).or_default();
             let revision = *count;
             *count += 1;
+            // The append's idempotency goes with its first event only.
+            let mark = if i == 0 { mark.as_ref() } else { None };
             let bytes = record::encode(&Encode {
                 position,
                 prev_hash: &prev,
@@ -1054,6 +1083,7 @@ impl Writer {
                 recorded_by: &req.recorded_by,
                 correlation_id: req.correlation_id.as_deref(),
                 causation_id: req.causation_id.as_deref(),
+                idempotency: mark,
                 payload: &ev.payload,
             })?;
             let hash = record::sha256(&bytes);
@@ -1070,21 +1100,13 @@ impl Writer {
                 recorded_by: req.recorded_by.clone(),
                 correlation_id: req.correlation_id.clone(),
                 causation_id: req.causation_id.clone(),
+                idempotency: mark.cloned(),
                 payload: ev.payload.clone(),
                 stored: bytes,
             });
             prev = hash;
         }
-        let appended: Vec<Appended> = staged
-            .iter()
-            .map(|rec| Appended {
-                event_id: rec.event_id,
-                stream: rec.stream.clone(),
-                stream_revision: rec.stream_revision,
-                position: rec.position,
-                hash: rec.hash,
-            })
-            .collect();
+        let appended: Vec<Appended> = staged.iter().map(Appended::from).collect();
         let idempotency = match &req.idempotency {
             Some(idem) => {
                 let rec = IdempotencyRecord {
@@ -1092,8 +1114,7 @@ impl Writer {
                     recorded_at,
                     events: appended.clone(),
                 };
-                let bytes =
-                    serde_json::to_vec(&rec).map_err(|e| LogError::Encode(e.to_string()))?;
+                let bytes = rec.to_bytes()?;
                 Some((idem.key.clone(), rec, bytes))
             }
             None => None,

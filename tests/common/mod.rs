@@ -77,17 +77,8 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (for restart tests).
     pub async fn start_in(dir: TempDir) -> TestServer {
-        // After a stop, the previous server's threads release the directory's lock a moment later.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let app = loop {
-            match App::open(dir.path(), LogOptions::default()) {
-                Ok(app) => break app,
-                Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => panic!("open app: {e}"),
-            }
-        };
+        // The open waits for a lock that the previous server's threads are still releasing.
+        let app = App::open(dir.path(), LogOptions::default()).expect("open app");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

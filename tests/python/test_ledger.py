@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 import signal
 import uuid
@@ -301,6 +302,17 @@ def test_idempotent_register_party(ledger, events):
     first = ledger.RegisterParty(req, timeout=T)
     assert not first.result.deduplicated
     count = head(events).event_count
+
+    # The key is part of the hashed record (so it survives export and restore) and of the envelope.
+    env = events.ReadAll(
+        events_pb2.ReadAllRequest(from_position=first.result.events[0].position, max_count=1),
+        timeout=T,
+    ).events[0]
+    assert env.idempotency_key == key
+    assert hashlib.sha256(env.stored_bytes).hexdigest() == env.hash
+    mark = json.loads(env.stored_bytes)["idempotency"]
+    assert mark["key"] == key and mark["events"] == 1
+    assert re.fullmatch(r"[0-9a-f]{64}", mark["content_hash"])
 
     again = ledger.RegisterParty(req, timeout=T)
     assert again.result.deduplicated
