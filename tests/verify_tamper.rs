@@ -11,7 +11,8 @@ use uuid::Uuid;
 use claims_ledger::log::disk;
 use claims_ledger::log::verify::{verify_dir, Mismatch, VerifyReport};
 use claims_ledger::log::{
-    open_db, sha256, AppendRequest, EventLog, ExpectedRevision, Hash, Head, LogOptions, NewEvent,
+    decode, open_db, sha256, AppendRequest, EventLog, ExpectedRevision, Hash, Head, Idempotency,
+    LogOptions, NewEvent,
 };
 
 const EVENTS: u64 = 20;
@@ -337,5 +338,152 @@ async fn altered_stream_revision_is_named() {
         m.reason
             .contains("stream claim-1 revision 4 where 3 was expected"),
         "{m}"
+    );
+}
+
+/// A log of 4 events: an append of 2 under key "k-0" (positions 0, 1), one without a key (2), one
+/// of 1 under "k-1" (3). Dropped, and its directory returned.
+async fn keyed_log() -> TempDir {
+    let dir = TempDir::new().unwrap();
+    let log = EventLog::open(dir.path(), LogOptions::default(), None).unwrap();
+    for (key, n) in [(Some("k-0"), 2), (None, 1), (Some("k-1"), 1)] {
+        log.append(AppendRequest {
+            events: (0..n)
+                .map(|i| new_event("claim-1", &format!(r#"{{"i":{i}}}"#)))
+                .collect(),
+            expectations: vec![],
+            idempotency: key.map(|k| Idempotency {
+                key: k.to_string(),
+                content_hash: sha256(k.as_bytes()),
+            }),
+            recorded_by: "builder".to_string(),
+            correlation_id: None,
+            causation_id: None,
+        })
+        .await
+        .unwrap();
+    }
+    drop(log);
+    dir
+}
+
+/// The stored idempotency record of `key`, as JSON.
+fn idempotency_json(db: &sled::Db, key: &str) -> serde_json::Value {
+    let v = disk::idempotency_record(db, key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("an idempotency record for {key}"));
+    serde_json::from_slice(&v).unwrap()
+}
+
+fn put_idempotency_json(db: &sled::Db, key: &str, v: &serde_json::Value) {
+    disk::put_idempotency_record(db, key, Some(&serde_json::to_vec(v).unwrap())).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_records_are_checked_against_the_appends_that_made_them() {
+    let dir = keyed_log().await;
+    let report = verify(dir.path()).expect("untouched log verifies");
+    assert_eq!(
+        (report.idempotency_marked, report.idempotency_unmarked),
+        (2, 0)
+    );
+
+    // Removed: the append at 3 has a mark and no record.
+    let copy = |dir: &Path| {
+        let db = open_db(dir).unwrap();
+        let v = idempotency_json(&db, "k-1");
+        drop(db);
+        v
+    };
+    let k1 = copy(dir.path());
+    tamper_dir(dir.path(), |db| {
+        disk::put_idempotency_record(db, "k-1", None).unwrap()
+    });
+    let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 3);
+    assert!(m.reason.contains("\"k-1\" is missing"), "{}", m.reason);
+
+    // Rewritten so that a retry of "k-0" would be answered with another event's hash.
+    tamper_dir(dir.path(), |db| {
+        put_idempotency_json(db, "k-1", &k1);
+        let mut k0 = idempotency_json(db, "k-0");
+        k0["events"][1]["hash"] = k1["events"][0]["hash"].clone();
+        put_idempotency_json(db, "k-0", &k0);
+    });
+    let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 0);
+    assert!(
+        m.reason.contains("does not match its append"),
+        "{}",
+        m.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_without_a_mark_must_name_events_of_the_log() {
+    let dir = keyed_log().await;
+    // A record as a writer before marks would have left it for the unkeyed append at 2.
+    let legacy = |db: &sled::Db| {
+        let (_, bytes) = stored(db, 2);
+        let rec = decode(2, bytes).unwrap();
+        serde_json::json!({
+            "content_hash": hex::encode([9u8; 32]),
+            "recorded_at": rec.recorded_at,
+            "events": [{
+                "event_id": rec.event_id,
+                "stream": rec.stream,
+                "stream_revision": rec.stream_revision,
+                "position": 2,
+                "hash": hex::encode(rec.hash),
+            }],
+        })
+    };
+    tamper_dir(dir.path(), |db| {
+        put_idempotency_json(db, "old", &legacy(db))
+    });
+    let report = verify(dir.path()).expect("a faithful older record verifies");
+    assert_eq!(
+        (report.idempotency_marked, report.idempotency_unmarked),
+        (2, 1)
+    );
+
+    // The same record, naming a position past the head.
+    tamper_dir(dir.path(), |db| {
+        let mut v = legacy(db);
+        v["events"][0]["position"] = serde_json::json!(4);
+        put_idempotency_json(db, "old", &v);
+    });
+    let m = expect_mismatch(dir.path());
+    assert!(
+        m.reason.contains("\"old\" names position 4"),
+        "{}",
+        m.reason
+    );
+
+    // Naming the event at 2 with another stream revision.
+    tamper_dir(dir.path(), |db| {
+        let mut v = legacy(db);
+        v["events"][0]["stream_revision"] = serde_json::json!(7);
+        put_idempotency_json(db, "old", &v);
+    });
+    let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 2);
+    assert!(
+        m.reason.contains("does not match the event at position 2"),
+        "{}",
+        m.reason
+    );
+
+    // Naming the first event of a keyed append: that append's own record is the only answer.
+    tamper_dir(dir.path(), |db| {
+        let v = idempotency_json(db, "k-1");
+        put_idempotency_json(db, "old", &v);
+    });
+    let m = expect_mismatch(dir.path());
+    assert_eq!(m.position, 3);
+    assert!(
+        m.reason.contains("starts another keyed append"),
+        "{}",
+        m.reason
     );
 }

@@ -101,17 +101,19 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash), "merkle_root": report.merkle_root.map(hex::encode)})
+                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash), "merkle_root": report.merkle_root.map(hex::encode), "idempotency_marked": report.idempotency_marked, "idempotency_unmarked": report.idempotency_unmarked})
                 );
             } else {
                 println!(
-                    "ok: {} events in {} streams, head hash {}, Merkle root {}",
+                    "ok: {} events in {} streams, head hash {}, Merkle root {}\nidempotency records: {} match their appends, {} older ones match the events they name",
                     report.events,
                     report.streams,
                     hex::encode(report.head_hash),
                     report
                         .merkle_root
-                        .map_or("(no tree kept)".to_string(), hex::encode)
+                        .map_or("(no tree kept)".to_string(), hex::encode),
+                    report.idempotency_marked,
+                    report.idempotency_unmarked
                 );
             }
             Ok(0)

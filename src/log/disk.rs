@@ -4,7 +4,7 @@
 //! is what a saved signed checkpoint is for). Open the database with [`super::open_db`] while no
 //! server holds it.
 use super::layout::{
-    frames, page_first, page_key, push_frame, tile_key, EVENT, FRONTIER_KEY, TILE,
+    frames, idempotency_key, page_first, page_key, push_frame, tile_key, EVENT, FRONTIER_KEY, TILE,
 };
 use super::record::Hash;
 use super::tiles::{stage_tree, Tiles};
@@ -42,6 +42,24 @@ pub fn stored_event(db: &sled::Db, pos: u64) -> Result<Option<(Hash, Vec<u8>)>, 
         let i = usize::try_from(pos - first).ok()?;
         (i < frames.len()).then(|| frames.swap_remove(i))
     }))
+}
+
+/// The stored idempotency record (JSON) of `key`, if any.
+pub fn idempotency_record(db: &sled::Db, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+    Ok(db.get(idempotency_key(key))?.map(|v| v.to_vec()))
+}
+
+/// Writes (`Some`) or removes (`None`) the idempotency record of `key`.
+pub fn put_idempotency_record(
+    db: &sled::Db,
+    key: &str,
+    record: Option<&[u8]>,
+) -> Result<(), LogError> {
+    match record {
+        Some(r) => db.insert(idempotency_key(key), r)?,
+        None => db.remove(idempotency_key(key))?,
+    };
+    Ok(())
 }
 
 /// Overwrites the stored hash and record bytes of the event at `pos`, in place. Returns whether

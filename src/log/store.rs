@@ -126,7 +126,7 @@ pub struct AppendOutcome {
 
 /// Stored under `i` + key: enough to answer a retry exactly as the original. Derived from the log
 /// (the append's first event carries an [`IdempotencyMark`]), so `import` can rebuild it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct IdempotencyRecord {
     #[serde(with = "hex::serde")]
     pub(super) content_hash: Hash,

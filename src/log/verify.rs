@@ -1,15 +1,20 @@
 //! Offline verification of a data directory: recomputes every event's hash from its stored bytes,
 //! checks the chain links, gap-free positions, stream revisions and the head, recomputes every
 //! Merkle leaf and stored tile and the root, and names the first position that does not match.
+//! It also checks the idempotency index against the log: each append's idempotency mark (see
+//! `record`) must have an `i` record with exactly that append's answer, and an `i` record without a
+//! mark (written before marks existed) must point at events that are in the log with those hashes;
+//! a forged or stale record would otherwise answer a client's retry with a write it never made.
 //! Reads sled directly, so the server must be stopped (sled locks the directory).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::layout::{
-    be_u64, frames, page_first, parse_head, FRONTIER_KEY, HEAD_KEY, TILE, TILE_HEIGHT, TILE_WIDTH,
+    be_u64, frames, page_first, parse_head, FRONTIER_KEY, HEAD_KEY, IDEMPOTENCY, TILE, TILE_HEIGHT,
+    TILE_WIDTH,
 };
-use super::record::{self, Hash, GENESIS_HASH};
-use super::store::open_db;
+use super::record::{self, Hash, RecordedEvent, GENESIS_HASH};
+use super::store::{open_db, Appended, IdempotencyRecord};
 use super::tiles::Tiles;
 use super::LogError;
 use crate::merkle::{self, Frontier};
@@ -22,6 +27,10 @@ pub struct VerifyReport {
     pub head_hash: Hash,
     /// The recomputed RFC 6962 root over every event; `None` for a log kept without its tree.
     pub merkle_root: Option<Hash>,
+    /// Idempotency records checked against their append's mark.
+    pub idempotency_marked: u64,
+    /// Idempotency records without a mark (older appends), checked against the events they name.
+    pub idempotency_unmarked: u64,
 }
 
 /// The first mismatch found.
@@ -66,6 +75,7 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
     let mut tiles_checked = 0usize;
     // The stored level-0 tile holding the current position's leaf, by tile index.
     let mut leaf_tile: Option<(u64, Option<sled::IVec>)> = None;
+    let mut idem = MarkedAppends::default();
     for item in db.scan_prefix([super::layout::EVENT]) {
         let (k, v) = item?;
         let Some(first) = page_first(&k) else {
@@ -117,6 +127,9 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
                 );
             }
             *revision += 1;
+            if let Err(m) = idem.push(db, &rec)? {
+                return Ok(Err(m));
+            }
             if let Some((frontier, tiles)) = tree.as_mut() {
                 // Each leaf is checked as it comes, so a rewritten event is named by its position
                 // before the broken link after it.
@@ -173,6 +186,24 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         None if expected_pos > 0 => return fail(expected_pos, "head record is missing".into()),
         _ => {}
     }
+    if let Some((first, key, _, remaining)) = &idem.open {
+        return fail(
+            *first,
+            format!("the log ends inside the append under idempotency key {key:?}, {remaining} event(s) short"),
+        );
+    }
+    let mut unmarked = 0u64;
+    for item in db.scan_prefix([IDEMPOTENCY]) {
+        let (k, v) = item?;
+        let key = String::from_utf8_lossy(&k[1..]).into_owned();
+        if idem.marked.contains(&record::sha256(key.as_bytes())) {
+            continue;
+        }
+        unmarked += 1;
+        if let Err(m) = unmarked_record_matches(db, &key, &v, expected_pos)? {
+            return Ok(Err(m));
+        }
+    }
     if let (Some((frontier, tiles)), Some(stored)) = (&tree, &stored_frontier) {
         if stored.as_ref() != frontier.to_bytes().as_slice() {
             return fail(
@@ -203,7 +234,139 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         streams: streams.len(),
         head_hash: prev,
         merkle_root: tree.map(|(t, _)| t.root()),
+        idempotency_marked: idem.marked.len() as u64,
+        idempotency_unmarked: unmarked,
     }))
+}
+
+/// The appends made under an idempotency key, followed through the log in position order.
+#[derive(Default)]
+struct MarkedAppends {
+    /// The append whose events are still coming: its first position, key, answer so far and the
+    /// number of events it still lacks.
+    open: Option<(u64, String, IdempotencyRecord, u32)>,
+    /// SHA-256 of every key whose append was checked.
+    marked: HashSet<Hash>,
+}
+
+impl MarkedAppends {
+    fn push(
+        &mut self,
+        db: &sled::Db,
+        rec: &RecordedEvent,
+    ) -> Result<Result<(), Mismatch>, LogError> {
+        let fail = |position: u64, reason: String| Ok(Err(Mismatch { position, reason }));
+        match (&rec.idempotency, &self.open) {
+            (Some(mark), Some((_, key, _, remaining))) => {
+                return fail(
+                    rec.position,
+                    format!(
+                        "an append under idempotency key {:?} starts while the one under {key:?} \
+                         still lacks {remaining} event(s)",
+                        mark.key
+                    ),
+                )
+            }
+            (Some(mark), None) => {
+                self.open = Some((
+                    rec.position,
+                    mark.key.clone(),
+                    IdempotencyRecord {
+                        content_hash: mark.content_hash,
+                        recorded_at: rec.recorded_at,
+                        events: Vec::with_capacity(mark.events as usize),
+                    },
+                    mark.events,
+                ));
+            }
+            (None, Some((first, key, answer, _))) if answer.recorded_at != rec.recorded_at => {
+                return fail(
+                    *first,
+                    format!("recorded_at differs within the append under idempotency key {key:?}"),
+                )
+            }
+            _ => {}
+        }
+        let Some((first, key, mut answer, remaining)) = self.open.take() else {
+            return Ok(Ok(()));
+        };
+        answer.events.push(Appended::from(rec));
+        if remaining > 1 {
+            self.open = Some((first, key, answer, remaining - 1));
+            return Ok(Ok(()));
+        }
+        if !self.marked.insert(record::sha256(key.as_bytes())) {
+            return fail(first, format!("idempotency key {key:?} used a second time"));
+        }
+        let stored = db.get(super::layout::idempotency_key(&key))?;
+        let stored: Option<IdempotencyRecord> =
+            stored.and_then(|v| serde_json::from_slice(&v).ok());
+        match stored {
+            None => fail(
+                first,
+                format!("the idempotency record of key {key:?} is missing or unreadable"),
+            ),
+            Some(s) if s != answer => fail(
+                first,
+                format!("the idempotency record of key {key:?} does not match its append"),
+            ),
+            Some(_) => Ok(Ok(())),
+        }
+    }
+}
+
+/// Checks an idempotency record that no mark accounts for: it must name consecutive events below
+/// `count` exactly as the log holds them.
+fn unmarked_record_matches(
+    db: &sled::Db,
+    key: &str,
+    value: &[u8],
+    count: u64,
+) -> Result<Result<(), Mismatch>, LogError> {
+    let Ok(answer) = serde_json::from_slice::<IdempotencyRecord>(value) else {
+        return Ok(Err(Mismatch {
+            position: count,
+            reason: format!("the idempotency record of key {key:?} is unreadable"),
+        }));
+    };
+    let first = answer.events.first().map_or(count, |e| e.position);
+    let bad = |reason: String| {
+        Ok(Err(Mismatch {
+            position: first,
+            reason: format!("the idempotency record of key {key:?} {reason}"),
+        }))
+    };
+    if answer.events.is_empty() {
+        return bad("names no event".into());
+    }
+    for (i, e) in answer.events.iter().enumerate() {
+        if e.position != first + i as u64 || e.position >= count {
+            return bad(format!("names position {} out of its append", e.position));
+        }
+        let Some((hash, bytes)) = super::disk::stored_event(db, e.position)? else {
+            return bad(format!(
+                "names position {}, which is not stored",
+                e.position
+            ));
+        };
+        let rec = match record::decode(e.position, bytes) {
+            Ok(r) => r,
+            Err(err) => return bad(format!("names an unreadable event: {err}")),
+        };
+        if hash != e.hash || Appended::from(&rec) != *e || rec.recorded_at != answer.recorded_at {
+            return bad(format!(
+                "does not match the event at position {}",
+                e.position
+            ));
+        }
+        if rec.idempotency.is_some() {
+            return bad(format!(
+                "names position {}, which starts another keyed append",
+                e.position
+            ));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Where the stored tile `(level, index)` differs from `computed`, if it does: the first leaf
