@@ -333,6 +333,8 @@ fn a_thorough_rewrite_passes_offline_verify_but_not_the_saved_checkpoint() {
         assert_eq!(count, sc.size);
         let mut prev = sha256(&record(&db, TARGET - 1));
         let mut target_bytes = Vec::new();
+        // The idempotency key of the append being rewritten (its first event carries it).
+        let mut key: Option<String> = None;
         for pos in TARGET..count {
             let mut rec: Value = serde_json::from_slice(&record(&db, pos)).expect("record JSON");
             assert_eq!(rec["position"], pos, "record {pos}");
@@ -345,6 +347,23 @@ fn a_thorough_rewrite_passes_offline_verify_but_not_the_saved_checkpoint() {
             prev = store_record(&db, pos, &bytes);
             if pos == TARGET {
                 target_bytes = bytes;
+            }
+            // A thorough attacker also rewrites the idempotency record that names the event.
+            if let Some(k) = rec["idempotency"]["key"].as_str() {
+                key = Some(k.to_string());
+            }
+            if let Some(k) = &key {
+                let stored = disk::idempotency_record(&db, k)
+                    .expect("read")
+                    .expect("an idempotency record for a keyed append");
+                let mut answer: Value = serde_json::from_slice(&stored).expect("JSON");
+                for e in answer["events"].as_array_mut().expect("events") {
+                    if e["position"] == pos {
+                        e["hash"] = Value::String(hex::encode(prev));
+                    }
+                }
+                let bytes = serde_json::to_vec(&answer).expect("serialize");
+                disk::put_idempotency_record(&db, k, Some(&bytes)).expect("write");
             }
         }
         rebuilt_root = rebuild_tree_and_head(&db);

@@ -5,6 +5,10 @@
 //! acknowledgements (`projector`), answers queries from the projections (`query`), and signs
 //! checkpoints and serves proofs (`audit`).
 //!
+//! At a graceful shutdown the write model is saved as a snapshot (`state.snap`, see
+//! `log::snapshot`) beside the log's own stream index snapshot; an open then folds in only the
+//! events after it, and falls back to the whole log when the snapshot does not match the log.
+//!
 //! No tonic or prost here; the transport converts to and from these types.
 mod audit;
 mod error;
@@ -24,6 +28,7 @@ pub use write::{ClientCommand, Shape, WriteContext, WriteOutcome};
 use crate::checkpoint::{keys, Signer};
 use crate::domain::event::DecodeError;
 use crate::domain::{Event, State};
+use crate::log::snapshot::{self, Snapshot};
 use crate::log::{CommitObserver, EventLog, LogError, LogOptions, RecordedEvent};
 use crate::projection::Projections;
 
@@ -32,7 +37,7 @@ use crate::projection::Projections;
 #[derive(Clone)]
 pub struct App {
     log: EventLog,
-    state: Arc<RwLock<State>>,
+    state: Arc<RwLock<Folded>>,
     /// Set once when the server shuts down; subscriptions end on it.
     shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// The latest durable events, shared by live subscribers instead of each rereading the log.
@@ -43,7 +48,21 @@ pub struct App {
     projector: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// Signs checkpoints of the log's Merkle tree.
     signer: Arc<Signer>,
+    /// Events the write model took from its snapshot at open (0: folded from the start).
+    state_from_snapshot: u64,
 }
+
+/// The write model and the number of events folded into it (always a prefix of the log).
+#[derive(Debug, Default)]
+struct Folded {
+    state: State,
+    count: u64,
+}
+
+/// File name of the write model snapshot in the data directory.
+pub const STATE_SNAPSHOT: &str = "state.snap";
+/// Changes whenever [`State`]'s serialized form does; a snapshot of another kind is not used.
+const STATE_KIND: &str = "write-model/v1";
 
 /// The origin (and key name) of a log whose operator configured none.
 pub const DEFAULT_ORIGIN: &str = "claims-ledger.local/log";
@@ -79,7 +98,7 @@ pub fn decode_event(rec: &RecordedEvent) -> Result<Event, DecodeError> {
 }
 
 struct StateObserver {
-    state: Arc<RwLock<State>>,
+    state: Arc<RwLock<Folded>>,
     recent: Arc<RwLock<subscribe::Recent>>,
 }
 
@@ -89,10 +108,11 @@ impl CommitObserver for StateObserver {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .extend(events);
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut folded = self.state.write().unwrap_or_else(|p| p.into_inner());
         for rec in events {
+            folded.count = rec.position + 1;
             match decode_event(rec) {
-                Ok(e) => state.apply(&e),
+                Ok(e) => folded.state.apply(&e),
                 // Every event was encoded from a domain event a moment ago; this cannot happen
                 // unless the payload encoding is broken, which the tests would show.
                 Err(err) => {
@@ -130,7 +150,7 @@ impl App {
             signer,
         } = opts;
         let projections = !no_projections;
-        let state = Arc::new(RwLock::new(State::default()));
+        let state = Arc::new(RwLock::new(Folded::default()));
         let recent = Arc::new(RwLock::new(subscribe::Recent::default()));
         let observer = Arc::new(StateObserver {
             state: state.clone(),
@@ -155,19 +175,22 @@ impl App {
             projections,
             projector: Arc::default(),
             signer: Arc::new(signer),
+            state_from_snapshot: 0,
         };
-        app.replay()?;
+        let mut app = app;
+        app.state_from_snapshot = app.replay()?;
         if tokio::runtime::Handle::try_current().is_ok() {
             app.spawn_projector();
         }
         Ok(app)
     }
 
-    /// Folds every durable event into a fresh write model. Runs before the server accepts writes.
-    fn replay(&self) -> Result<(), AppError> {
+    /// Folds every durable event into a fresh write model, starting from the snapshot when it
+    /// matches the log. Runs before the server accepts writes.
+    fn replay(&self) -> Result<u64, AppError> {
         let end = self.log.durable_count();
-        let mut fresh = State::default();
-        let mut pos = 0;
+        let (mut fresh, from) = self.state_snapshot(end);
+        let mut pos = from;
         while pos < end {
             let chunk = self.log.read_all(pos, false, 1024)?;
             let Some(last) = chunk.last() else { break };
@@ -182,9 +205,80 @@ impl App {
                 fresh.apply(&event);
             }
         }
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        tracing::info!(events = end, "write model rebuilt from the log");
-        Ok(())
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Folded {
+            state: fresh,
+            count: end,
+        };
+        tracing::info!(
+            events = end,
+            from_snapshot = from,
+            "write model rebuilt from the log"
+        );
+        Ok(from)
+    }
+
+    /// How many events the open took from snapshots instead of the log: (stream index, write model).
+    pub fn opened_from_snapshots(&self) -> (u64, u64) {
+        (self.log.index_from_snapshot(), self.state_from_snapshot)
+    }
+
+    /// The write model of the snapshot in the data directory and the event count it covers, if it
+    /// matches this log's first `end` events; an empty model and 0 otherwise.
+    fn state_snapshot(&self, end: u64) -> (State, u64) {
+        let usable = || -> Result<Option<(State, u64)>, String> {
+            let path = self.log.dir().join(STATE_SNAPSHOT);
+            let Some(snap) = snapshot::read(&path, STATE_KIND)? else {
+                return Ok(None);
+            };
+            if snap.count > end {
+                return Err(format!(
+                    "it covers {} events, the log holds {end}",
+                    snap.count
+                ));
+            }
+            if self
+                .log
+                .prefix_hash(snap.count)
+                .map_err(|e| e.to_string())?
+                != snap.head_hash
+            {
+                return Err("it was made from another log".into());
+            }
+            let state =
+                serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
+            Ok(Some((state, snap.count)))
+        };
+        match usable() {
+            Ok(Some(found)) => found,
+            Ok(None) => (State::default(), 0),
+            Err(reason) => {
+                tracing::warn!(%reason, "write model snapshot ignored; folding the whole log");
+                (State::default(), 0)
+            }
+        }
+    }
+
+    /// Writes the stream index and write model snapshots (see the module documentation). Returns the
+    /// event count the write model snapshot covers.
+    pub fn save_snapshots(&self) -> Result<u64, AppError> {
+        self.log.save_index_snapshot()?;
+        let (count, body) = {
+            let folded = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let body = serde_json::to_vec(&folded.state)
+                .map_err(|e| AppError::Internal(format!("encoding the write model: {e}")))?;
+            (folded.count, body)
+        };
+        let head_hash = self.log.prefix_hash(count)?;
+        snapshot::write(
+            &self.log.dir().join(STATE_SNAPSHOT),
+            STATE_KIND,
+            &Snapshot {
+                count,
+                head_hash,
+                body,
+            },
+        )?;
+        Ok(count)
     }
 
     /// Resolves once the server has begun to shut down (at once if it has). Long-lived calls end on it.
@@ -206,8 +300,8 @@ impl App {
     }
 
     /// Ends subscriptions, waits for the projector to stop, brings the projections to the head and
-    /// flushes them, so that once every `App` clone is dropped the data directory is closed and a
-    /// restart has nothing to catch up.
+    /// flushes them, and saves the snapshots, so that once every `App` clone is dropped the data
+    /// directory is closed and a restart has nothing to catch up or replay.
     pub async fn finish(&self) {
         self.begin_shutdown();
         let handle = self
@@ -232,6 +326,18 @@ impl App {
                 Ok(Err(e)) => tracing::error!(error = %e, "final projection catch-up"),
                 Err(e) => tracing::error!(error = %e, "final projection catch-up task"),
             }
+        }
+        // So that the next start folds in only what comes after; without them it replays it all.
+        let app = self.clone();
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || app.save_snapshots()).await {
+            Ok(Ok(events)) => tracing::info!(
+                events,
+                took_ms = started.elapsed().as_millis() as u64,
+                "snapshots saved"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "saving snapshots"),
+            Err(e) => tracing::error!(error = %e, "saving snapshots task"),
         }
     }
 

@@ -223,8 +223,8 @@ impl App {
         shape: Shape,
     ) -> Result<(Vec<crate::domain::Event>, Vec<Expectation>), AppError> {
         let ctx = Context { now: Utc::now() };
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let mut overlay = Overlay::new(&state);
+        let folded = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut overlay = Overlay::new(&folded.state);
         let mut events = Vec::with_capacity(commands.len());
         // First domain expectation per stream, and how many earlier batch events touched it.
         let mut first: HashMap<String, ExpectedRevision> = HashMap::new();

@@ -16,6 +16,10 @@
 //!   back through gRPC while 8 writers append single-event `RecordStatement`s and `AssertClaim`s
 //!   durably (fsync, default options) on other parties, so that the answer stays the same size.
 //!   Baseline: the same queries with no writer, half before and half after, pooled.
+//! - **Open**: opening the generated log as the server does (the log with its stream index, and the
+//!   write model; projections off, as they keep their own checkpoint), with the snapshots a graceful
+//!   shutdown saves and with them moved aside, alternately, twice each. Baseline: the cold raw scan,
+//!   timed before each pair. Each open starts once sled has released the previous one's lock.
 //! - **Append**: 8 and 64 writers appending single events durably through gRPC with projections on
 //!   (`App::open`) and off (`App::open_with(.., false)`), in the order off, on, off, on on fresh
 //!   directories, each state's two windows pooled. Baseline: projections off. The "on" windows also
@@ -43,6 +47,7 @@ use crate::projection::Projections;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
     Rebuild,
+    Open,
     Query,
     Append,
 }
@@ -524,6 +529,135 @@ fn measure_rebuild(data: &Dataset) -> anyhow::Result<Rebuild> {
         rebuild,
         rebuild_applying,
     })
+}
+
+struct OpenResult {
+    events: u64,
+    /// Both opens of each kind, summed.
+    with_snapshots: Duration,
+    without: Duration,
+    /// The cold raw scans before each pair, summed.
+    scan_cold: Duration,
+    /// Saving both snapshots once, and their sizes.
+    save: Duration,
+    index_bytes: u64,
+    state_bytes: u64,
+}
+
+/// Returns once no process holds sled's lock on `dir` (sled releases it from background threads a
+/// moment after the last handle is dropped), so that an open's time holds no waiting.
+fn wait_unlocked(dir: &Path) -> anyhow::Result<()> {
+    use fs2::FileExt as _;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let file = std::fs::File::open(dir.join("db"))?;
+    while file.try_lock_exclusive().is_err() {
+        if Instant::now() > deadline {
+            bail!("{} stayed locked", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Closing the file releases the lock.
+    drop(file);
+    Ok(())
+}
+
+fn measure_open(data: &Dataset) -> anyhow::Result<OpenResult> {
+    use crate::app::STATE_SNAPSHOT;
+    use crate::log::INDEX_SNAPSHOT;
+    let (dir, count) = (&data.dir, data.events);
+    let open = |expect: (u64, u64)| -> anyhow::Result<Duration> {
+        wait_unlocked(dir)?;
+        let started = Instant::now();
+        let app = App::open_with(dir, LogOptions::default(), false)?;
+        let took = started.elapsed();
+        if app.opened_from_snapshots() != expect || app.log().durable_count() != count {
+            bail!(
+                "opened from snapshots {:?} with {} events; expected {expect:?} and {count}",
+                app.opened_from_snapshots(),
+                app.log().durable_count()
+            );
+        }
+        Ok(took)
+    };
+    // Snapshots of the whole log, timed once.
+    wait_unlocked(dir)?;
+    let app = App::open_with(dir, LogOptions::default(), false)?;
+    let started = Instant::now();
+    app.save_snapshots()?;
+    let save = started.elapsed();
+    drop(app);
+    let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len());
+    let (index_bytes, state_bytes) = (size(INDEX_SNAPSHOT)?, size(STATE_SNAPSHOT)?);
+    let aside = |f: &str| dir.join(format!("{f}.aside"));
+    let (mut with_snapshots, mut without, mut scan_cold) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for _ in 0..2 {
+        wait_unlocked(dir)?;
+        scan_cold += raw_scans(dir, count)?.cold;
+        with_snapshots += open((count, count))?;
+        for f in [INDEX_SNAPSHOT, STATE_SNAPSHOT] {
+            std::fs::rename(dir.join(f), aside(f))?;
+        }
+        without += open((0, 0))?;
+        for f in [INDEX_SNAPSHOT, STATE_SNAPSHOT] {
+            std::fs::rename(aside(f), dir.join(f))?;
+        }
+    }
+    Ok(OpenResult {
+        events: count,
+        with_snapshots,
+        without,
+        scan_cold,
+        save,
+        index_bytes,
+        state_bytes,
+    })
+}
+
+fn print_open(r: &OpenResult, json: bool) {
+    let (with, without, scan) = (
+        r.with_snapshots.as_secs_f64() / 2.0,
+        r.without.as_secs_f64() / 2.0,
+        r.scan_cold.as_secs_f64() / 2.0,
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "kind": "open", "events": r.events,
+                "open_with_snapshots_s": with, "open_without_snapshots_s": without,
+                "baseline_cold_scan_s": scan,
+                "with_snapshots_ratio": with / scan, "without_snapshots_ratio": without / scan,
+                "save_snapshots_s": r.save.as_secs_f64(),
+                "index_snapshot_bytes": r.index_bytes, "state_snapshot_bytes": r.state_bytes,
+            })
+        );
+    } else {
+        println!("| opening the log (stream index + write model) | events | seconds (mean of 2) | **÷ cold raw scan** |");
+        println!("|---|---|---|---|");
+        println!(
+            "| with the snapshots of a graceful shutdown | {} | {with:.2} | **{:.2}** |",
+            r.events,
+            with / scan
+        );
+        println!(
+            "| without snapshots (whole log folded) | {} | {without:.2} | **{:.2}** |",
+            r.events,
+            without / scan
+        );
+        println!(
+            "| baseline: cold raw scan of the log's pages | {} | {scan:.2} | 1 |",
+            r.events
+        );
+        println!();
+        println!(
+            "Saving both snapshots took {:.2} s: stream index {:.1} MB, write model {:.1} MB.",
+            r.save.as_secs_f64(),
+            r.index_bytes as f64 / 1e6,
+            r.state_bytes as f64 / 1e6,
+        );
+        println!();
+    }
 }
 
 impl BenchServer {
@@ -1047,12 +1181,16 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<i32> {
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let log_dir = args.dir.join("log");
     let _ = std::fs::remove_dir_all(&log_dir);
-    if wants(Part::Rebuild) || wants(Part::Query) {
+    if wants(Part::Rebuild) || wants(Part::Open) || wants(Part::Query) {
         let data = generate(&log_dir, args.events).await?;
         print_dataset(&data, args.json);
         if wants(Part::Rebuild) {
             let r = tokio::task::block_in_place(|| measure_rebuild(&data))?;
             print_rebuild(&r, args.json);
+        }
+        if wants(Part::Open) {
+            let r = tokio::task::block_in_place(|| measure_open(&data))?;
+            print_open(&r, args.json);
         }
         if wants(Part::Query) {
             let q = measure_query(&data, args.seconds).await?;

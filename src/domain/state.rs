@@ -7,25 +7,26 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::event::Event;
 use super::model::{CorrectionKind, StatedTime, TargetKind};
 
 /// Whether a statement or claim still counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     Active,
     Retracted,
     Superseded(Uuid),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartyState {
     pub revision: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceState {
     pub revision: u64,
     /// Shared so that overlays and readers never copy the text.
@@ -33,14 +34,14 @@ pub struct SourceState {
     pub published_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementState {
     pub revision: u64,
     pub stated_time: StatedTime,
     pub status: Status,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimState {
     pub revision: u64,
     pub statement_id: Uuid,
@@ -57,8 +58,8 @@ pub trait View {
     fn has_annotation(&self, id: &Uuid) -> bool;
 }
 
-/// The committed write model.
-#[derive(Debug, Default, Clone)]
+/// The committed write model. Serializable so that `app` can snapshot it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     parties: HashMap<String, PartyState>,
     sources: HashMap<Uuid, SourceState>,

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod import;
 mod layout;
 mod record;
+pub mod snapshot;
 mod store;
 mod tiles;
 pub mod verify;
@@ -16,7 +17,8 @@ pub use record::{
 };
 pub use store::{
     open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
-    EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, SLED_LOCKED,
+    EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, INDEX_SNAPSHOT,
+    SLED_LOCKED,
 };
 
 /// Errors of the log. Variants say what the caller should do.

@@ -26,6 +26,7 @@ use super::layout::{
     PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
 };
 use super::record::{self, Encode, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH};
+use super::snapshot::{self, Snapshot};
 use super::tiles::{stage_tree, TileNodes, Tiles};
 use super::LogError;
 use crate::merkle::{self, Frontier};
@@ -441,9 +442,64 @@ pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError>
 
 /// Each stream's positions (index = revision), from the records themselves. Reads only each record's
 /// stream and revision: hashes and links are `verify`'s to check.
-fn index_streams(db: &sled::Db, count: u64) -> Result<HashMap<String, Vec<u64>>, LogError> {
-    let mut streams: HashMap<String, Vec<u64>> = HashMap::new();
-    scan_frames(db, 0, count, |pos, _, bytes| {
+/// Each stream's positions, by revision.
+type StreamIndex = HashMap<String, Vec<u64>>;
+
+/// File name of the stream index snapshot in the data directory.
+pub const INDEX_SNAPSHOT: &str = "streams.snap";
+const INDEX_KIND: &str = "stream-index/v1";
+
+/// The stream index of the snapshot in `dir` and the event count it covers, if it is usable for the
+/// log in `db` of `count` events (see `snapshot`); an empty index and 0 otherwise.
+fn index_snapshot(dir: &Path, db: &sled::Db, count: u64) -> (StreamIndex, u64) {
+    let usable = || -> Result<Option<(StreamIndex, u64)>, String> {
+        let Some(snap) = snapshot::read(&dir.join(INDEX_SNAPSHOT), INDEX_KIND)? else {
+            return Ok(None);
+        };
+        if snap.count > count {
+            return Err(format!(
+                "it covers {} events, the log holds {count}",
+                snap.count
+            ));
+        }
+        if prefix_hash(db, snap.count).map_err(|e| e.to_string())? != snap.head_hash {
+            return Err("it was made from another log".into());
+        }
+        let index: StreamIndex =
+            serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
+        // Every position below its count, once: a cheap check that it is what it claims to be.
+        let total: usize = index.values().map(Vec::len).sum();
+        if total as u64 != snap.count || index.values().flatten().any(|p| *p >= snap.count) {
+            return Err("its positions do not cover its count".into());
+        }
+        Ok(Some((index, snap.count)))
+    };
+    match usable() {
+        Ok(Some(found)) => found,
+        Ok(None) => (HashMap::new(), 0),
+        Err(reason) => {
+            tracing::warn!(%reason, "stream index snapshot ignored; indexing the whole log");
+            (HashMap::new(), 0)
+        }
+    }
+}
+
+/// Hash of event `count - 1` (the genesis hash for 0): what a snapshot of `count` events names.
+fn prefix_hash(db: &sled::Db, count: u64) -> Result<Hash, LogError> {
+    match count.checked_sub(1) {
+        Some(pos) => Ok(read_event(db, pos)?.hash),
+        None => Ok(GENESIS_HASH),
+    }
+}
+
+/// Extends `streams`, the index of the first `from` events, to the first `count`.
+fn index_streams(
+    db: &sled::Db,
+    mut streams: HashMap<String, Vec<u64>>,
+    from: u64,
+    count: u64,
+) -> Result<HashMap<String, Vec<u64>>, LogError> {
+    scan_frames(db, from, count, |pos, _, bytes| {
         let (stream, revision) = record::stream_of(pos, bytes)?;
         let positions = streams.entry(stream).or_default();
         if revision != positions.len() as u64 {
@@ -483,6 +539,10 @@ struct Shared {
     data_file: File,
     /// Whether the Merkle tree is maintained (proofs are refused otherwise).
     merkle: bool,
+    /// The data directory, for snapshots.
+    dir: PathBuf,
+    /// Events whose stream index came from the snapshot at open.
+    index_from_snapshot: u64,
     /// Each stream's positions (index = revision), including those of groups not yet durable:
     /// readers drop those. Only the writer changes it.
     streams: RwLock<HashMap<String, Vec<u64>>>,
@@ -538,9 +598,11 @@ impl EventLog {
             (Frontier::new(), Tiles::default())
         };
         let indexing = Instant::now();
-        let streams = index_streams(&db, head.count)?;
+        let (streams, from) = index_snapshot(dir, &db, head.count);
+        let streams = index_streams(&db, streams, from, head.count)?;
         tracing::info!(
             events = head.count,
+            from_snapshot = from,
             streams = streams.len(),
             took_ms = indexing.elapsed().as_millis() as u64,
             "stream index rebuilt from the log"
@@ -557,6 +619,8 @@ impl EventLog {
             staging: AtomicBool::new(false),
             data_file,
             merkle: options.merkle,
+            dir: dir.to_path_buf(),
+            index_from_snapshot: from,
             streams: RwLock::new(streams),
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
@@ -581,6 +645,63 @@ impl EventLog {
             .name("log-writer".into())
             .spawn(move || writer.run(rx, syncer))?;
         Ok(EventLog { shared, tx })
+    }
+
+    /// Hash of event `count - 1` (the genesis hash for 0), for a snapshot of the first `count`
+    /// events; `count` must not exceed the durable count.
+    pub fn prefix_hash(&self, count: u64) -> Result<Hash, LogError> {
+        let durable = self.durable_count();
+        if count > durable {
+            return Err(LogError::Corrupt {
+                position: count,
+                reason: format!("no prefix of {count} events: {durable} are durable"),
+            });
+        }
+        prefix_hash(&self.shared.db, count)
+    }
+
+    /// Events whose stream index the open took from the snapshot (0: indexed from the start).
+    pub fn index_from_snapshot(&self) -> u64 {
+        self.shared.index_from_snapshot
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Writes the stream index of the durable events to the data directory, so that the next open
+    /// indexes only the events after them. Returns the event count it covers. Correct at any time;
+    /// meant for shutdown, since it holds the index for the writer for the length of the encoding.
+    pub fn save_index_snapshot(&self) -> Result<u64, LogError> {
+        let count = self.durable_count();
+        let head_hash = self.prefix_hash(count)?;
+        let body = {
+            let index = self
+                .shared
+                .streams
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            // Positions at or past `count` belong to groups not yet durable.
+            let durable: HashMap<&str, &[u64]> = index
+                .iter()
+                .filter_map(|(s, p)| {
+                    let n = p.partition_point(|pos| *pos < count);
+                    (n > 0).then(|| (s.as_str(), &p[..n]))
+                })
+                .collect();
+            serde_json::to_vec(&durable).map_err(|e| LogError::Encode(e.to_string()))?
+        };
+        snapshot::write(
+            &self.shared.dir.join(INDEX_SNAPSHOT),
+            INDEX_KIND,
+            &Snapshot {
+                count,
+                head_hash,
+                body,
+            },
+        )?;
+        Ok(count)
     }
 
     /// Appends atomically; resolves once the events are durable (per the configured durability).

@@ -127,9 +127,6 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
                 );
             }
             *revision += 1;
-            if let Err(m) = idem.push(db, &rec)? {
-                return Ok(Err(m));
-            }
             if let Some((frontier, tiles)) = tree.as_mut() {
                 // Each leaf is checked as it comes, so a rewritten event is named by its position
                 // before the broken link after it.
@@ -166,6 +163,10 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
                 if let Some((at, what)) = bad {
                     return fail(at, what);
                 }
+            }
+            // After the tree: a rewritten event is named by its leaf before the record naming it.
+            if let Err(m) = idem.push(db, &rec)? {
+                return Ok(Err(m));
             }
             prev = hash;
             expected_pos += 1;
