@@ -10,6 +10,7 @@ use std::path::Path;
 use claims_ledger::app::STATE_SNAPSHOT;
 use claims_ledger::grpc::pb;
 use claims_ledger::log::snapshot;
+use claims_ledger::log::verify::verify_dir;
 use common::*;
 use tonic::Code;
 
@@ -266,5 +267,46 @@ async fn snapshots_of_another_log_or_damaged_ones_are_ignored() {
     let s = TestServer::start_in(dir).await;
     assert_eq!(s.app.opened_from_snapshots(), (0, 0));
     behaves_as_folded_from_the_start(&s, &tail).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_stream_index_snapshot_fails_verify_and_is_never_served() {
+    let (dir, _, tail) = two_stops().await;
+    let path = dir.path().join(INDEX_SNAPSHOT);
+    let snap = snapshot::read(&path, "stream-index/v1")
+        .expect("readable")
+        .expect("present");
+    let report = verify_dir(dir.path()).expect("open").expect("verifies");
+    assert_eq!(report.index_snapshot, Some(snap.count));
+
+    // Swap two of p's positions, keeping the count, the head hash and a valid checksum: a snapshot
+    // the server takes, mapping p's revisions to the wrong events.
+    let mut index: serde_json::Value = serde_json::from_slice(&snap.body).expect("JSON");
+    let p = index["party-p"].as_array_mut().expect("p's positions");
+    p.swap(0, 1);
+    let forged = snapshot::Snapshot {
+        body: serde_json::to_vec(&index).expect("JSON"),
+        ..snap.clone()
+    };
+    snapshot::write(&path, "stream-index/v1", &forged).expect("write");
+    let m = verify_dir(dir.path())
+        .expect("open")
+        .expect_err("a forged index");
+    assert_eq!(m.position, tail.p_positions[0]);
+    assert!(m.reason.contains("party-p revision 0"), "{}", m.reason);
+
+    let s = TestServer::start_in(dir).await;
+    assert_eq!(s.app.opened_from_snapshots().0, snap.count);
+    let err = s
+        .events()
+        .await
+        .read_stream(pb::ReadStreamRequest {
+            stream: "party-p".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the wrong events are not served");
+    assert_eq!(err.code(), Code::Internal);
     s.stop().await;
 }

@@ -101,11 +101,11 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash), "merkle_root": report.merkle_root.map(hex::encode), "idempotency_marked": report.idempotency_marked, "idempotency_unmarked": report.idempotency_unmarked})
+                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash), "merkle_root": report.merkle_root.map(hex::encode), "idempotency_marked": report.idempotency_marked, "idempotency_unmarked": report.idempotency_unmarked, "index_snapshot_events": report.index_snapshot})
                 );
             } else {
                 println!(
-                    "ok: {} events in {} streams, head hash {}, Merkle root {}\nidempotency records: {} match their appends, {} older ones match the events they name",
+                    "ok: {} events in {} streams, head hash {}, Merkle root {}\nidempotency records: {} match their appends, {} older ones match the events they name\nstream index snapshot: {}",
                     report.events,
                     report.streams,
                     hex::encode(report.head_hash),
@@ -113,7 +113,11 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
                         .merkle_root
                         .map_or("(no tree kept)".to_string(), hex::encode),
                     report.idempotency_marked,
-                    report.idempotency_unmarked
+                    report.idempotency_unmarked,
+                    report.index_snapshot.map_or(
+                        "none the server would use".to_string(),
+                        |n| format!("matches the log's first {n} events")
+                    )
                 );
             }
             Ok(0)

@@ -443,7 +443,7 @@ pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError>
 /// Each stream's positions (index = revision), from the records themselves. Reads only each record's
 /// stream and revision: hashes and links are `verify`'s to check.
 /// Each stream's positions, by revision.
-type StreamIndex = HashMap<String, Vec<u64>>;
+pub(super) type StreamIndex = HashMap<String, Vec<u64>>;
 
 /// File name of the stream index snapshot in the data directory.
 pub const INDEX_SNAPSHOT: &str = "streams.snap";
@@ -452,29 +452,7 @@ const INDEX_KIND: &str = "stream-index/v1";
 /// The stream index of the snapshot in `dir` and the event count it covers, if it is usable for the
 /// log in `db` of `count` events (see `snapshot`); an empty index and 0 otherwise.
 fn index_snapshot(dir: &Path, db: &sled::Db, count: u64) -> (StreamIndex, u64) {
-    let usable = || -> Result<Option<(StreamIndex, u64)>, String> {
-        let Some(snap) = snapshot::read(&dir.join(INDEX_SNAPSHOT), INDEX_KIND)? else {
-            return Ok(None);
-        };
-        if snap.count > count {
-            return Err(format!(
-                "it covers {} events, the log holds {count}",
-                snap.count
-            ));
-        }
-        if prefix_hash(db, snap.count).map_err(|e| e.to_string())? != snap.head_hash {
-            return Err("it was made from another log".into());
-        }
-        let index: StreamIndex =
-            serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
-        // Every position below its count, once: a cheap check that it is what it claims to be.
-        let total: usize = index.values().map(Vec::len).sum();
-        if total as u64 != snap.count || index.values().flatten().any(|p| *p >= snap.count) {
-            return Err("its positions do not cover its count".into());
-        }
-        Ok(Some((index, snap.count)))
-    };
-    match usable() {
+    match read_index_snapshot(dir, db, count) {
         Ok(Some(found)) => found,
         Ok(None) => (HashMap::new(), 0),
         Err(reason) => {
@@ -482,6 +460,35 @@ fn index_snapshot(dir: &Path, db: &sled::Db, count: u64) -> (StreamIndex, u64) {
             (HashMap::new(), 0)
         }
     }
+}
+
+/// The stream index snapshot in `dir` with the event count it covers: `Ok(None)` if there is none,
+/// `Err(why)` if the log in `db` of `count` events cannot use it. `verify` checks what it maps.
+pub(super) fn read_index_snapshot(
+    dir: &Path,
+    db: &sled::Db,
+    count: u64,
+) -> Result<Option<(StreamIndex, u64)>, String> {
+    let Some(snap) = snapshot::read(&dir.join(INDEX_SNAPSHOT), INDEX_KIND)? else {
+        return Ok(None);
+    };
+    if snap.count > count {
+        return Err(format!(
+            "it covers {} events, the log holds {count}",
+            snap.count
+        ));
+    }
+    if prefix_hash(db, snap.count).map_err(|e| e.to_string())? != snap.head_hash {
+        return Err("it was made from another log".into());
+    }
+    let index: StreamIndex =
+        serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
+    // Every position below its count, once: a cheap check that it is what it claims to be.
+    let total: usize = index.values().map(Vec::len).sum();
+    if total as u64 != snap.count || index.values().flatten().any(|p| *p >= snap.count) {
+        return Err("its positions do not cover its count".into());
+    }
+    Ok(Some((index, snap.count)))
 }
 
 /// Hash of event `count - 1` (the genesis hash for 0): what a snapshot of `count` events names.
@@ -851,7 +858,22 @@ impl EventLog {
             Box::new(from..=last)
         };
         revs.take(max)
-            .map(|rev| read_event(&self.shared.db, positions[rev as usize]))
+            .map(|rev| {
+                let position = positions[rev as usize];
+                let rec = read_event(&self.shared.db, position)?;
+                // The index is derived (possibly from a snapshot): never serve what it gets wrong.
+                if rec.stream != stream || rec.stream_revision != rev {
+                    return Err(LogError::Corrupt {
+                        position,
+                        reason: format!(
+                            "the stream index maps {stream} revision {rev} here, but the event is \
+                             {} revision {}; stop the server, delete {INDEX_SNAPSHOT} and restart",
+                            rec.stream, rec.stream_revision
+                        ),
+                    });
+                }
+                Ok(rec)
+            })
             .collect()
     }
 

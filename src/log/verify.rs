@@ -14,7 +14,7 @@ use super::layout::{
     TILE_WIDTH,
 };
 use super::record::{self, Hash, RecordedEvent, GENESIS_HASH};
-use super::store::{open_db, Appended, IdempotencyRecord};
+use super::store::{open_db, Appended, IdempotencyRecord, StreamIndex, INDEX_SNAPSHOT};
 use super::tiles::Tiles;
 use super::LogError;
 use crate::merkle::{self, Frontier};
@@ -31,6 +31,9 @@ pub struct VerifyReport {
     pub idempotency_marked: u64,
     /// Idempotency records without a mark (older appends), checked against the events they name.
     pub idempotency_unmarked: u64,
+    /// Events covered by the stream index snapshot the server would start from, checked against the
+    /// log (`None`: no snapshot it would use).
+    pub index_snapshot: Option<u64>,
 }
 
 /// The first mismatch found.
@@ -50,11 +53,27 @@ pub fn verify_dir(dir: &Path) -> Result<Result<VerifyReport, Mismatch>, LogError
         )));
     }
     let db = open_db(dir)?;
-    verify_db(&db)
+    let count = match db.get(HEAD_KEY)? {
+        Some(h) => parse_head(&h).map_or(0, |(count, _)| count),
+        None => 0,
+    };
+    // A snapshot the server would not use is no concern of the log's integrity.
+    let snapshot = super::store::read_index_snapshot(dir, &db, count)
+        .ok()
+        .flatten();
+    check(&db, snapshot)
 }
 
 /// Verifies an open sled database holding a log.
 pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogError> {
+    check(db, None)
+}
+
+/// Verifies the log in `db` and, if given, the stream index snapshot the server would start from.
+fn check(
+    db: &sled::Db,
+    snapshot: Option<(StreamIndex, u64)>,
+) -> Result<Result<VerifyReport, Mismatch>, LogError> {
     let fail = |position: u64, reason: String| Ok(Err(Mismatch { position, reason }));
     // Another layout cannot be checked, which is not the same as failing the check.
     if let Some(reason) = super::store::layout_mismatch(db)? {
@@ -125,6 +144,22 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
                         rec.stream, rec.stream_revision, revision
                     ),
                 );
+            }
+            if let Some((index, covered)) = snapshot.as_ref().filter(|(_, c)| pos < *c) {
+                let mapped = index
+                    .get(rec.stream.as_str())
+                    .and_then(|p| p.get(*revision as usize));
+                if mapped != Some(&pos) {
+                    return fail(
+                        pos,
+                        format!(
+                            "the stream index snapshot ({INDEX_SNAPSHOT}, {covered} events), which \
+                             the server would start from, maps {} revision {} to {mapped:?}; \
+                             delete it",
+                            rec.stream, revision
+                        ),
+                    );
+                }
             }
             *revision += 1;
             if let Some((frontier, tiles)) = tree.as_mut() {
@@ -237,6 +272,7 @@ pub fn verify_db(db: &sled::Db) -> Result<Result<VerifyReport, Mismatch>, LogErr
         merkle_root: tree.map(|(t, _)| t.root()),
         idempotency_marked: idem.marked.len() as u64,
         idempotency_unmarked: unmarked,
+        index_snapshot: snapshot.map(|(_, covered)| covered),
     }))
 }
 
