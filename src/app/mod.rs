@@ -28,7 +28,6 @@ pub use write::{ClientCommand, Shape, WriteContext, WriteOutcome};
 use crate::checkpoint::{keys, Signer};
 use crate::domain::event::DecodeError;
 use crate::domain::{Event, State};
-use crate::log::snapshot::{self, Snapshot};
 use crate::log::{CommitObserver, EventLog, LogError, LogOptions, RecordedEvent};
 use crate::projection::Projections;
 
@@ -189,7 +188,7 @@ impl App {
     /// matches the log. Runs before the server accepts writes.
     fn replay(&self) -> Result<u64, AppError> {
         let end = self.log.durable_count();
-        let (mut fresh, from) = self.state_snapshot(end);
+        let (mut fresh, from) = self.state_snapshot();
         let mut pos = from;
         while pos < end {
             let chunk = self.log.read_all(pos, false, 1024)?;
@@ -223,27 +222,12 @@ impl App {
     }
 
     /// The write model of the snapshot in the data directory and the event count it covers, if it
-    /// matches this log's first `end` events; an empty model and 0 otherwise.
-    fn state_snapshot(&self, end: u64) -> (State, u64) {
+    /// matches the durable log; an empty model and 0 otherwise.
+    fn state_snapshot(&self) -> (State, u64) {
         let usable = || -> Result<Option<(State, u64)>, String> {
-            let path = self.log.dir().join(STATE_SNAPSHOT);
-            let Some(snap) = snapshot::read(&path, STATE_KIND)? else {
+            let Some(snap) = self.log.matching_snapshot(STATE_SNAPSHOT, STATE_KIND)? else {
                 return Ok(None);
             };
-            if snap.count > end {
-                return Err(format!(
-                    "it covers {} events, the log holds {end}",
-                    snap.count
-                ));
-            }
-            if self
-                .log
-                .prefix_hash(snap.count)
-                .map_err(|e| e.to_string())?
-                != snap.head_hash
-            {
-                return Err("it was made from another log".into());
-            }
             let state =
                 serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
             Ok(Some((state, snap.count)))
@@ -268,16 +252,8 @@ impl App {
                 .map_err(|e| AppError::Internal(format!("encoding the write model: {e}")))?;
             (folded.count, body)
         };
-        let head_hash = self.log.prefix_hash(count)?;
-        snapshot::write(
-            &self.log.dir().join(STATE_SNAPSHOT),
-            STATE_KIND,
-            &Snapshot {
-                count,
-                head_hash,
-                body,
-            },
-        )?;
+        self.log
+            .save_snapshot(STATE_SNAPSHOT, STATE_KIND, count, body)?;
         Ok(count)
     }
 

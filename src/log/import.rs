@@ -27,7 +27,7 @@
 //!
 //! The projections (a separate database) are not imported either; they are rebuilt from the log on
 //! the first start.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -37,8 +37,9 @@ use super::layout::{
     head_value, idempotency_key, tile_key, PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY,
     LAYOUT_VERSION,
 };
+use super::marks::Marks;
 use super::record::{self, Hash, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES};
-use super::store::{open_db, Appended, IdempotencyRecord};
+use super::store::open_db;
 use super::tiles::Tiles;
 use super::LogError;
 use crate::merkle::{self, Frontier};
@@ -78,20 +79,8 @@ pub struct Importer {
     head_hash: Hash,
     frontier: Frontier,
     last_recorded: Option<DateTime<Utc>>,
-    /// The append under an idempotency key whose events are still arriving.
-    open: Option<OpenAppend>,
-    /// Every idempotency key seen, to refuse one used twice.
-    keys: HashSet<String>,
-    /// `i` keys written.
-    idempotency_records: u64,
-}
-
-/// An append made under an idempotency key, being collected event by event.
-struct OpenAppend {
-    key: String,
-    record: IdempotencyRecord,
-    /// Events of the append not yet pushed.
-    remaining: u32,
+    /// The keyed appends seen, whose answers become `i` records.
+    marks: Marks,
 }
 
 impl Importer {
@@ -116,9 +105,7 @@ impl Importer {
             head_hash: GENESIS_HASH,
             frontier: Frontier::new(),
             last_recorded: None,
-            open: None,
-            keys: HashSet::new(),
-            idempotency_records: 0,
+            marks: Marks::default(),
         })
     }
 
@@ -187,48 +174,13 @@ impl Importer {
                 last.to_rfc3339()
             ));
         }
-        match (&rec.idempotency, &self.open) {
-            (Some(mark), Some(open)) => {
-                return refuse(format!(
-                    "an append under idempotency key {:?} starts while the one under {:?} still \
-                     lacks {} event(s)",
-                    mark.key, open.key, open.remaining
-                ))
-            }
-            (Some(mark), None) if self.keys.contains(&mark.key) => {
-                return refuse(format!("idempotency key {:?} used a second time", mark.key))
-            }
-            (None, Some(open)) if open.record.recorded_at != rec.recorded_at => {
-                return refuse(format!(
-                    "recorded_at differs within the append under idempotency key {:?}",
-                    open.key
-                ))
-            }
-            _ => {}
+        if let Err(reason) = self.marks.check(rec) {
+            return refuse(reason);
         }
         // Every check passed: stage it.
-        if let Some(mark) = &rec.idempotency {
-            self.keys.insert(mark.key.clone());
-            self.open = Some(OpenAppend {
-                key: mark.key.clone(),
-                record: IdempotencyRecord {
-                    content_hash: mark.content_hash,
-                    recorded_at: rec.recorded_at,
-                    events: Vec::with_capacity(mark.events as usize),
-                },
-                remaining: mark.events,
-            });
-        }
-        if let Some(mut open) = self.open.take() {
-            open.record.events.push(Appended::from(rec));
-            open.remaining -= 1;
-            if open.remaining == 0 {
-                self.batch
-                    .insert(idempotency_key(&open.key), open.record.to_bytes()?);
-                self.idempotency_records += 1;
-            } else {
-                self.open = Some(open);
-            }
+        if let Some(closed) = self.marks.push(rec) {
+            self.batch
+                .insert(idempotency_key(&closed.key), closed.answer.to_bytes()?);
         }
         self.pages.push(position, &rec.hash, &rec.stored);
         let batch = &mut self.batch;
@@ -270,13 +222,10 @@ impl Importer {
 
     /// Applies what is staged, flushes sled and fsyncs its files and the directory.
     pub fn finish(mut self) -> Result<ImportSummary, LogError> {
-        if let Some(open) = &self.open {
+        if let Err(reason) = self.marks.check_end() {
             return Err(LogError::Corrupt {
                 position: self.count,
-                reason: format!(
-                    "the log ends inside the append under idempotency key {:?}, {} event(s) short",
-                    open.key, open.remaining
-                ),
+                reason,
             });
         }
         self.apply()?;
@@ -291,7 +240,7 @@ impl Importer {
             streams: self.revisions.len(),
             head_hash: self.head_hash,
             merkle_root: self.frontier.root(),
-            idempotency_records: self.idempotency_records,
+            idempotency_records: self.marks.count(),
         })
     }
 }
@@ -311,6 +260,7 @@ fn sync_dir_files(dir: &Path) -> Result<(), LogError> {
 #[cfg(test)]
 mod tests {
     use super::super::record::{encode, Encode};
+    use super::super::store::{Appended, IdempotencyRecord};
     use super::super::verify::verify_dir;
     use super::*;
     use serde_json::value::RawValue;

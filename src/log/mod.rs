@@ -6,6 +6,7 @@
 pub mod disk;
 pub mod import;
 mod layout;
+mod marks;
 mod record;
 pub mod snapshot;
 mod store;

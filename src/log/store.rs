@@ -440,8 +440,6 @@ pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError>
     )))
 }
 
-/// Each stream's positions (index = revision), from the records themselves. Reads only each record's
-/// stream and revision: hashes and links are `verify`'s to check.
 /// Each stream's positions, by revision.
 pub(super) type StreamIndex = HashMap<String, Vec<u64>>;
 
@@ -469,7 +467,29 @@ pub(super) fn read_index_snapshot(
     db: &sled::Db,
     count: u64,
 ) -> Result<Option<(StreamIndex, u64)>, String> {
-    let Some(snap) = snapshot::read(&dir.join(INDEX_SNAPSHOT), INDEX_KIND)? else {
+    let Some(snap) = matching_snapshot(dir, db, count, INDEX_SNAPSHOT, INDEX_KIND)? else {
+        return Ok(None);
+    };
+    let index: StreamIndex =
+        serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
+    // Every position below its count, once: a cheap check that it is what it claims to be.
+    let total: usize = index.values().map(Vec::len).sum();
+    if total as u64 != snap.count || index.values().flatten().any(|p| *p >= snap.count) {
+        return Err("its positions do not cover its count".into());
+    }
+    Ok(Some((index, snap.count)))
+}
+
+/// The snapshot `file` (of `kind`) in `dir`: `Ok(None)` if there is none, `Err(why)` if it is
+/// unreadable or the log in `db` of `count` events does not hold exactly the prefix it names.
+fn matching_snapshot(
+    dir: &Path,
+    db: &sled::Db,
+    count: u64,
+    file: &str,
+    kind: &str,
+) -> Result<Option<Snapshot>, String> {
+    let Some(snap) = snapshot::read(&dir.join(file), kind)? else {
         return Ok(None);
     };
     if snap.count > count {
@@ -481,14 +501,7 @@ pub(super) fn read_index_snapshot(
     if prefix_hash(db, snap.count).map_err(|e| e.to_string())? != snap.head_hash {
         return Err("it was made from another log".into());
     }
-    let index: StreamIndex =
-        serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
-    // Every position below its count, once: a cheap check that it is what it claims to be.
-    let total: usize = index.values().map(Vec::len).sum();
-    if total as u64 != snap.count || index.values().flatten().any(|p| *p >= snap.count) {
-        return Err("its positions do not cover its count".into());
-    }
-    Ok(Some((index, snap.count)))
+    Ok(Some(snap))
 }
 
 /// Hash of event `count - 1` (the genesis hash for 0): what a snapshot of `count` events names.
@@ -499,13 +512,14 @@ fn prefix_hash(db: &sled::Db, count: u64) -> Result<Hash, LogError> {
     }
 }
 
-/// Extends `streams`, the index of the first `from` events, to the first `count`.
+/// Extends `streams`, the index of the first `from` events, to the first `count`, from the records
+/// themselves. Reads only each record's stream and revision: hashes and links are `verify`'s to check.
 fn index_streams(
     db: &sled::Db,
-    mut streams: HashMap<String, Vec<u64>>,
+    mut streams: StreamIndex,
     from: u64,
     count: u64,
-) -> Result<HashMap<String, Vec<u64>>, LogError> {
+) -> Result<StreamIndex, LogError> {
     scan_frames(db, from, count, |pos, _, bytes| {
         let (stream, revision) = record::stream_of(pos, bytes)?;
         let positions = streams.entry(stream).or_default();
@@ -552,7 +566,7 @@ struct Shared {
     index_from_snapshot: u64,
     /// Each stream's positions (index = revision), including those of groups not yet durable:
     /// readers drop those. Only the writer changes it.
-    streams: RwLock<HashMap<String, Vec<u64>>>,
+    streams: RwLock<StreamIndex>,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -667,6 +681,13 @@ impl EventLog {
         prefix_hash(&self.shared.db, count)
     }
 
+    /// The snapshot `file` (of `kind`) of the data directory if the durable log holds exactly the
+    /// prefix it names; `Err(why)` if there is one that does not fit (see `snapshot`).
+    pub fn matching_snapshot(&self, file: &str, kind: &str) -> Result<Option<Snapshot>, String> {
+        let (dir, db) = (&self.shared.dir, &self.shared.db);
+        matching_snapshot(dir, db, self.durable_count(), file, kind)
+    }
+
     /// Events whose stream index the open took from the snapshot (0: indexed from the start).
     pub fn index_from_snapshot(&self) -> u64 {
         self.shared.index_from_snapshot
@@ -682,7 +703,6 @@ impl EventLog {
     /// meant for shutdown, since it holds the index for the writer for the length of the encoding.
     pub fn save_index_snapshot(&self) -> Result<u64, LogError> {
         let count = self.durable_count();
-        let head_hash = self.prefix_hash(count)?;
         let body = {
             let index = self
                 .shared
@@ -699,16 +719,29 @@ impl EventLog {
                 .collect();
             serde_json::to_vec(&durable).map_err(|e| LogError::Encode(e.to_string()))?
         };
+        self.save_snapshot(INDEX_SNAPSHOT, INDEX_KIND, count, body)?;
+        Ok(count)
+    }
+
+    /// Writes `body`, state derived from the first `count` durable events, as the snapshot `file`
+    /// of the data directory (see `snapshot`), named by the hash of event `count - 1`.
+    pub fn save_snapshot(
+        &self,
+        file: &str,
+        kind: &str,
+        count: u64,
+        body: Vec<u8>,
+    ) -> Result<(), LogError> {
+        let head_hash = self.prefix_hash(count)?;
         snapshot::write(
-            &self.shared.dir.join(INDEX_SNAPSHOT),
-            INDEX_KIND,
+            &self.shared.dir.join(file),
+            kind,
             &Snapshot {
                 count,
                 head_hash,
                 body,
             },
-        )?;
-        Ok(count)
+        )
     }
 
     /// Appends atomically; resolves once the events are durable (per the configured durability).

@@ -6,14 +6,15 @@
 //! mark (written before marks existed) must point at events that are in the log with those hashes;
 //! a forged or stale record would otherwise answer a client's retry with a write it never made.
 //! Reads sled directly, so the server must be stopped (sled locks the directory).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::layout::{
     be_u64, frames, page_first, parse_head, FRONTIER_KEY, HEAD_KEY, IDEMPOTENCY, TILE, TILE_HEIGHT,
     TILE_WIDTH,
 };
-use super::record::{self, Hash, RecordedEvent, GENESIS_HASH};
+use super::marks::Marks;
+use super::record::{self, Hash, GENESIS_HASH};
 use super::store::{open_db, Appended, IdempotencyRecord, StreamIndex, INDEX_SNAPSHOT};
 use super::tiles::Tiles;
 use super::LogError;
@@ -94,7 +95,7 @@ fn check(
     let mut tiles_checked = 0usize;
     // The stored level-0 tile holding the current position's leaf, by tile index.
     let mut leaf_tile: Option<(u64, Option<sled::IVec>)> = None;
-    let mut idem = MarkedAppends::default();
+    let mut marks = Marks::default();
     for item in db.scan_prefix([super::layout::EVENT]) {
         let (k, v) = item?;
         let Some(first) = page_first(&k) else {
@@ -200,8 +201,33 @@ fn check(
                 }
             }
             // After the tree: a rewritten event is named by its leaf before the record naming it.
-            if let Err(m) = idem.push(db, &rec)? {
-                return Ok(Err(m));
+            if let Err(reason) = marks.check(&rec) {
+                return fail(pos, reason);
+            }
+            if let Some(closed) = marks.push(&rec) {
+                let stored = db.get(super::layout::idempotency_key(&closed.key))?;
+                let stored: Option<IdempotencyRecord> =
+                    stored.and_then(|v| serde_json::from_slice(&v).ok());
+                let key = &closed.key;
+                match stored {
+                    None => {
+                        return fail(
+                            closed.first,
+                            format!(
+                                "the idempotency record of key {key:?} is missing or unreadable"
+                            ),
+                        )
+                    }
+                    Some(s) if s != closed.answer => {
+                        return fail(
+                            closed.first,
+                            format!(
+                                "the idempotency record of key {key:?} does not match its append"
+                            ),
+                        )
+                    }
+                    Some(_) => {}
+                }
             }
             prev = hash;
             expected_pos += 1;
@@ -222,17 +248,14 @@ fn check(
         None if expected_pos > 0 => return fail(expected_pos, "head record is missing".into()),
         _ => {}
     }
-    if let Some((first, key, _, remaining)) = &idem.open {
-        return fail(
-            *first,
-            format!("the log ends inside the append under idempotency key {key:?}, {remaining} event(s) short"),
-        );
+    if let Err(reason) = marks.check_end() {
+        return fail(marks.open_since().unwrap_or(expected_pos), reason);
     }
     let mut unmarked = 0u64;
     for item in db.scan_prefix([IDEMPOTENCY]) {
         let (k, v) = item?;
         let key = String::from_utf8_lossy(&k[1..]).into_owned();
-        if idem.marked.contains(&record::sha256(key.as_bytes())) {
+        if marks.marked(&key) {
             continue;
         }
         unmarked += 1;
@@ -270,86 +293,10 @@ fn check(
         streams: streams.len(),
         head_hash: prev,
         merkle_root: tree.map(|(t, _)| t.root()),
-        idempotency_marked: idem.marked.len() as u64,
+        idempotency_marked: marks.count(),
         idempotency_unmarked: unmarked,
         index_snapshot: snapshot.map(|(_, covered)| covered),
     }))
-}
-
-/// The appends made under an idempotency key, followed through the log in position order.
-#[derive(Default)]
-struct MarkedAppends {
-    /// The append whose events are still coming: its first position, key, answer so far and the
-    /// number of events it still lacks.
-    open: Option<(u64, String, IdempotencyRecord, u32)>,
-    /// SHA-256 of every key whose append was checked.
-    marked: HashSet<Hash>,
-}
-
-impl MarkedAppends {
-    fn push(
-        &mut self,
-        db: &sled::Db,
-        rec: &RecordedEvent,
-    ) -> Result<Result<(), Mismatch>, LogError> {
-        let fail = |position: u64, reason: String| Ok(Err(Mismatch { position, reason }));
-        match (&rec.idempotency, &self.open) {
-            (Some(mark), Some((_, key, _, remaining))) => {
-                return fail(
-                    rec.position,
-                    format!(
-                        "an append under idempotency key {:?} starts while the one under {key:?} \
-                         still lacks {remaining} event(s)",
-                        mark.key
-                    ),
-                )
-            }
-            (Some(mark), None) => {
-                self.open = Some((
-                    rec.position,
-                    mark.key.clone(),
-                    IdempotencyRecord {
-                        content_hash: mark.content_hash,
-                        recorded_at: rec.recorded_at,
-                        events: Vec::with_capacity(mark.events as usize),
-                    },
-                    mark.events,
-                ));
-            }
-            (None, Some((first, key, answer, _))) if answer.recorded_at != rec.recorded_at => {
-                return fail(
-                    *first,
-                    format!("recorded_at differs within the append under idempotency key {key:?}"),
-                )
-            }
-            _ => {}
-        }
-        let Some((first, key, mut answer, remaining)) = self.open.take() else {
-            return Ok(Ok(()));
-        };
-        answer.events.push(Appended::from(rec));
-        if remaining > 1 {
-            self.open = Some((first, key, answer, remaining - 1));
-            return Ok(Ok(()));
-        }
-        if !self.marked.insert(record::sha256(key.as_bytes())) {
-            return fail(first, format!("idempotency key {key:?} used a second time"));
-        }
-        let stored = db.get(super::layout::idempotency_key(&key))?;
-        let stored: Option<IdempotencyRecord> =
-            stored.and_then(|v| serde_json::from_slice(&v).ok());
-        match stored {
-            None => fail(
-                first,
-                format!("the idempotency record of key {key:?} is missing or unreadable"),
-            ),
-            Some(s) if s != answer => fail(
-                first,
-                format!("the idempotency record of key {key:?} does not match its append"),
-            ),
-            Some(_) => Ok(Ok(())),
-        }
-    }
 }
 
 /// Checks an idempotency record that no mark accounts for: it must name consecutive events below
