@@ -26,7 +26,6 @@ use sha2::{Digest, Sha256};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 type Ledger = pb::ledger_client::LedgerClient<Channel>;
 type Events = pb::events_client::EventsClient<Channel>;
@@ -87,12 +86,6 @@ fn runner(cases: u32) -> TestRunner {
         Err(_) => config,
     };
     TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed))
-}
-
-fn field_violations(s: &Status) -> Vec<String> {
-    s.get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
 
 /// The log as seen by the app (durable count) and by a client (GetHead).

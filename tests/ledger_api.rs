@@ -8,12 +8,6 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-fn field_violations(s: &tonic::Status) -> Vec<String> {
-    s.get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
-
 /// Registers russia, sergey-lavrov and a source; returns the source id.
 async fn seed(c: &mut pb::ledger_client::LedgerClient<tonic::transport::Channel>) -> String {
     for p in [

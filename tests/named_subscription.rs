@@ -147,3 +147,114 @@ async fn acknowledged_positions_survive_restarts_and_delivery_is_at_least_once()
     // Without a stored position, the request's own start applies again.
     assert_eq!(first_events(&server.addr, "indexer", 2).await, vec![0, 1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_listed_in_name_order_with_their_lag() {
+    let s = TestServer::start().await;
+    append(&s.addr, 0..10).await;
+    let head = s.head().await.event_count;
+    let mut ev = events_client(&s.addr).await;
+    // Acknowledged out of name order; "indexer" twice (the later, higher position stays).
+    let acks = [
+        ("search-indexer", 4),
+        ("alerts", 10),
+        ("dashboard.v2", 0),
+        ("warehouse_sync", 7),
+        ("search-indexer", 9),
+    ];
+    for (name, position) in acks {
+        ev.ack(pb::AckRequest {
+            subscription_name: name.into(),
+            position,
+        })
+        .await
+        .expect("ack");
+    }
+    let want: Vec<(String, u64, u64)> = [
+        ("alerts", 10),
+        ("dashboard.v2", 0),
+        ("search-indexer", 9),
+        ("warehouse_sync", 7),
+    ]
+    .iter()
+    .map(|(n, p)| (n.to_string(), *p, head - p))
+    .collect();
+
+    // Two per page: two full pages, then an empty token.
+    let mut got = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = ev
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages += 1;
+        assert_eq!(page.event_count, head);
+        assert!(page.subscriptions.len() <= 2);
+        got.extend(
+            page.subscriptions
+                .into_iter()
+                .map(|s| (s.subscription_name, s.acknowledged_position, s.lag)),
+        );
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, want);
+    assert!((2..=3).contains(&pages), "{pages} pages");
+
+    // A deleted one is gone; the default page holds the rest.
+    ev.delete_subscription(pb::DeleteSubscriptionRequest {
+        subscription_name: "dashboard.v2".into(),
+    })
+    .await
+    .expect("delete");
+    let all = ev
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let names: Vec<_> = all
+        .subscriptions
+        .iter()
+        .map(|s| s.subscription_name.as_str())
+        .collect();
+    assert_eq!(names, ["alerts", "search-indexer", "warehouse_sync"]);
+    assert!(all.next_page_token.is_empty());
+
+    // Tokens this server did not issue, and pages too large, are refused by field.
+    for (req, field) in [
+        (
+            pb::ListSubscriptionsRequest {
+                page_token: "not hex".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            pb::ListSubscriptionsRequest {
+                page_token: hex::encode("bad name!"),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            pb::ListSubscriptionsRequest {
+                page_size: 1001,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+    ] {
+        let err = ev.list_subscriptions(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&err), vec![field.to_string()]);
+    }
+    s.stop().await;
+}

@@ -8,16 +8,9 @@ use common::*;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 type Query = pb::query_client::QueryClient<Channel>;
 type Ledger = pb::ledger_client::LedgerClient<Channel>;
-
-fn field_violations(s: &tonic::Status) -> Vec<String> {
-    s.get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
 
 fn fresh(min: u64) -> Option<pb::ReadConsistency> {
     Some(pb::ReadConsistency { min_position: min })

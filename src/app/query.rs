@@ -434,7 +434,7 @@ fn filter_fingerprint(q: &StatementsQuery) -> [u8; 8] {
     out
 }
 
-fn bad_token() -> AppError {
+pub(super) fn bad_token() -> AppError {
     AppError::invalid(
         "page_token",
         "not a token this server issued for these filters; start again with an empty token",

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::query::{bad_token, Page};
 use super::{App, AppError};
 use crate::domain::FieldViolation;
 use crate::log::RecordedEvent;
@@ -225,6 +226,49 @@ impl App {
             acknowledged,
             lag: self.log.durable_count().saturating_sub(acknowledged),
         })
+    }
+
+    /// Named subscribers in name order, with their acknowledged positions and lag, a page at a time,
+    /// and the event count the lags are measured against. The token is the hex of the last name of
+    /// the previous page.
+    pub fn list_subscriptions(
+        &self,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Page<(String, SubscriptionState)>, u64), AppError> {
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let name = hex::decode(page_token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|n| check_name(n).is_ok())
+                .ok_or_else(bad_token)?;
+            Some(name)
+        };
+        let durable = self.log.durable_count();
+        let mut found = self.log.cursors(after.as_deref(), page_size + 1)?;
+        let next_page_token = if found.len() > page_size {
+            found.truncate(page_size);
+            found
+                .last()
+                .map(|(n, _)| hex::encode(n.as_bytes()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let items = found
+            .into_iter()
+            .map(|(name, acknowledged)| {
+                let lag = durable.saturating_sub(acknowledged);
+                (name, SubscriptionState { acknowledged, lag })
+            })
+            .collect();
+        let page = Page {
+            items,
+            next_page_token,
+        };
+        Ok((page, durable))
     }
 
     /// Forgets a named subscriber's position; returns whether it existed.

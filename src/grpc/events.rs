@@ -135,6 +135,28 @@ impl pb::events_server::Events for EventsService {
         }))
     }
 
+    async fn list_subscriptions(
+        &self,
+        req: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let r = req.into_inner();
+        let size = super::page_size("page_size", r.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let (page, event_count) = self.app.list_subscriptions(size, &r.page_token)?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: page
+                .items
+                .into_iter()
+                .map(|(name, s)| pb::GetSubscriptionResponse {
+                    subscription_name: name,
+                    acknowledged_position: s.acknowledged,
+                    lag: s.lag,
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+            event_count,
+        }))
+    }
+
     async fn delete_subscription(
         &self,
         req: Request<pb::DeleteSubscriptionRequest>,

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::layout::{
     be_u64, cursor_key, frames, head_value, idempotency_key, page_first, page_key, parse_head,
-    PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
+    PageBuilder, CURSOR, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
 };
 use super::record::{self, Encode, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH};
 use super::snapshot::{self, Snapshot};
@@ -917,6 +917,44 @@ impl EventLog {
             .db
             .get(cursor_key(name))?
             .and_then(|v| be_u64(&v)))
+    }
+
+    /// Named subscribers and their acknowledged positions, in name order: those after `after`, at
+    /// most `limit`.
+    pub fn cursors(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, LogError> {
+        let start = match after {
+            // The smallest key above `after`'s own.
+            Some(name) => {
+                let mut k = cursor_key(name);
+                k.push(0);
+                k
+            }
+            None => vec![CURSOR],
+        };
+        let mut out = Vec::new();
+        for item in self.shared.db.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if k.first() != Some(&CURSOR) {
+                break;
+            }
+            let corrupt = |reason: String| LogError::Corrupt {
+                position: 0,
+                reason,
+            };
+            let name = String::from_utf8(k[1..].to_vec())
+                .map_err(|_| corrupt(format!("a subscription cursor key {k:?} is not UTF-8")))?;
+            let position = be_u64(&v)
+                .ok_or_else(|| corrupt(format!("the cursor of {name:?} is unreadable")))?;
+            out.push((name, position));
+        }
+        Ok(out)
     }
 
     /// Durably records that the named subscriber has processed everything before `position`.

@@ -190,6 +190,14 @@ impl Drop for ChildServer {
     }
 }
 
+/// The fields a status's `BadRequest` details name, in order (none without such details).
+pub fn field_violations(s: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    s.get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
 /// A `SubmitBatch` request (or session append) of `commands`, without options or expectations.
 pub fn batch_of(commands: Vec<pb::batch_command::Command>) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {

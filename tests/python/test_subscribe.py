@@ -580,3 +580,40 @@ def test_shutdown_ends_subscription_with_unavailable(start_server):
             )
     finally:
         srv.stop()
+
+
+def test_named_subscriptions_are_listed_with_lag_and_paged(fresh_demo_server):
+    with grpc.insecure_channel(fresh_demo_server.addr) as ch:
+        events = events_pb2_grpc.EventsStub(ch)
+        count = head(events).event_count
+        acked = {"zeta-indexer": count, "alpha-alerts": 3, "mid.warehouse": count - 5}
+        for name, position in acked.items():
+            resp = events.Ack(
+                events_pb2.AckRequest(subscription_name=name, position=position), timeout=T
+            )
+            assert resp.acknowledged_position == position
+
+        seen, token, pages = [], "", 0
+        while True:
+            page = events.ListSubscriptions(
+                events_pb2.ListSubscriptionsRequest(page_size=2, page_token=token), timeout=T
+            )
+            pages += 1
+            assert page.event_count == count
+            assert len(page.subscriptions) <= 2
+            seen += [(s.subscription_name, s.acknowledged_position, s.lag) for s in page.subscriptions]
+            token = page.next_page_token
+            if not token:
+                break
+        assert pages == 2
+        assert seen == [(n, acked[n], count - acked[n]) for n in sorted(acked)]
+
+        try:
+            events.ListSubscriptions(
+                events_pb2.ListSubscriptionsRequest(page_token="zz"), timeout=T
+            )
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert violation_fields(err) == ["page_token"]
+        else:
+            pytest.fail("a token the server never issued was accepted")
