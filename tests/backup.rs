@@ -159,6 +159,31 @@ async fn an_export_under_concurrent_writes_restores_byte_for_byte() {
     let writers: Vec<_> = (0..4)
         .map(|i| tokio::spawn(writer(s.addr.clone(), i, source_id.clone(), stop.clone())))
         .collect();
+    // A consumer that keeps acknowledging the head: by the time the export reads its cursor, it is
+    // usually past the exported events, and must be lowered to their count.
+    let acker = {
+        let (addr, stop) = (s.addr.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut ev = pb::events_client::EventsClient::connect(addr)
+                .await
+                .expect("connect");
+            while !stop.load(Ordering::Relaxed) {
+                let head = ev
+                    .get_head(pb::GetHeadRequest {})
+                    .await
+                    .expect("head")
+                    .into_inner()
+                    .event_count;
+                ev.ack(pb::AckRequest {
+                    subscription_name: "live-consumer".into(),
+                    position: head,
+                })
+                .await
+                .expect("ack");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
     // More than one ReadAll page and one import batch, and the shared party past one index chunk.
     wait_for_count(&s, 1100).await;
 
@@ -175,20 +200,26 @@ async fn an_export_under_concurrent_writes_restores_byte_for_byte() {
     for w in writers {
         assert!(w.await.expect("writer") > 0);
     }
+    acker.await.expect("acker");
     assert!(n >= 1100 && n > demo);
+    // The consumer's cursor, never beyond the exported events, just before the trailer.
+    let cursor = json(&text[n as usize + 1]);
+    assert_eq!(cursor["cursor"]["name"], "live-consumer");
+    assert!(cursor["cursor"]["position"].as_u64().expect("position") <= n);
     assert!(
         s.head().await.event_count > n,
         "writes continued after the head was read"
     );
 
-    // The file: header, exactly positions 0..n, trailer; no temporary file beside it.
+    // The file: header, exactly positions 0..n, the one cursor, trailer; no temporary file beside it.
     assert_eq!(entries(tmp.path()), vec!["ledger.ndjson".to_string()]);
     assert_eq!(header["format"], FORMAT);
-    assert_eq!(text.len() as u64, n + 2);
+    assert_eq!(text.len() as u64, n + 3);
     for (i, line) in text[1..=n as usize].iter().enumerate() {
         assert_eq!(json(line)["position"].as_u64(), Some(i as u64));
     }
-    let trailer = json(&text[n as usize + 1]);
+    let trailer = json(&text[n as usize + 2]);
+    assert_eq!(trailer["end"]["cursors"], 1);
     let head_hash = header["head_hash"].as_str().expect("head_hash").to_string();
     assert_eq!(trailer["end"]["event_count"].as_u64(), Some(n));
     assert_eq!(
@@ -766,4 +797,93 @@ async fn idempotency_survives_a_restore() {
     assert!(!fresh.deduplicated);
     assert_eq!(fresh.events[0].position, n);
     r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_cursors_survive_a_restore_and_bad_cursor_lines_are_named() {
+    let s = TestServer::start().await;
+    load_demo(&s).await;
+    let n = s.head().await.event_count;
+    let mut ev = s.events().await;
+    for (name, position) in [("omega.search", n), ("alpha-alerts", 5)] {
+        ev.ack(pb::AckRequest {
+            subscription_name: name.into(),
+            position,
+        })
+        .await
+        .expect("ack");
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("ledger.ndjson");
+    assert_eq!(export(&s.addr, &out, false).await.expect("export"), 0);
+    s.stop().await;
+
+    // Header, n events, the cursors in name order, then the trailer that counts them.
+    let text = lines(&out);
+    let n_us = n as usize;
+    assert_eq!(text.len(), n_us + 4);
+    assert_eq!(json(&text[n_us + 1])["cursor"]["name"], "alpha-alerts");
+    assert_eq!(json(&text[n_us + 1])["cursor"]["position"], 5);
+    assert_eq!(json(&text[n_us + 2])["cursor"]["name"], "omega.search");
+    assert_eq!(json(&text[n_us + 3])["end"]["cursors"], 2);
+
+    let restored = tempfile::tempdir().expect("tempdir");
+    assert_eq!(restore_file(&out, restored.path()).expect("restore").cursors, 2);
+    let r = TestServer::start_in(restored).await;
+    let listed = r
+        .events()
+        .await
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .subscriptions;
+    let got: Vec<_> = listed
+        .iter()
+        .map(|s| (s.subscription_name.as_str(), s.acknowledged_position))
+        .collect();
+    assert_eq!(got, [("alpha-alerts", 5), ("omega.search", n)]);
+    r.stop().await;
+
+    // Damage, each named by its line.
+    let bad = tmp.path().join("bad.ndjson");
+    let fail = |lines: &[String]| {
+        write_lines(&bad, lines);
+        restore_fails(tmp.path(), &bad)
+    };
+    let cursor_at = n_us + 1;
+    let trailer_at = n_us + 3;
+    // A cursor line before the last event.
+    let mut t = text.clone();
+    let c = t.remove(cursor_at);
+    t.insert(n_us, c);
+    assert_line(&fail(&t), n as u64 + 1, "cursors follow the last event");
+    // Out of name order.
+    let mut t = text.clone();
+    t.swap(cursor_at, cursor_at + 1);
+    assert_line(&fail(&t), cursor_at as u64 + 2, "out of name order");
+    // An invalid name; a position beyond the events.
+    let mut t = text.clone();
+    t[cursor_at] = edit(&t[cursor_at], |v| v["cursor"]["name"] = "no spaces".into());
+    assert_line(&fail(&t), cursor_at as u64 + 1, "not a valid subscription name");
+    let mut t = text.clone();
+    t[cursor_at] = edit(&t[cursor_at], |v| v["cursor"]["position"] = (n + 1).into());
+    assert_line(&fail(&t), cursor_at as u64 + 1, "alpha-alerts");
+    // A dropped cursor line: the trailer's count disagrees.
+    let mut t = text.clone();
+    t.remove(cursor_at);
+    assert_line(&fail(&t), trailer_at as u64, "cursor lines");
+    // A v1 export holds no cursor lines ...
+    let mut t = text.clone();
+    t[0] = edit(&t[0], |v| v["format"] = "claims-ledger/export/v1".into());
+    assert_line(&fail(&t), cursor_at as u64 + 1, "a cursor line in a");
+    // ... and without them (nor a count in the trailer) it still restores.
+    t.drain(cursor_at..trailer_at);
+    let last = t.len() - 1;
+    t[last] = edit(&t[last], |v| {
+        v["end"].as_object_mut().expect("end").remove("cursors");
+    });
+    write_lines(&bad, &t);
+    let v1 = restore_file(&bad, &tmp.path().join("from-v1")).expect("a v1 export restores");
+    assert_eq!((v1.events, v1.cursors), (n, 0));
 }

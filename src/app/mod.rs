@@ -22,7 +22,9 @@ use std::sync::{Arc, RwLock};
 
 pub use audit::{Inclusion, Signed};
 pub use error::AppError;
-pub use subscribe::{Start, SubscribeOptions, SubscriptionItem, SubscriptionState};
+pub use subscribe::{
+    valid_subscription_name, Start, SubscribeOptions, SubscriptionItem, SubscriptionState,
+};
 pub use write::{ClientCommand, Shape, WriteContext, WriteOutcome};
 
 use crate::checkpoint::{keys, Signer};

@@ -157,13 +157,17 @@ impl SubscribeOptions {
 }
 
 /// A subscription name: 1..128 of `A-Z a-z 0-9 . _ -`.
-fn check_name(name: &str) -> Result<(), FieldViolation> {
-    let ok = !name.is_empty()
+/// Whether `name` may name a subscription: 1..128 characters of A-Z a-z 0-9 . _ -
+pub fn valid_subscription_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 128
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_name(name: &str) -> Result<(), FieldViolation> {
+    if valid_subscription_name(name) {
         Ok(())
     } else {
         Err(FieldViolation {

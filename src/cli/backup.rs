@@ -9,23 +9,33 @@
 //! written beside `--out` under a temporary name, fsynced, and renamed, so `--out` is either the old
 //! file or a complete new one.
 //!
-//! The format (`claims-ledger/export/v1`), one JSON document per line:
-//! - line 1, the header: `{"format":"claims-ledger/export/v1","event_count":N,"head_hash":"<hex>"}`;
+//! The format (`claims-ledger/export/v2`), one JSON document per line:
+//! - line 1, the header: `{"format":"claims-ledger/export/v2","event_count":N,"head_hash":"<hex>"}`;
 //! - lines 2 ..= N+1, one event each, in position order: the envelope (`position`, `event_id`,
 //!   `stream`, `stream_revision`, `event_type`, `schema_version`, `recorded_at` (RFC 3339),
 //!   `recorded_by`, `correlation_id`, `causation_id` (null when absent), `prev_hash`, `hash`), the
 //!   `payload` as JSON, and `stored`: the exact stored record as a JSON string. `stored` is what is
 //!   restored, byte for byte; everything else must agree with it;
-//! - line N+2, the trailer: `{"end":{"event_count":N,"head_hash":"<hex>","merkle_root":"<hex>"}}`
-//!   (`merkle_root` null if the server would not give one).
+//! - then one line per named subscriber, in name order: `{"cursor":{"name":"…","position":P}}`, its
+//!   acknowledged position from `Events.ListSubscriptions`, read after the events and lowered to N
+//!   if the subscriber had acknowledged events beyond the export (after a restore those positions
+//!   belong to new events, which it must receive);
+//! - the last line, the trailer: `{"end":{"event_count":N,"head_hash":"<hex>","merkle_root":"<hex>",
+//!   "cursors":K}}` (`merkle_root` null if the server would not give one; `cursors` the number of
+//!   cursor lines).
+//!
+//! Restore also reads `claims-ledger/export/v1` files: the same without cursor lines and without
+//! `cursors` in the trailer.
 //!
 //! **Restore** is offline: it refuses a data directory that already holds anything, reads the
 //! export line by line, and stops at the first line that is wrong, naming it (1-based): not JSON,
 //! an unknown format, a position out of sequence (a missing or repeated line), stored bytes that do
 //! not hash to `hash`, a stored record that does not decode or whose fields differ from the
 //! envelope's (`payload` included), a payload the domain cannot read, a `prev_hash` that does not
-//! link, a stream revision out of sequence, time going backwards, a missing trailer (a truncated
-//! export) or one that disagrees with the count, the head hash or the recomputed Merkle root. It
+//! link, a stream revision out of sequence, time going backwards, a cursor line before the last
+//! event, out of name order, with an invalid name or beyond the events, a missing trailer (a
+//! truncated export) or one that disagrees with the count, the head hash, the recomputed Merkle
+//! root or the number of cursor lines. It
 //! writes through `log::import::Importer` into a temporary directory beside the target, fsyncs it,
 //! runs `verify` on the result, compares its head hash and Merkle root with the export's, and only
 //! then renames it into place (an existing empty directory is replaced, so a crash mid-restore
@@ -36,8 +46,9 @@
 //! (see `log::import`). A retry against the restored server of a write made before the backup gets
 //! the original answer, `deduplicated`.
 //!
-//! Not in an export, so not restored: named subscription cursors, the projections (rebuilt from the
-//! log on the first start), and the checkpoint signing key (copy `signing.key` into the restored
+//! Not in an export, so not restored: the projections (rebuilt from the log on the first start), the
+//! snapshots (the first start folds the whole log and saves them at its stop), and the checkpoint
+//! signing key (copy `signing.key` into the restored
 //! directory to keep signing as the same log).
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
@@ -55,8 +66,10 @@ use crate::log::verify::verify_dir;
 use crate::log::{self, Hash, LogError, RecordedEvent, GENESIS_HASH};
 use crate::merkle::{self, Frontier};
 
-/// The format name in an export's header.
-pub const FORMAT: &str = "claims-ledger/export/v1";
+/// The format name in the header of the exports this version writes.
+pub const FORMAT: &str = "claims-ledger/export/v2";
+/// The earlier format, without subscription cursors, which restore still reads.
+pub const FORMAT_V1: &str = "claims-ledger/export/v1";
 
 /// Most events `Events.ReadAll` returns at once.
 const MAX_PAGE: u32 = 1000;
@@ -86,6 +99,23 @@ struct End {
     event_count: u64,
     head_hash: String,
     merkle_root: Option<String>,
+    /// Cursor lines before the trailer (v2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursors: Option<u64>,
+}
+
+/// A named subscriber's acknowledged position.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CursorLine {
+    cursor: Cursor,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cursor {
+    name: String,
+    position: u64,
 }
 
 /// An event line as written.
@@ -140,6 +170,9 @@ pub struct ExportSummary {
     pub head_hash: Hash,
     /// The server's Merkle root of the exported prefix, if it gave one.
     pub merkle_root: Option<Hash>,
+    /// Named subscribers' cursors written, and how many of them were lowered to the event count.
+    pub cursors: u64,
+    pub cursors_lowered: u64,
 }
 
 /// `claims-ledger export --server URL --out FILE`: see the module documentation. Exit code 0.
@@ -149,16 +182,18 @@ pub async fn export(server: &str, out: &Path, json: bool) -> anyhow::Result<i32>
     if json {
         println!(
             "{}",
-            serde_json::json!({"out": out.display().to_string(), "events": s.events, "bytes": s.bytes, "head_hash": hex::encode(s.head_hash), "merkle_root": root})
+            serde_json::json!({"out": out.display().to_string(), "events": s.events, "bytes": s.bytes, "head_hash": hex::encode(s.head_hash), "merkle_root": root, "cursors": s.cursors, "cursors_lowered": s.cursors_lowered})
         );
     } else {
         println!(
-            "exported {} events ({} bytes) to {}\nhead hash: {}\nMerkle root: {}",
+            "exported {} events ({} bytes) to {}\nhead hash: {}\nMerkle root: {}\nsubscription cursors: {} ({} lowered to the event count)",
             s.events,
             s.bytes,
             out.display(),
             hex::encode(s.head_hash),
-            root.as_deref().unwrap_or("(not given by the server)")
+            root.as_deref().unwrap_or("(not given by the server)"),
+            s.cursors,
+            s.cursors_lowered
         );
     }
     Ok(0)
@@ -170,7 +205,7 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
     let channel = super::connect::connect(server).await?;
     let mut events = pb::events_client::EventsClient::new(channel.clone())
         .max_decoding_message_size(MAX_MESSAGE);
-    let mut audit = pb::audit_client::AuditClient::new(channel);
+    let mut audit = pb::audit_client::AuditClient::new(channel.clone());
     let head = events
         .get_head(pb::GetHeadRequest {})
         .await
@@ -224,11 +259,13 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
                 None
             }
         };
+        let (cursors, lowered) = write_cursors(&mut events, &mut w, count).await?;
         let trailer = Trailer {
             end: End {
                 event_count: count,
                 head_hash: head.hash.clone(),
                 merkle_root: merkle_root.map(hex::encode),
+                cursors: Some(cursors),
             },
         };
         serde_json::to_writer(&mut w, &trailer)?;
@@ -241,10 +278,10 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
             Ok(file.metadata()?.len())
         })
         .await?
-        .map(|bytes| (bytes, merkle_root))
+        .map(|bytes| (bytes, merkle_root, cursors, lowered))
     }
     .await;
-    let (bytes, merkle_root) = match written {
+    let (bytes, merkle_root, cursors, cursors_lowered) = match written {
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -261,7 +298,49 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
         bytes,
         head_hash,
         merkle_root,
+        cursors,
+        cursors_lowered,
     })
+}
+
+/// Writes every named subscriber's cursor, in name order, lowered to `count`; returns how many were
+/// written and how many lowered.
+async fn write_cursors(
+    events: &mut pb::events_client::EventsClient<super::connect::Conn>,
+    w: &mut impl std::io::Write,
+    count: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut written, mut lowered) = (0u64, 0u64);
+    let mut token = String::new();
+    loop {
+        let page = events
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                page_size: MAX_PAGE,
+                page_token: token,
+            })
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!("Events.ListSubscriptions: {}: {}", s.code(), s.message())
+            })?
+            .into_inner();
+        for sub in page.subscriptions {
+            let position = sub.acknowledged_position.min(count);
+            lowered += u64::from(position < sub.acknowledged_position);
+            let line = CursorLine {
+                cursor: Cursor {
+                    name: sub.subscription_name,
+                    position,
+                },
+            };
+            serde_json::to_writer(&mut *w, &line)?;
+            w.write_all(b"\n")?;
+            written += 1;
+        }
+        if page.next_page_token.is_empty() {
+            return Ok((written, lowered));
+        }
+        token = page.next_page_token;
+    }
 }
 
 /// Pages through positions `[0, count)`, checking each event's hash and chain link, writing one line
@@ -384,6 +463,8 @@ pub struct Restored {
     pub merkle_root_checked: bool,
     /// Idempotency records rebuilt from the events.
     pub idempotency_records: u64,
+    /// Named subscribers' cursors restored.
+    pub cursors: u64,
 }
 
 /// Why a restore failed: the 1-based line of the export at fault, when there is one.
@@ -425,11 +506,11 @@ pub fn restore(from: &Path, data_dir: &Path, json: bool) -> anyhow::Result<i32> 
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "data_dir": data_dir.display().to_string(), "events": r.events, "streams": r.streams, "head_hash": hex::encode(r.head_hash), "merkle_root": root, "merkle_root_checked": r.merkle_root_checked, "idempotency_records": r.idempotency_records})
+                    serde_json::json!({"ok": true, "data_dir": data_dir.display().to_string(), "events": r.events, "streams": r.streams, "head_hash": hex::encode(r.head_hash), "merkle_root": root, "merkle_root_checked": r.merkle_root_checked, "idempotency_records": r.idempotency_records, "cursors": r.cursors})
                 );
             } else {
                 println!(
-                    "restored {} events in {} streams into {}\nhead hash: {}\nMerkle root: {root} ({})\nidempotency records rebuilt: {}\nnot restored: subscription cursors, the signing key; projections are rebuilt on the first start",
+                    "restored {} events in {} streams into {}\nhead hash: {}\nMerkle root: {root} ({})\nidempotency records rebuilt: {}\nsubscription cursors restored: {}\nnot restored: the signing key; projections and snapshots are rebuilt on the first start",
                     r.events,
                     r.streams,
                     data_dir.display(),
@@ -439,7 +520,8 @@ pub fn restore(from: &Path, data_dir: &Path, json: bool) -> anyhow::Result<i32> 
                     } else {
                         "the export carries none to compare with"
                     },
-                    r.idempotency_records
+                    r.idempotency_records,
+                    r.cursors
                 );
             }
             Ok(0)
@@ -571,20 +653,23 @@ fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
     }
     let header: Header =
         serde_json::from_slice(&buf).map_err(|e| at(1, format!("not an export header: {e}")))?;
-    if header.format != FORMAT {
-        return Err(at(
-            1,
-            format!(
-                "unknown format {:?} (this version reads {FORMAT:?})",
-                header.format
-            ),
-        ));
-    }
+    let with_cursors =
+        match header.format.as_str() {
+            FORMAT => true,
+            FORMAT_V1 => false,
+            other => return Err(at(
+                1,
+                format!(
+                    "unknown format {other:?} (this version reads {FORMAT:?} and {FORMAT_V1:?})"
+                ),
+            )),
+        };
     let header_head =
         parse_hash(&header.head_hash).map_err(|e| at(1, format!("head_hash: {e}")))?;
 
     let mut importer = Importer::create(dir)
         .map_err(|e| general(format!("cannot create a log in {}: {e}", dir.display())))?;
+    let mut cursors = Cursors::default();
     let trailer = loop {
         let Some(complete) = next_line(&mut buf, &mut line_no)? else {
             return Err(at(
@@ -599,16 +684,38 @@ fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
         };
         let event: EventIn = match serde_json::from_slice(&buf) {
             Ok(e) => e,
-            Err(event_err) => match serde_json::from_slice::<Trailer>(&buf) {
-                Ok(t) => break t.end,
-                Err(trailer_err) => {
-                    return Err(at(
-                        line_no,
-                        describe_bad_line(&buf, event_err, trailer_err, complete),
-                    ));
+            Err(event_err) => {
+                if let Ok(CursorLine { cursor }) = serde_json::from_slice(&buf) {
+                    if !with_cursors {
+                        return Err(at(
+                            line_no,
+                            format!("a cursor line in a {FORMAT_V1} export"),
+                        ));
+                    }
+                    cursors
+                        .push(&mut importer, cursor, header.event_count)
+                        .map_err(|reason| at(line_no, reason))?;
+                    continue;
                 }
-            },
+                match serde_json::from_slice::<Trailer>(&buf) {
+                    Ok(t) => break t.end,
+                    Err(trailer_err) => {
+                        return Err(at(
+                            line_no,
+                            describe_bad_line(&buf, event_err, trailer_err, complete),
+                        ));
+                    }
+                }
+            }
         };
+        if let Some(name) = &cursors.last {
+            return Err(at(
+                line_no,
+                format!(
+                    "an event after the cursor line of {name:?}; cursors follow the last event"
+                ),
+            ));
+        }
         let expected = importer.count();
         if expected >= header.event_count {
             return Err(at(
@@ -633,6 +740,16 @@ fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
             format!(
                 "the trailer says {} events and the header {}, but {count} event lines came before it",
                 trailer.event_count, header.event_count
+            ),
+        ));
+    }
+    let expected_cursors = with_cursors.then_some(cursors.count);
+    if trailer.cursors != expected_cursors {
+        return Err(at(
+            line_no,
+            format!(
+                "the trailer counts {:?} cursor lines, the export holds {:?}",
+                trailer.cursors, expected_cursors
             ),
         ));
     }
@@ -714,7 +831,46 @@ fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
         merkle_root: summary.merkle_root,
         merkle_root_checked: trailer_root.is_some(),
         idempotency_records: summary.idempotency_records,
+        cursors: cursors.count,
     })
+}
+
+/// The cursor lines read so far.
+#[derive(Default)]
+struct Cursors {
+    count: u64,
+    /// The last name, to keep names in strictly increasing order.
+    last: Option<String>,
+}
+
+impl Cursors {
+    /// Checks a cursor line read after `importer`'s events and stores it.
+    fn push(&mut self, importer: &mut Importer, c: Cursor, events: u64) -> Result<(), String> {
+        if importer.count() != events {
+            return Err(format!(
+                "a cursor line after {} of the {events} events; cursors follow the last event",
+                importer.count()
+            ));
+        }
+        if !crate::app::valid_subscription_name(&c.name) {
+            return Err(format!(
+                "cursor name {:?} is not a valid subscription name",
+                c.name
+            ));
+        }
+        if self.last.as_ref().is_some_and(|last| *last >= c.name) {
+            return Err(format!(
+                "cursor {:?} is out of name order (or repeated)",
+                c.name
+            ));
+        }
+        importer
+            .put_cursor(&c.name, c.position)
+            .map_err(|e| format!("cursor {:?}: {e}", c.name))?;
+        self.count += 1;
+        self.last = Some(c.name);
+        Ok(())
+    }
 }
 
 /// Checks one event line against its own stored record; returns the record to import.

@@ -21,9 +21,8 @@
 //! `recorded_at`, a key seen twice, and a log that ends inside an append. Appends made before marks
 //! existed carry none and get no `i` key.
 //!
-//! What an import does NOT bring back, because an export does not carry it: subscription cursors
-//! (`c` keys). Named subscribers start again from the `from_position` they pass, as if they had
-//! never acknowledged anything.
+//! Subscription cursors (`c` keys) are written as the caller gives them ([`Importer::put_cursor`]),
+//! never beyond the events pushed.
 //!
 //! The projections (a separate database) are not imported either; they are rebuilt from the log on
 //! the first start.
@@ -34,8 +33,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::layout::{
-    head_value, idempotency_key, tile_key, PageBuilder, FRONTIER_KEY, HEAD_KEY, LAYOUT_KEY,
-    LAYOUT_VERSION,
+    cursor_key, head_value, idempotency_key, tile_key, PageBuilder, FRONTIER_KEY, HEAD_KEY,
+    LAYOUT_KEY, LAYOUT_VERSION,
 };
 use super::marks::Marks;
 use super::record::{self, Hash, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES};
@@ -202,6 +201,19 @@ impl Importer {
         if self.staged >= BATCH_EVENTS {
             self.apply()?;
         }
+        Ok(())
+    }
+
+    /// Stores a named subscriber's acknowledged position; it may not lie beyond the events pushed.
+    pub fn put_cursor(&mut self, name: &str, position: u64) -> Result<(), LogError> {
+        if position > self.count {
+            return Err(LogError::CursorBeyondHead {
+                position,
+                durable: self.count,
+            });
+        }
+        self.batch
+            .insert(cursor_key(name), position.to_be_bytes().to_vec());
         Ok(())
     }
 
