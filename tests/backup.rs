@@ -828,7 +828,12 @@ async fn subscription_cursors_survive_a_restore_and_bad_cursor_lines_are_named()
     assert_eq!(json(&text[n_us + 3])["end"]["cursors"], 2);
 
     let restored = tempfile::tempdir().expect("tempdir");
-    assert_eq!(restore_file(&out, restored.path()).expect("restore").cursors, 2);
+    assert_eq!(
+        restore_file(&out, restored.path())
+            .expect("restore")
+            .cursors,
+        2
+    );
     let r = TestServer::start_in(restored).await;
     let listed = r
         .events()
@@ -865,7 +870,11 @@ async fn subscription_cursors_survive_a_restore_and_bad_cursor_lines_are_named()
     // An invalid name; a position beyond the events.
     let mut t = text.clone();
     t[cursor_at] = edit(&t[cursor_at], |v| v["cursor"]["name"] = "no spaces".into());
-    assert_line(&fail(&t), cursor_at as u64 + 1, "not a valid subscription name");
+    assert_line(
+        &fail(&t),
+        cursor_at as u64 + 1,
+        "not a valid subscription name",
+    );
     let mut t = text.clone();
     t[cursor_at] = edit(&t[cursor_at], |v| v["cursor"]["position"] = (n + 1).into());
     assert_line(&fail(&t), cursor_at as u64 + 1, "alpha-alerts");

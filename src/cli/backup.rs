@@ -653,17 +653,18 @@ fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
     }
     let header: Header =
         serde_json::from_slice(&buf).map_err(|e| at(1, format!("not an export header: {e}")))?;
-    let with_cursors =
-        match header.format.as_str() {
-            FORMAT => true,
-            FORMAT_V1 => false,
-            other => return Err(at(
+    let with_cursors = match header.format.as_str() {
+        FORMAT => true,
+        FORMAT_V1 => false,
+        other => {
+            return Err(at(
                 1,
                 format!(
                     "unknown format {other:?} (this version reads {FORMAT:?} and {FORMAT_V1:?})"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let header_head =
         parse_hash(&header.head_hash).map_err(|e| at(1, format!("head_hash: {e}")))?;
 

@@ -110,6 +110,12 @@ def _binary() -> Path:
     return Path(os.environ.get("CLAIMS_LEDGER_BIN", str(DEFAULT_BIN)))
 
 
+@pytest.fixture(scope="session")
+def ledger_binary() -> Path:
+    """The claims-ledger binary under test, for its CLI commands."""
+    return _binary()
+
+
 class ServerProcess:
     """One running `claims-ledger serve`."""
 
