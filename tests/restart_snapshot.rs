@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use claims_ledger::app::STATE_SNAPSHOT;
+use claims_ledger::app::{App, OpenOptions, STATE_SNAPSHOT};
 use claims_ledger::grpc::pb;
 use claims_ledger::log::snapshot;
 use claims_ledger::log::verify::verify_dir;
@@ -309,4 +309,46 @@ async fn a_forged_stream_index_snapshot_fails_verify_and_is_never_served() {
         .expect_err("the wrong events are not served");
     assert_eq!(err.code(), Code::Internal);
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_that_folds_a_long_tail_saves_snapshots_before_serving() {
+    let s = TestServer::start().await;
+    let n = write_head(&s).await;
+    let dir = s.stop().await;
+    // As after a crash: no snapshots.
+    let remove = || {
+        for f in [INDEX_SNAPSHOT, STATE_SNAPSHOT] {
+            std::fs::remove_file(dir.path().join(f)).expect("remove");
+        }
+    };
+    remove();
+    let open = |resnapshot_after: Option<u64>| {
+        tokio::task::block_in_place(|| {
+            App::open_options(
+                dir.path(),
+                OpenOptions {
+                    // No projector task, so that dropping the app closes the directory.
+                    no_projections: true,
+                    resnapshot_after,
+                    ..OpenOptions::default()
+                },
+            )
+        })
+        .expect("open")
+    };
+    // Below the threshold (the default, at this size) the open saves nothing.
+    let app = open(None);
+    assert_eq!(app.opened_from_snapshots(), (0, 0));
+    assert!(!dir.path().join(STATE_SNAPSHOT).exists());
+    drop(app);
+    // At or past it, the snapshots are on disk before the open returns ...
+    let app = open(Some(n));
+    assert_eq!(app.opened_from_snapshots(), (0, 0));
+    assert_eq!(covers(dir.path(), INDEX_SNAPSHOT, "stream-index/v1"), n);
+    assert_eq!(covers(dir.path(), STATE_SNAPSHOT, "write-model/v1"), n);
+    // ... so a crash right after (no stop, no finish) leaves them for the next open.
+    drop(app);
+    let app = open(Some(n));
+    assert_eq!(app.opened_from_snapshots(), (n, n));
 }

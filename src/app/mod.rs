@@ -82,7 +82,13 @@ pub struct OpenOptions {
     /// The checkpoint signing key; `None` loads `signing.key` in the data directory, generating it
     /// (mode 0600) on first start, named [`DEFAULT_ORIGIN`].
     pub signer: Option<Signer>,
+    /// Save snapshots right after an open that folded at least this many events past them (as after
+    /// a crash), so that another crash does not fold them again; `None`: [`RESNAPSHOT_AFTER`].
+    pub resnapshot_after: Option<u64>,
 }
+
+/// Events folded at open past the snapshots beyond which the open saves new ones before serving.
+pub const RESNAPSHOT_AFTER: u64 = 100_000;
 
 /// Where the read models live inside a data directory.
 pub fn projections_dir(dir: &Path) -> std::path::PathBuf {
@@ -138,7 +144,7 @@ impl App {
             OpenOptions {
                 log: options,
                 no_projections: !projections,
-                signer: None,
+                ..OpenOptions::default()
             },
         )
     }
@@ -149,6 +155,7 @@ impl App {
             log: options,
             no_projections,
             signer,
+            resnapshot_after,
         } = opts;
         let projections = !no_projections;
         let state = Arc::new(RwLock::new(Folded::default()));
@@ -180,6 +187,21 @@ impl App {
         };
         let mut app = app;
         app.state_from_snapshot = app.replay()?;
+        // Folding this much again after another crash would cost as much again: save what it made.
+        let end = app.log.durable_count();
+        let folded = end - app.state_from_snapshot.min(app.log.index_from_snapshot());
+        if folded > 0 && folded >= resnapshot_after.unwrap_or(RESNAPSHOT_AFTER) {
+            let started = std::time::Instant::now();
+            match app.save_snapshots() {
+                Ok(events) => tracing::info!(
+                    events,
+                    folded,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "snapshots saved after a long replay"
+                ),
+                Err(e) => tracing::error!(error = %e, "saving snapshots after the replay"),
+            }
+        }
         if tokio::runtime::Handle::try_current().is_ok() {
             app.spawn_projector();
         }

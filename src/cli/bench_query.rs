@@ -36,7 +36,7 @@ use uuid::Uuid;
 use super::bench::{
     ms, percentile, quote_statement, timestamp, BenchServer, Measured, SOURCE_TEXT,
 };
-use crate::app::{projections_dir, App, ClientCommand, Shape, WriteContext};
+use crate::app::{projections_dir, App, ClientCommand, OpenOptions, Shape, WriteContext};
 use crate::domain::limits::MAX_BATCH;
 use crate::grpc::convert;
 use crate::grpc::pb;
@@ -568,7 +568,15 @@ fn measure_open(data: &Dataset) -> anyhow::Result<OpenResult> {
     let open = |expect: (u64, u64)| -> anyhow::Result<Duration> {
         wait_unlocked(dir)?;
         let started = Instant::now();
-        let app = App::open_with(dir, LogOptions::default(), false)?;
+        let app = App::open_options(
+            dir,
+            OpenOptions {
+                no_projections: true,
+                // Only the open is timed: not the save a long replay triggers.
+                resnapshot_after: Some(u64::MAX),
+                ..OpenOptions::default()
+            },
+        )?;
         let took = started.elapsed();
         if app.opened_from_snapshots() != expect || app.log().durable_count() != count {
             bail!(

@@ -138,6 +138,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
             },
             no_projections: false,
             signer,
+            resnapshot_after: None,
         },
     )
     .with_context(|| format!("opening {}", data_dir.display()))?;
