@@ -12,7 +12,9 @@
 //! - subscriptions: one [`SubscriptionMetrics`] guard per live subscription, holding its next
 //!   position; its lag is computed at scrape time as durable count − that position. Only named
 //!   subscriptions get their own label; anonymous ones are reported as their maximum lag under
-//!   `subscription="anonymous"`, so the number of series stays bounded;
+//!   `subscription="anonymous"`, so the number of series stays bounded; and every named
+//!   subscriber's acknowledged position, connected or not ([`set_acknowledged`], kept by the log
+//!   from its open on), whose lag is computed the same way, so a consumer that stopped shows;
 //! - gRPC: [`GrpcMetricsLayer`], a `tower::Layer` for `tonic::transport::Server::builder().layer(..)`
 //!   that counts requests by method and status code and times them; and the appends inside
 //!   `Ledger.AppendSession` streams ([`observe_session_append`]), which that layer sees as one call.
@@ -194,6 +196,8 @@ struct Registry {
     /// Whether a projector runs (without one the projection lag means nothing and is left out).
     projector: AtomicBool,
     subscriptions: Mutex<Subscriptions>,
+    /// Named subscribers' acknowledged positions, by name.
+    acknowledged: Mutex<BTreeMap<String, u64>>,
     grpc: RwLock<HashMap<Box<str>, Arc<MethodStats>>>,
     /// Paths beyond `MAX_METHODS`, unimplemented ones, and unprintable ones.
     grpc_other: Arc<MethodStats>,
@@ -213,6 +217,7 @@ fn registry() -> &'static Registry {
         projection_applied: AtomicU64::new(0),
         projector: AtomicBool::new(false),
         subscriptions: Mutex::new(Subscriptions::default()),
+        acknowledged: Mutex::new(BTreeMap::new()),
         grpc: RwLock::new(HashMap::new()),
         grpc_other: Arc::new(MethodStats::new()),
         session_appends: MethodStats::new(),
@@ -266,6 +271,24 @@ pub fn set_projection_applied(applied: u64) {
     let r = registry();
     r.projection_applied.store(applied, Ordering::Release);
     r.projector.store(true, Ordering::Release);
+}
+
+/// A named subscriber's stored acknowledged position (`None`: forgotten).
+pub fn set_acknowledged(name: &str, position: Option<u64>) {
+    let mut acked = registry()
+        .acknowledged
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match position {
+        // Concurrent acknowledgements may report out of order; the stored one is their maximum.
+        Some(p) => {
+            let slot = acked.entry(name.to_string()).or_insert(p);
+            *slot = (*slot).max(p);
+        }
+        None => {
+            acked.remove(name);
+        }
+    }
 }
 
 /// Registers a live subscription until dropped; keep its position current with
@@ -411,6 +434,26 @@ pub fn render() -> String {
         "Durable events a live subscription has not scanned yet; anonymous subscriptions as their maximum.",
     );
     for (label, lag) in &lags {
+        let _ = writeln!(
+            out,
+            "{name}{{subscription=\"{}\"}} {lag}",
+            escape_label(label)
+        );
+    }
+    let name = "claims_ledger_subscription_acknowledged_lag_events";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "Durable events at or after a named subscriber's acknowledged position, whether it is connected or not.",
+    );
+    for (label, acked) in r
+        .acknowledged
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let lag = durable.saturating_sub(*acked);
         let _ = writeln!(
             out,
             "{name}{{subscription=\"{}\"}} {lag}",

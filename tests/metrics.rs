@@ -751,3 +751,52 @@ async fn endpoint_answers_only_get_metrics() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_subscribers_show_their_acknowledged_lag_connected_or_not() {
+    let _serial = LOG_TESTS.lock().await;
+    let s = TestServer::start().await;
+    let (addr, _stop) = start_metrics().await;
+    write_parties(&s, "acked", 2, 20).await;
+    let head = s.head().await.event_count;
+    let series =
+        "claims_ledger_subscription_acknowledged_lag_events{subscription=\"metrics-acked\"}";
+    let mut ev = s.events().await;
+    let ack = |position: u64| pb::AckRequest {
+        subscription_name: "metrics-acked".into(),
+        position,
+    };
+    ev.ack(ack(5)).await.expect("ack");
+    assert_eq!(get(&scrape(&addr).await, series), (head - 5) as f64);
+    // An older acknowledgement changes nothing; new events raise the lag of a consumer that is not
+    // even connected.
+    ev.ack(ack(3)).await.expect("ack");
+    write_parties(&s, "acked-more", 1, 10).await;
+    let m = scrape_until(&addr, "10 more events", |m| {
+        get(m, series) == (head + 10 - 5) as f64
+    })
+    .await;
+    assert_eq!(get(&m, series), (head + 5) as f64);
+    // Forgotten: the series goes.
+    ev.delete_subscription(pb::DeleteSubscriptionRequest {
+        subscription_name: "metrics-acked".into(),
+    })
+    .await
+    .expect("delete");
+    assert!(!scrape(&addr).await.contains_key(series));
+
+    // The positions stored on disk are reported from the open on.
+    ev.ack(ack(head)).await.expect("ack");
+    let dir = s.stop().await;
+    metrics::set_acknowledged("metrics-acked", None);
+    assert!(!scrape(&addr).await.contains_key(series));
+    let s = TestServer::start_in(dir).await;
+    let m = scrape(&addr).await;
+    assert_eq!(
+        get(&m, series),
+        10.0,
+        "{head} acknowledged of {}",
+        head + 10
+    );
+    s.stop().await;
+}

@@ -630,6 +630,12 @@ impl EventLog {
         );
         let (durable_tx, _) = watch::channel(head.count);
         crate::metrics::set_log_durable(head.count);
+        for item in db.scan_prefix([CURSOR]) {
+            let (k, v) = item?;
+            if let (Ok(name), Some(p)) = (std::str::from_utf8(&k[1..]), be_u64(&v)) {
+                crate::metrics::set_acknowledged(name, Some(p));
+            }
+        }
         let shared = Arc::new(Shared {
             db: db.clone(),
             durable: AtomicU64::new(head.count),
@@ -967,7 +973,7 @@ impl EventLog {
         if position > durable {
             return Err(LogError::CursorBeyondHead { position, durable });
         }
-        tokio::task::spawn_blocking(move || {
+        let stored = tokio::task::spawn_blocking(move || {
             let stored = shared.db.update_and_fetch(&key, |old| {
                 let old = old.and_then(be_u64).unwrap_or(0);
                 Some(old.max(position).to_be_bytes().to_vec())
@@ -977,21 +983,29 @@ impl EventLog {
             Ok(stored.and_then(|v| be_u64(&v)).unwrap_or(position))
         })
         .await
-        .map_err(|_| LogError::Closed)?
+        .map_err(|_| LogError::Closed)?;
+        if let Ok(p) = &stored {
+            crate::metrics::set_acknowledged(name, Some(*p));
+        }
+        stored
     }
 
     /// Forgets a named subscriber's position. Returns whether it existed.
     pub async fn delete_cursor(&self, name: &str) -> Result<bool, LogError> {
         let shared = self.shared.clone();
         let key = cursor_key(name);
-        tokio::task::spawn_blocking(move || {
+        let existed = tokio::task::spawn_blocking(move || {
             let existed = shared.db.remove(&key)?.is_some();
             shared.db.flush()?;
             shared.data_file.sync_data()?;
             Ok(existed)
         })
         .await
-        .map_err(|_| LogError::Closed)?
+        .map_err(|_| LogError::Closed)?;
+        if existed.is_ok() {
+            crate::metrics::set_acknowledged(name, None);
+        }
+        existed
     }
 
     /// Checks that a tree of `size` leaves can be proven: maintained, and within the durable log.
