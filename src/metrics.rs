@@ -273,6 +273,9 @@ pub fn set_projection_applied(applied: u64) {
     r.projector.store(true, Ordering::Release);
 }
 
+/// Most named subscribers given an acknowledged-lag series per scrape.
+const MAX_ACKNOWLEDGED_SERIES: usize = 1000;
+
 /// A named subscriber's stored acknowledged position (`None`: forgotten).
 pub fn set_acknowledged(name: &str, position: Option<u64>) {
     let mut acked = registry()
@@ -447,13 +450,20 @@ pub fn render() -> String {
         "gauge",
         "Durable events at or after a named subscriber's acknowledged position, whether it is connected or not.",
     );
-    for (label, acked) in r
+    let mut acked: Vec<(String, u64)> = r
         .acknowledged
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-    {
-        let lag = durable.saturating_sub(*acked);
+        .map(|(label, acked)| (label.clone(), durable.saturating_sub(*acked)))
+        .collect();
+    // Any reader may create names; past the cap, the furthest behind are the ones worth a series.
+    if acked.len() > MAX_ACKNOWLEDGED_SERIES {
+        acked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        acked.truncate(MAX_ACKNOWLEDGED_SERIES);
+        acked.sort();
+    }
+    for (label, lag) in &acked {
         let _ = writeln!(
             out,
             "{name}{{subscription=\"{}\"}} {lag}",
