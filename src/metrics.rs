@@ -276,6 +276,25 @@ pub fn set_projection_applied(applied: u64) {
 /// Most named subscribers given an acknowledged-lag series per scrape.
 const MAX_ACKNOWLEDGED_SERIES: usize = 1000;
 
+/// Each named subscriber's lag behind `durable`, in name order; past `cap` names, only the `cap`
+/// furthest behind (any reader may create names, and those are the ones worth a series).
+fn acknowledged_lags(
+    acked: &BTreeMap<String, u64>,
+    durable: u64,
+    cap: usize,
+) -> Vec<(String, u64)> {
+    let mut lags: Vec<(String, u64)> = acked
+        .iter()
+        .map(|(name, acked)| (name.clone(), durable.saturating_sub(*acked)))
+        .collect();
+    if lags.len() > cap {
+        lags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        lags.truncate(cap);
+        lags.sort();
+    }
+    lags
+}
+
 /// A named subscriber's stored acknowledged position (`None`: forgotten).
 pub fn set_acknowledged(name: &str, position: Option<u64>) {
     let mut acked = registry()
@@ -450,19 +469,11 @@ pub fn render() -> String {
         "gauge",
         "Durable events at or after a named subscriber's acknowledged position, whether it is connected or not.",
     );
-    let mut acked: Vec<(String, u64)> = r
-        .acknowledged
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(label, acked)| (label.clone(), durable.saturating_sub(*acked)))
-        .collect();
-    // Any reader may create names; past the cap, the furthest behind are the ones worth a series.
-    if acked.len() > MAX_ACKNOWLEDGED_SERIES {
-        acked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        acked.truncate(MAX_ACKNOWLEDGED_SERIES);
-        acked.sort();
-    }
+    let acked = acknowledged_lags(
+        &r.acknowledged.lock().unwrap_or_else(|p| p.into_inner()),
+        durable,
+        MAX_ACKNOWLEDGED_SERIES,
+    );
     for (label, lag) in &acked {
         let _ = writeln!(
             out,
@@ -892,6 +903,23 @@ async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acknowledged_lags_are_capped_to_the_furthest_behind() {
+        let acked: BTreeMap<String, u64> = [("a", 90), ("b", 10), ("c", 50), ("d", 200)]
+            .into_iter()
+            .map(|(n, p)| (n.to_string(), p))
+            .collect();
+        let all = acknowledged_lags(&acked, 100, 10);
+        let want = [("a", 10), ("b", 90), ("c", 50), ("d", 0)];
+        assert_eq!(all, want.map(|(n, l)| (n.to_string(), l)));
+        // Two series: the two furthest behind, still in name order.
+        let capped = acknowledged_lags(&acked, 100, 2);
+        assert_eq!(
+            capped,
+            [("b", 90), ("c", 50)].map(|(n, l)| (n.to_string(), l))
+        );
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
