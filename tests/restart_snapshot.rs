@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use claims_ledger::app::{App, OpenOptions, STATE_SNAPSHOT};
+use claims_ledger::app::{verify_state_snapshot, App, OpenOptions, STATE_SNAPSHOT};
 use claims_ledger::grpc::pb;
 use claims_ledger::log::snapshot;
 use claims_ledger::log::verify::verify_dir;
@@ -351,4 +351,47 @@ async fn an_open_that_folds_a_long_tail_saves_snapshots_before_serving() {
     drop(app);
     let app = open(Some(n));
     assert_eq!(app.opened_from_snapshots(), (n, n));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_write_model_snapshot_fails_verify() {
+    let (dir, _, _) = two_stops().await;
+    let path = dir.path().join(STATE_SNAPSHOT);
+    let snap = snapshot::read(&path, "write-model/v1")
+        .expect("readable")
+        .expect("present");
+    let checked = verify_state_snapshot(dir.path()).expect("open");
+    assert_eq!(checked, Ok(Some(snap.count)));
+
+    // Party "late" dropped from the write model, with the count, head hash and checksum intact: a
+    // server would take it and let "late" be registered twice.
+    let mut state: serde_json::Value = serde_json::from_slice(&snap.body).expect("JSON");
+    let parties = state["parties"].as_object_mut().expect("parties");
+    assert!(parties.remove("late").is_some());
+    let forged = snapshot::Snapshot {
+        body: serde_json::to_vec(&state).expect("JSON"),
+        ..snap
+    };
+    snapshot::write(&path, "write-model/v1", &forged).expect("write");
+    let reason = verify_state_snapshot(dir.path())
+        .expect("open")
+        .expect_err("a forged write model");
+    assert!(reason.contains(STATE_SNAPSHOT), "{reason}");
+
+    // `claims-ledger verify` fails on it too, after the log itself verified.
+    let out = std::process::Command::new(bin())
+        .args(["verify", "--data-dir"])
+        .arg(dir.path())
+        .arg("--json")
+        .output()
+        .expect("run verify");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["ok"], false);
+    assert!(
+        report["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(STATE_SNAPSHOT)),
+        "{report}"
+    );
 }

@@ -95,6 +95,55 @@ pub fn projections_dir(dir: &Path) -> std::path::PathBuf {
     dir.join("projections")
 }
 
+/// Folds the events at positions `[from, end)` of `log` into `state`.
+fn fold(log: &EventLog, mut state: State, from: u64, end: u64) -> Result<State, AppError> {
+    let mut pos = from;
+    while pos < end {
+        let chunk = log.read_all(pos, false, 1024)?;
+        let Some(last) = chunk.last() else { break };
+        pos = last.position + 1;
+        for rec in chunk.iter().filter(|r| r.position < end) {
+            let event = decode_event(rec).map_err(|e| {
+                AppError::from(LogError::Corrupt {
+                    position: rec.position,
+                    reason: e.to_string(),
+                })
+            })?;
+            state.apply(&event);
+        }
+    }
+    Ok(state)
+}
+
+/// Checks the write model snapshot in `dir` (server stopped) against the log, which `verify` cannot
+/// do without the domain: `Ok(None)` when there is none the server would use, `Ok(Some(n))` when it
+/// equals the first `n` events folded, `Err(why)` when the server would start from a write model
+/// that the log does not give.
+pub fn verify_state_snapshot(dir: &Path) -> Result<Result<Option<u64>, String>, AppError> {
+    // Without the tree, an open writes nothing (it would otherwise catch a lagging tree up).
+    let options = LogOptions {
+        merkle: false,
+        ..LogOptions::default()
+    };
+    let log = EventLog::open(dir, options, None)?;
+    let Ok(Some(snap)) = log.matching_snapshot(STATE_SNAPSHOT, STATE_KIND) else {
+        return Ok(Ok(None));
+    };
+    // An undecodable one is ignored at open, like one that does not match.
+    let Ok(stored) = serde_json::from_slice::<State>(&snap.body) else {
+        return Ok(Ok(None));
+    };
+    if fold(&log, State::default(), 0, snap.count)? == stored {
+        Ok(Ok(Some(snap.count)))
+    } else {
+        Ok(Err(format!(
+            "the write model snapshot ({STATE_SNAPSHOT}, {} events), which the server would start \
+             from, is not what the log's first {} events give; delete it",
+            snap.count, snap.count
+        )))
+    }
+}
+
 /// Decodes a stored record's payload into a domain event.
 pub fn decode_event(rec: &RecordedEvent) -> Result<Event, DecodeError> {
     Event::from_payload(
@@ -212,22 +261,8 @@ impl App {
     /// matches the log. Runs before the server accepts writes.
     fn replay(&self) -> Result<u64, AppError> {
         let end = self.log.durable_count();
-        let (mut fresh, from) = self.state_snapshot();
-        let mut pos = from;
-        while pos < end {
-            let chunk = self.log.read_all(pos, false, 1024)?;
-            let Some(last) = chunk.last() else { break };
-            pos = last.position + 1;
-            for rec in &chunk {
-                let event = decode_event(rec).map_err(|e| {
-                    AppError::from(LogError::Corrupt {
-                        position: rec.position,
-                        reason: e.to_string(),
-                    })
-                })?;
-                fresh.apply(&event);
-            }
-        }
+        let (snapshot, from) = self.state_snapshot();
+        let fresh = fold(&self.log, snapshot, from, end)?;
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = Folded {
             state: fresh,
             count: end,

@@ -96,16 +96,30 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             data_dir.display()
         )
     })?;
+    // The log verified: the write model snapshot is checked against it (the open waits for the
+    // lock the verification's handle is still releasing).
+    let result = match result {
+        Ok(report) => match crate::app::verify_state_snapshot(data_dir)
+            .with_context(|| format!("opening {}", data_dir.display()))?
+        {
+            Ok(state) => Ok((report, state)),
+            Err(reason) => Err(crate::log::verify::Mismatch {
+                position: report.events,
+                reason,
+            }),
+        },
+        Err(m) => Err(m),
+    };
     match result {
-        Ok(report) => {
+        Ok((report, state_snapshot)) => {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash), "merkle_root": report.merkle_root.map(hex::encode), "idempotency_marked": report.idempotency_marked, "idempotency_unmarked": report.idempotency_unmarked, "index_snapshot_events": report.index_snapshot})
+                    serde_json::json!({"ok": true, "events": report.events, "streams": report.streams, "head_hash": hex::encode(report.head_hash), "merkle_root": report.merkle_root.map(hex::encode), "idempotency_marked": report.idempotency_marked, "idempotency_unmarked": report.idempotency_unmarked, "index_snapshot_events": report.index_snapshot, "state_snapshot_events": state_snapshot})
                 );
             } else {
                 println!(
-                    "ok: {} events in {} streams, head hash {}, Merkle root {}\nidempotency records: {} match their appends, {} older ones match the events they name\nstream index snapshot: {}",
+                    "ok: {} events in {} streams, head hash {}, Merkle root {}\nidempotency records: {} match their appends, {} older ones match the events they name\nstream index snapshot: {}\nwrite model snapshot: {}",
                     report.events,
                     report.streams,
                     hex::encode(report.head_hash),
@@ -114,10 +128,8 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
                         .map_or("(no tree kept)".to_string(), hex::encode),
                     report.idempotency_marked,
                     report.idempotency_unmarked,
-                    report.index_snapshot.map_or(
-                        "none the server would use".to_string(),
-                        |n| format!("matches the log's first {n} events")
-                    )
+                    snapshot_line(report.index_snapshot),
+                    snapshot_line(state_snapshot)
                 );
             }
             Ok(0)
@@ -134,6 +146,13 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// What `verify` says of a snapshot: the events it covers, checked, if the server would use it.
+fn snapshot_line(covered: Option<u64>) -> String {
+    covered.map_or("none the server would use".to_string(), |n| {
+        format!("matches the log's first {n} events")
+    })
 }
 
 /// One readable line per event: position, time, stream@revision, type, a short summary.
