@@ -258,3 +258,54 @@ async fn subscriptions_are_listed_in_name_order_with_their_lag() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriptions_command_lists_them_for_people_and_scripts() {
+    let s = TestServer::start().await;
+    append(&s.addr, 0..6).await;
+    let mut ev = events_client(&s.addr).await;
+    for (name, position) in [("zulu", 6), ("alpha", 2)] {
+        ev.ack(pb::AckRequest {
+            subscription_name: name.into(),
+            position,
+        })
+        .await
+        .expect("ack");
+    }
+    let run = |json: bool| {
+        let addr = s.addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(bin());
+            cmd.args(["subscriptions", "--server", &addr]);
+            if json {
+                cmd.arg("--json");
+            }
+            let out = cmd.output().expect("run");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).expect("UTF-8")
+        })
+    };
+    let lines: Vec<serde_json::Value> = run(true)
+        .await
+        .expect("task")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let got: Vec<(String, u64, u64)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["subscription"].as_str().expect("name").to_string(),
+                v["acknowledged_position"].as_u64().expect("position"),
+                v["lag"].as_u64().expect("lag"),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("alpha".into(), 2, 4), ("zulu".into(), 6, 0)]);
+    let text = run(false).await.expect("task");
+    assert!(
+        text.contains("2 named subscriber(s); the furthest behind lags 4 event(s)"),
+        "{text}"
+    );
+    s.stop().await;
+}

@@ -89,6 +89,52 @@ pub async fn head(server: &str, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Every named subscriber, a page of `ListSubscriptions` at a time: one line (or JSON document)
+/// each, in name order, then a summary line.
+pub async fn subscriptions(server: &str, json: bool) -> anyhow::Result<i32> {
+    let mut client = pb::events_client::EventsClient::new(connect(server).await?);
+    let mut token = String::new();
+    let (mut count, mut worst) = (0u64, 0u64);
+    if !json {
+        println!(
+            "{:<40} {:>14} {:>12}",
+            "subscription", "acknowledged", "lag"
+        );
+    }
+    loop {
+        let page = client
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                page_size: 1000,
+                page_token: token,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        for s in &page.subscriptions {
+            count += 1;
+            worst = worst.max(s.lag);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"subscription": s.subscription_name, "acknowledged_position": s.acknowledged_position, "lag": s.lag, "event_count": page.event_count})
+                );
+            } else {
+                println!(
+                    "{:<40} {:>14} {:>12}",
+                    s.subscription_name, s.acknowledged_position, s.lag
+                );
+            }
+        }
+        if page.next_page_token.is_empty() {
+            if !json {
+                println!("{count} named subscriber(s); the furthest behind lags {worst} event(s)");
+            }
+            return Ok(0);
+        }
+        token = page.next_page_token;
+    }
+}
+
 pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let result = verify_dir(data_dir).with_context(|| {
         format!(

@@ -92,6 +92,17 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List a running server's named subscribers, with each one's acknowledged position and lag.
+    Subscriptions {
+        #[arg(
+            long,
+            env = "CLAIMS_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Recompute the hash chain of a data directory (server stopped) and name the first bad position.
     Verify {
         /// Offline: the data directory to check (server stopped).
@@ -252,6 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => backup::restore(&from, &data_dir, json),
         Cmd::BenchAudit(args) => bench_audit::run(args).await,
         Cmd::Head { server, json } => client::head(&server, json).await,
+        Cmd::Subscriptions { server, json } => client::subscriptions(&server, json).await,
         Cmd::Tail {
             server,
             from,
