@@ -111,3 +111,68 @@ impl Marks {
         self.keys.len() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::record::IdempotencyMark;
+    use chrono::DateTime;
+    use serde_json::value::RawValue;
+    use uuid::Uuid;
+
+    fn event(position: u64, mark: Option<(&str, u32)>, seconds: i64) -> RecordedEvent {
+        RecordedEvent {
+            position,
+            prev_hash: [0; 32],
+            hash: [position as u8; 32],
+            event_id: Uuid::nil(),
+            stream: "s".into(),
+            stream_revision: position,
+            event_type: "T".into(),
+            schema_version: 1,
+            recorded_at: DateTime::from_timestamp(seconds, 0).expect("time"),
+            recorded_by: "t".into(),
+            correlation_id: None,
+            causation_id: None,
+            idempotency: mark.map(|(key, events)| IdempotencyMark {
+                key: key.into(),
+                content_hash: [1; 32],
+                events,
+            }),
+            payload: RawValue::from_string("{}".into()).expect("json"),
+            stored: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_append_closes_after_its_count_and_each_rule_is_named() {
+        let mut m = Marks::default();
+        for e in [event(0, Some(("a", 2)), 0), event(1, None, 0)] {
+            m.check(&e).expect("fits");
+            if let Some(closed) = m.push(&e) {
+                assert_eq!((closed.first, closed.key.as_str()), (0, "a"));
+                assert_eq!(closed.answer.events.len(), 2);
+            }
+        }
+        assert!(m.check_end().is_ok() && m.marked("a") && m.count() == 1);
+
+        let zero = event(2, Some(("z", 0)), 0);
+        assert!(m
+            .check(&zero)
+            .is_err_and(|r| r.contains("counts no events")));
+        let again = event(2, Some(("a", 1)), 0);
+        assert!(m.check(&again).is_err_and(|r| r.contains("a second time")));
+
+        let open = event(2, Some(("b", 2)), 5);
+        m.check(&open).expect("fits");
+        assert!(m.push(&open).is_none());
+        assert_eq!(m.open_since(), Some(2));
+        assert!(m
+            .check(&event(3, Some(("c", 1)), 5))
+            .is_err_and(|r| r.contains("still lacks 1 event")));
+        assert!(m
+            .check(&event(3, None, 6))
+            .is_err_and(|r| r.contains("recorded_at differs")));
+        assert!(m.check_end().is_err_and(|r| r.contains("1 event(s) short")));
+    }
+}
