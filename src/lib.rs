@@ -3,7 +3,8 @@
 //! Layout, from the inside out (each layer may use only the ones above it):
 //! - [`domain`]: pure types and rules: commands, events, validation, the write model.
 //! - [`merkle`]: pure RFC 6962 / 9162 Merkle trees: incremental frontier, proofs from stored subtree
-//!   hashes, verification that trusts nothing (groundwork for tamper evidence; not yet wired to the log).
+//!   hashes, verification that trusts nothing (the log keeps its tree as tiles, see `log`).
+//! - [`codec`]: a pure binary codec (fixed-width integers, length-prefixed strings) for snapshot files.
 //! - [`log`]: the append-only, hash-chained event log on sled, with group commit and real fsync.
 //! - [`projection`]: read models on sled (their own database), applied in atomic batches with a
 //!   checkpoint, rebuilt into a fresh generation and switched over atomically.
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod checkpoint;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod dataset;
 pub mod domain;

@@ -7,14 +7,15 @@ mod common;
 
 use std::path::Path;
 
-use claims_ledger::app::{verify_state_snapshot, App, OpenOptions, STATE_SNAPSHOT};
+use claims_ledger::app::{
+    verify_state_snapshot, App, OpenOptions, STATE_SNAPSHOT, STATE_SNAPSHOT_KIND,
+};
+use claims_ledger::codec::{Put as _, Reader};
 use claims_ledger::grpc::pb;
-use claims_ledger::log::snapshot;
 use claims_ledger::log::verify::verify_dir;
+use claims_ledger::log::{snapshot, INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND};
 use common::*;
 use tonic::Code;
-
-const INDEX_SNAPSHOT: &str = "streams.snap";
 
 async fn load_demo(s: &TestServer) -> usize {
     let dataset = claims_ledger::dataset::parse(claims_ledger::dataset::ISTANBUL).expect("dataset");
@@ -155,8 +156,8 @@ async fn two_stops() -> (tempfile::TempDir, u64, Tail) {
     let s = TestServer::start().await;
     let n = write_head(&s).await;
     let dir = s.stop().await;
-    assert_eq!(covers(dir.path(), INDEX_SNAPSHOT, "stream-index/v1"), n);
-    assert_eq!(covers(dir.path(), STATE_SNAPSHOT, "write-model/v1"), n);
+    assert_eq!(covers(dir.path(), INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND), n);
+    assert_eq!(covers(dir.path(), STATE_SNAPSHOT, STATE_SNAPSHOT_KIND), n);
     let s = TestServer::start_in(dir).await;
     assert_eq!(s.app.opened_from_snapshots(), (n, n));
     let tail = write_tail(&s).await;
@@ -207,7 +208,7 @@ async fn behaves_as_folded_from_the_start(s: &TestServer, tail: &Tail) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_takes_the_snapshots_and_folds_in_nothing_else() {
     let (dir, _, tail) = two_stops().await;
-    let end = covers(dir.path(), STATE_SNAPSHOT, "write-model/v1");
+    let end = covers(dir.path(), STATE_SNAPSHOT, STATE_SNAPSHOT_KIND);
     let s = TestServer::start_in(dir).await;
     assert_eq!(s.app.opened_from_snapshots(), (end, end));
     behaves_as_folded_from_the_start(&s, &tail).await;
@@ -274,7 +275,7 @@ async fn snapshots_of_another_log_or_damaged_ones_are_ignored() {
 async fn a_forged_stream_index_snapshot_fails_verify_and_is_never_served() {
     let (dir, _, tail) = two_stops().await;
     let path = dir.path().join(INDEX_SNAPSHOT);
-    let snap = snapshot::read(&path, "stream-index/v1")
+    let snap = snapshot::read(&path, INDEX_SNAPSHOT_KIND)
         .expect("readable")
         .expect("present");
     let report = verify_dir(dir.path()).expect("open").expect("verifies");
@@ -282,14 +283,26 @@ async fn a_forged_stream_index_snapshot_fails_verify_and_is_never_served() {
 
     // Swap two of p's positions, keeping the count, the head hash and a valid checksum: a snapshot
     // the server takes, mapping p's revisions to the wrong events.
-    let mut index: serde_json::Value = serde_json::from_slice(&snap.body).expect("JSON");
-    let p = index["party-p"].as_array_mut().expect("p's positions");
-    p.swap(0, 1);
+    // The body: per stream its name (u16 length), its count (u32) and its positions (u64 each).
+    let mut r = Reader::new(&snap.body);
+    let mut body = Vec::new();
+    while !r.is_empty() {
+        let name = r.str16().expect("name");
+        let mut positions: Vec<u64> = (0..r.u32().expect("count"))
+            .map(|_| r.u64().expect("position"))
+            .collect();
+        if name == "party-p" {
+            positions.swap(0, 1);
+        }
+        body.put_str16(name);
+        body.put_u32(positions.len() as u32);
+        positions.iter().for_each(|p| body.put_u64(*p));
+    }
     let forged = snapshot::Snapshot {
-        body: serde_json::to_vec(&index).expect("JSON"),
+        body,
         ..snap.clone()
     };
-    snapshot::write(&path, "stream-index/v1", &forged).expect("write");
+    snapshot::write(&path, INDEX_SNAPSHOT_KIND, &forged).expect("write");
     let m = verify_dir(dir.path())
         .expect("open")
         .expect_err("a forged index");
@@ -345,8 +358,8 @@ async fn an_open_that_folds_a_long_tail_saves_snapshots_before_serving() {
     // At or past it, the snapshots are on disk before the open returns ...
     let app = open(Some(n));
     assert_eq!(app.opened_from_snapshots(), (0, 0));
-    assert_eq!(covers(dir.path(), INDEX_SNAPSHOT, "stream-index/v1"), n);
-    assert_eq!(covers(dir.path(), STATE_SNAPSHOT, "write-model/v1"), n);
+    assert_eq!(covers(dir.path(), INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND), n);
+    assert_eq!(covers(dir.path(), STATE_SNAPSHOT, STATE_SNAPSHOT_KIND), n);
     // ... so a crash right after (no stop, no finish) leaves them for the next open.
     drop(app);
     let app = open(Some(n));
@@ -355,24 +368,31 @@ async fn an_open_that_folds_a_long_tail_saves_snapshots_before_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_write_model_snapshot_fails_verify() {
-    let (dir, _, _) = two_stops().await;
+    let s = TestServer::start().await;
+    write_head(&s).await;
+    let dir = s.stop().await;
+    let older = snapshot::read(&dir.path().join(STATE_SNAPSHOT), STATE_SNAPSHOT_KIND)
+        .expect("readable")
+        .expect("present");
+    let s = TestServer::start_in(dir).await;
+    write_tail(&s).await;
+    let dir = s.stop().await;
     let path = dir.path().join(STATE_SNAPSHOT);
-    let snap = snapshot::read(&path, "write-model/v1")
+    let snap = snapshot::read(&path, STATE_SNAPSHOT_KIND)
         .expect("readable")
         .expect("present");
     let checked = verify_state_snapshot(dir.path()).expect("open");
     assert_eq!(checked, Ok(Some(snap.count)));
 
-    // Party "late" dropped from the write model, with the count, head hash and checksum intact: a
-    // server would take it and let "late" be registered twice.
-    let mut state: serde_json::Value = serde_json::from_slice(&snap.body).expect("JSON");
-    let parties = state["parties"].as_object_mut().expect("parties");
-    assert!(parties.remove("late").is_some());
+    // The write model of the first stop (before party "late" and the last source) under the count
+    // and head hash of the last: a valid checksum, and a server would take it and let "late" be
+    // registered twice.
+    assert_ne!(older.body, snap.body);
     let forged = snapshot::Snapshot {
-        body: serde_json::to_vec(&state).expect("JSON"),
+        body: older.body,
         ..snap
     };
-    snapshot::write(&path, "write-model/v1", &forged).expect("write");
+    snapshot::write(&path, STATE_SNAPSHOT_KIND, &forged).expect("write");
     let reason = verify_state_snapshot(dir.path())
         .expect("open")
         .expect_err("a forged write model");

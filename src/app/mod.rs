@@ -62,8 +62,8 @@ struct Folded {
 
 /// File name of the write model snapshot in the data directory.
 pub const STATE_SNAPSHOT: &str = "state.snap";
-/// Changes whenever [`State`]'s serialized form does; a snapshot of another kind is not used.
-const STATE_KIND: &str = "write-model/v1";
+/// Changes whenever [`State::to_bytes`] does; a snapshot of another kind is not used (v1 was JSON).
+pub const STATE_SNAPSHOT_KIND: &str = "write-model/v2";
 
 /// The origin (and key name) of a log whose operator configured none.
 pub const DEFAULT_ORIGIN: &str = "claims-ledger.local/log";
@@ -126,11 +126,11 @@ pub fn verify_state_snapshot(dir: &Path) -> Result<Result<Option<u64>, String>, 
         ..LogOptions::default()
     };
     let log = EventLog::open(dir, options, None)?;
-    let Ok(Some(snap)) = log.matching_snapshot(STATE_SNAPSHOT, STATE_KIND) else {
+    let Ok(Some(snap)) = log.matching_snapshot(STATE_SNAPSHOT, STATE_SNAPSHOT_KIND) else {
         return Ok(Ok(None));
     };
     // An undecodable one is ignored at open, like one that does not match.
-    let Ok(stored) = serde_json::from_slice::<State>(&snap.body) else {
+    let Ok(stored) = State::from_bytes(&snap.body) else {
         return Ok(Ok(None));
     };
     if fold(&log, State::default(), 0, snap.count)? == stored {
@@ -284,11 +284,13 @@ impl App {
     /// matches the durable log; an empty model and 0 otherwise.
     fn state_snapshot(&self) -> (State, u64) {
         let usable = || -> Result<Option<(State, u64)>, String> {
-            let Some(snap) = self.log.matching_snapshot(STATE_SNAPSHOT, STATE_KIND)? else {
+            let Some(snap) = self
+                .log
+                .matching_snapshot(STATE_SNAPSHOT, STATE_SNAPSHOT_KIND)?
+            else {
                 return Ok(None);
             };
-            let state =
-                serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
+            let state = State::from_bytes(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
             Ok(Some((state, snap.count)))
         };
         match usable() {
@@ -307,12 +309,10 @@ impl App {
         self.log.save_index_snapshot()?;
         let (count, body) = {
             let folded = self.state.read().unwrap_or_else(|p| p.into_inner());
-            let body = serde_json::to_vec(&folded.state)
-                .map_err(|e| AppError::Internal(format!("encoding the write model: {e}")))?;
-            (folded.count, body)
+            (folded.count, folded.state.to_bytes())
         };
         self.log
-            .save_snapshot(STATE_SNAPSHOT, STATE_KIND, count, body)?;
+            .save_snapshot(STATE_SNAPSHOT, STATE_SNAPSHOT_KIND, count, body)?;
         Ok(count)
     }
 

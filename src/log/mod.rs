@@ -19,7 +19,7 @@ pub use record::{
 pub use store::{
     open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
     EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, INDEX_SNAPSHOT,
-    SLED_LOCKED,
+    INDEX_SNAPSHOT_KIND, SLED_LOCKED,
 };
 
 /// Errors of the log. Variants say what the caller should do.

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use super::record::{sha256, Hash};
 use super::LogError;
+use crate::codec::{Put as _, Reader};
 
 const MAGIC: &[u8; 8] = b"CLSNAP1\n";
 
@@ -37,11 +38,11 @@ pub fn write(path: &Path, kind: &str, snap: &Snapshot) -> Result<(), LogError> {
         .map_err(|_| LogError::Encode(format!("snapshot kind {kind:?} is too long")))?;
     let mut bytes = Vec::with_capacity(snap.body.len() + 128);
     bytes.extend_from_slice(MAGIC);
-    bytes.push(kind_len);
+    bytes.put_u8(kind_len);
     bytes.extend_from_slice(kind.as_bytes());
-    bytes.extend_from_slice(&snap.count.to_be_bytes());
+    bytes.put_u64(snap.count);
     bytes.extend_from_slice(&snap.head_hash);
-    bytes.extend_from_slice(&(snap.body.len() as u64).to_be_bytes());
+    bytes.put_u64(snap.body.len() as u64);
     bytes.extend_from_slice(&snap.body);
     let sum = sha256(&bytes);
     bytes.extend_from_slice(&sum);
@@ -73,11 +74,11 @@ pub fn read(path: &Path, kind: &str) -> Result<Option<Snapshot>, String> {
     if sha256(content) != sum {
         return Err("checksum mismatch".into());
     }
-    let mut r = Reader(content);
+    let mut r = Reader::new(content);
     if r.take(MAGIC.len())? != MAGIC {
         return Err("not a snapshot of this format version".into());
     }
-    let kind_len = r.take(1)?[0] as usize;
+    let kind_len = usize::from(r.u8()?);
     let found = r.take(kind_len)?;
     if found != kind.as_bytes() {
         return Err(format!(
@@ -86,11 +87,10 @@ pub fn read(path: &Path, kind: &str) -> Result<Option<Snapshot>, String> {
         ));
     }
     let count = r.u64()?;
-    let mut head_hash = [0u8; 32];
-    head_hash.copy_from_slice(r.take(32)?);
+    let head_hash = r.bytes32()?;
     let len = usize::try_from(r.u64()?).map_err(|_| "body length overflows".to_string())?;
     let body = r.take(len)?.to_vec();
-    if !r.0.is_empty() {
+    if !r.is_empty() {
         return Err("data after the body".into());
     }
     Ok(Some(Snapshot {
@@ -98,25 +98,6 @@ pub fn read(path: &Path, kind: &str) -> Result<Option<Snapshot>, String> {
         head_hash,
         body,
     }))
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.0.len() < n {
-            return Err("truncated".into());
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(b))
-    }
 }
 
 #[cfg(test)]

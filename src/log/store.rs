@@ -29,6 +29,7 @@ use super::record::{self, Encode, Hash, IdempotencyMark, RecordedEvent, GENESIS_
 use super::snapshot::{self, Snapshot};
 use super::tiles::{stage_tree, TileNodes, Tiles};
 use super::LogError;
+use crate::codec::{Put as _, Reader};
 use crate::merkle::{self, Frontier};
 
 /// What a writer expects of a stream before its append.
@@ -445,7 +446,39 @@ pub(super) type StreamIndex = HashMap<String, Vec<u64>>;
 
 /// File name of the stream index snapshot in the data directory.
 pub const INDEX_SNAPSHOT: &str = "streams.snap";
-const INDEX_KIND: &str = "stream-index/v1";
+/// v2: the binary body of [`encode_index`] (v1 was JSON, and is ignored: the open indexes the log).
+pub const INDEX_SNAPSHOT_KIND: &str = "stream-index/v2";
+
+/// Each stream as its name (u16 length), its number of events (u32) and their positions (u64 each).
+fn encode_index<'a>(streams: impl Iterator<Item = (&'a str, &'a [u64])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, positions) in streams {
+        out.put_str16(name);
+        out.put_u32(positions.len() as u32);
+        for p in positions {
+            out.put_u64(*p);
+        }
+    }
+    out
+}
+
+fn decode_index(body: &[u8]) -> Result<StreamIndex, String> {
+    let mut r = Reader::new(body);
+    let mut index = StreamIndex::new();
+    while !r.is_empty() {
+        let name = r.str16()?.to_string();
+        let n = r.u32()? as usize;
+        // Bounded by what is left, so a damaged count cannot ask for a huge allocation.
+        let mut positions = Vec::with_capacity(n.min(body.len() / 8));
+        for _ in 0..n {
+            positions.push(r.u64()?);
+        }
+        if index.insert(name, positions).is_some() {
+            return Err("a stream listed twice".into());
+        }
+    }
+    Ok(index)
+}
 
 /// The stream index of the snapshot in `dir` and the event count it covers, if it is usable for the
 /// log in `db` of `count` events (see `snapshot`); an empty index and 0 otherwise.
@@ -467,11 +500,10 @@ pub(super) fn read_index_snapshot(
     db: &sled::Db,
     count: u64,
 ) -> Result<Option<(StreamIndex, u64)>, String> {
-    let Some(snap) = matching_snapshot(dir, db, count, INDEX_SNAPSHOT, INDEX_KIND)? else {
+    let Some(snap) = matching_snapshot(dir, db, count, INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND)? else {
         return Ok(None);
     };
-    let index: StreamIndex =
-        serde_json::from_slice(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
+    let index = decode_index(&snap.body).map_err(|e| format!("undecodable: {e}"))?;
     // Every position below its count, once: a cheap check that it is what it claims to be.
     let total: usize = index.values().map(Vec::len).sum();
     if total as u64 != snap.count || index.values().flatten().any(|p| *p >= snap.count) {
@@ -716,16 +748,12 @@ impl EventLog {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             // Positions at or past `count` belong to groups not yet durable.
-            let durable: HashMap<&str, &[u64]> = index
-                .iter()
-                .filter_map(|(s, p)| {
-                    let n = p.partition_point(|pos| *pos < count);
-                    (n > 0).then(|| (s.as_str(), &p[..n]))
-                })
-                .collect();
-            serde_json::to_vec(&durable).map_err(|e| LogError::Encode(e.to_string()))?
+            encode_index(index.iter().filter_map(|(s, p)| {
+                let n = p.partition_point(|pos| *pos < count);
+                (n > 0).then(|| (s.as_str(), &p[..n]))
+            }))
         };
-        self.save_snapshot(INDEX_SNAPSHOT, INDEX_KIND, count, body)?;
+        self.save_snapshot(INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND, count, body)?;
         Ok(count)
     }
 
