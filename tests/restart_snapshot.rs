@@ -283,10 +283,13 @@ async fn a_forged_stream_index_snapshot_fails_verify_and_is_never_served() {
 
     // Swap two of p's positions, keeping the count, the head hash and a valid checksum: a snapshot
     // the server takes, mapping p's revisions to the wrong events.
-    // The body: per stream its name (u16 length), its count (u32) and its positions (u64 each).
+    // The body: the number of streams (u32), then per stream its name (u16 length), its count (u32)
+    // and its positions (u64 each).
     let mut r = Reader::new(&snap.body);
     let mut body = Vec::new();
-    while !r.is_empty() {
+    let streams = r.u32().expect("streams");
+    body.put_u32(streams);
+    for _ in 0..streams {
         let name = r.str16().expect("name");
         let mut positions: Vec<u64> = (0..r.u32().expect("count"))
             .map(|_| r.u64().expect("position"))

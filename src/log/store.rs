@@ -449,9 +449,11 @@ pub const INDEX_SNAPSHOT: &str = "streams.snap";
 /// v2: the binary body of [`encode_index`] (v1 was JSON, and is ignored: the open indexes the log).
 pub const INDEX_SNAPSHOT_KIND: &str = "stream-index/v2";
 
-/// Each stream as its name (u16 length), its number of events (u32) and their positions (u64 each).
-fn encode_index<'a>(streams: impl Iterator<Item = (&'a str, &'a [u64])>) -> Vec<u8> {
+/// The number of streams (u32), then each stream as its name (u16 length), its number of events
+/// (u32) and their positions (u64 each).
+fn encode_index<'a>(streams: impl ExactSizeIterator<Item = (&'a str, &'a [u64])>) -> Vec<u8> {
     let mut out = Vec::new();
+    out.put_u32(streams.len() as u32);
     for (name, positions) in streams {
         out.put_str16(name);
         out.put_u32(positions.len() as u32);
@@ -464,8 +466,11 @@ fn encode_index<'a>(streams: impl Iterator<Item = (&'a str, &'a [u64])>) -> Vec<
 
 fn decode_index(body: &[u8]) -> Result<StreamIndex, String> {
     let mut r = Reader::new(body);
-    let mut index = StreamIndex::new();
-    while !r.is_empty() {
+    let streams = r.u32()? as usize;
+    // Bounded by what is left (a stream takes at least 14 bytes), so a damaged count cannot ask for
+    // a huge allocation.
+    let mut index = StreamIndex::with_capacity(streams.min(body.len() / 14));
+    for _ in 0..streams {
         let name = r.str16()?.to_string();
         let n = r.u32()? as usize;
         // Bounded by what is left, so a damaged count cannot ask for a huge allocation.
@@ -476,6 +481,9 @@ fn decode_index(body: &[u8]) -> Result<StreamIndex, String> {
         if index.insert(name, positions).is_some() {
             return Err("a stream listed twice".into());
         }
+    }
+    if !r.is_empty() {
+        return Err("data after the last stream".into());
     }
     Ok(index)
 }
@@ -748,10 +756,14 @@ impl EventLog {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             // Positions at or past `count` belong to groups not yet durable.
-            encode_index(index.iter().filter_map(|(s, p)| {
-                let n = p.partition_point(|pos| *pos < count);
-                (n > 0).then(|| (s.as_str(), &p[..n]))
-            }))
+            let durable: Vec<(&str, &[u64])> = index
+                .iter()
+                .filter_map(|(s, p)| {
+                    let n = p.partition_point(|pos| *pos < count);
+                    (n > 0).then(|| (s.as_str(), &p[..n]))
+                })
+                .collect();
+            encode_index(durable.into_iter())
         };
         self.save_snapshot(INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND, count, body)?;
         Ok(count)
@@ -1553,6 +1565,28 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_index_body_round_trips_and_refuses_damage() {
+        let index: StreamIndex = [
+            ("party-p", vec![0, 4, 9]),
+            ("Росси́я", vec![1]),
+            ("e", vec![]),
+        ]
+        .into_iter()
+        .map(|(s, p)| (s.to_string(), p))
+        .collect();
+        let body = encode_index(index.iter().map(|(s, p)| (s.as_str(), p.as_slice())));
+        assert_eq!(decode_index(&body), Ok(index));
+        assert!(decode_index(&body[..body.len() - 1]).is_err());
+        let mut more = body.clone();
+        more.push(0);
+        assert!(decode_index(&more).is_err());
+        // A count of streams far beyond the bytes: refused, without allocating for it.
+        let mut huge = body.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_index(&huge).is_err());
+    }
 
     /// A directory written by the one-key-per-event layout (a head but no layout mark) is refused
     /// with a message that says what to do, rather than misread.
