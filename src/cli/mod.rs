@@ -39,6 +39,18 @@ pub enum DurabilityArg {
     Relaxed,
 }
 
+/// `--server`: a running server's URL, for the commands that talk to one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerUrl {
+    /// The server's URL (`https://` for TLS; see `CLAIMS_LEDGER_CA_CERT`).
+    #[arg(
+        long = "server",
+        env = "CLAIMS_LEDGER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub url: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the gRPC service on an embedded sled store.
@@ -47,24 +59,16 @@ pub enum Cmd {
     Load {
         /// The dataset file.
         file: PathBuf,
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Follow a running server's log: catch up, then print events as they come.
     Tail {
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         /// Where to start: a position, `start` or `end`.
         #[arg(long, default_value = "end")]
         from: String,
@@ -83,23 +87,15 @@ pub enum Cmd {
     },
     /// Print the head of a running server's log (event count and last hash).
     Head {
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         #[arg(long)]
         json: bool,
     },
     /// List a running server's named subscribers, with each one's acknowledged position and lag.
     Subscriptions {
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         #[arg(long)]
         json: bool,
     },
@@ -142,12 +138,8 @@ pub enum Cmd {
         /// Only what the ledger had recorded then: a log position (event count) or a time as above.
         #[arg(long, value_parser = query::parse_as_of_recorded)]
         as_of_recorded: Option<query::AsOfRecorded>,
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -164,12 +156,8 @@ pub enum Cmd {
         /// Only what was stated at or after this: RFC 3339, `YYYY-MM-DD` or `YYYY-MM`.
         #[arg(long, value_parser = query::parse_time)]
         since: Option<DateTime<Utc>>,
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -181,12 +169,8 @@ pub enum Cmd {
         /// Code points of source text to show around each span (0..2000).
         #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u32).range(0..=2000))]
         context: u32,
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -194,12 +178,8 @@ pub enum Cmd {
     /// Back up a running server's log to an NDJSON file: every event up to the head read at the
     /// start (a consistent prefix while writers write), with the Merkle root of that prefix.
     Export {
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
         /// The export file; written beside it under a temporary name, synced, then renamed.
         #[arg(long)]
         out: PathBuf,
@@ -232,12 +212,8 @@ pub enum Cmd {
     BenchAudit(bench_audit::AuditBenchArgs),
     /// Print a running server's checkpoint verifier key, to pin for `verify --server --key`.
     PublicKey {
-        #[arg(
-            long,
-            env = "CLAIMS_LEDGER_SERVER",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        server: String,
+        #[command(flatten)]
+        server: ServerUrl,
     },
     /// Measure durable append throughput and latency against raw sled + fdatasync on the same disk.
     Bench(bench::BenchArgs),
@@ -253,17 +229,17 @@ pub enum Cmd {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Cmd::Serve(args) => serve::run(args).await,
-        Cmd::Load { file, server, json } => client::load(&file, &server, json).await,
-        Cmd::PublicKey { server } => audit_verify::public_key(&server).await,
-        Cmd::Export { server, out, json } => backup::export(&server, &out, json).await,
+        Cmd::Load { file, server, json } => client::load(&file, &server.url, json).await,
+        Cmd::PublicKey { server } => audit_verify::public_key(&server.url).await,
+        Cmd::Export { server, out, json } => backup::export(&server.url, &out, json).await,
         Cmd::Restore {
             from,
             data_dir,
             json,
         } => backup::restore(&from, &data_dir, json),
         Cmd::BenchAudit(args) => bench_audit::run(args).await,
-        Cmd::Head { server, json } => client::head(&server, json).await,
-        Cmd::Subscriptions { server, json } => client::subscriptions(&server, json).await,
+        Cmd::Head { server, json } => client::head(&server.url, json).await,
+        Cmd::Subscriptions { server, json } => client::subscriptions(&server.url, json).await,
         Cmd::Tail {
             server,
             from,
@@ -271,7 +247,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             event_types,
             json,
             limit,
-        } => client::tail(&server, &from, stream_prefixes, event_types, json, limit).await,
+        } => {
+            client::tail(
+                &server.url,
+                &from,
+                stream_prefixes,
+                event_types,
+                json,
+                limit,
+            )
+            .await
+        }
         Cmd::Verify {
             data_dir,
             server: None,
@@ -309,7 +295,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
         } => {
             query::positions(
-                &server,
+                &server.url,
                 &party,
                 topic.as_deref(),
                 as_of_stated,
@@ -324,13 +310,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             since,
             server,
             json,
-        } => query::history(&server, &party, topic.as_deref(), since, json).await,
+        } => query::history(&server.url, &party, topic.as_deref(), since, json).await,
         Cmd::Provenance {
             id,
             context,
             server,
             json,
-        } => query::provenance(&server, &id, context, json).await,
+        } => query::provenance(&server.url, &id, context, json).await,
         Cmd::Rebuild { data_dir, json } => rebuild::run(&data_dir, json),
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::BenchSubscribe(args) => bench_subscribe::run(args).await,

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::envelope_pb;
 use super::pb;
-use crate::app::{App, AppError, Start, SubscribeOptions, SubscriptionItem};
+use crate::app::{App, AppError, Start, SubscribeOptions, SubscriptionItem, SubscriptionState};
 use crate::log::RecordedEvent;
 
 const DEFAULT_PAGE: u32 = 100;
@@ -100,6 +100,14 @@ fn subscription_message(
     Ok(pb::SubscribeResponse { kind: Some(kind) })
 }
 
+fn subscription_pb(name: String, s: &SubscriptionState) -> pb::GetSubscriptionResponse {
+    pb::GetSubscriptionResponse {
+        subscription_name: name,
+        acknowledged_position: s.acknowledged,
+        lag: s.lag,
+    }
+}
+
 fn or_default(v: u32, default: u32) -> u32 {
     if v == 0 {
         default
@@ -128,11 +136,7 @@ impl pb::events_server::Events for EventsService {
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
         let r = req.into_inner();
         let s = self.app.subscription(&r.subscription_name)?;
-        Ok(Response::new(pb::GetSubscriptionResponse {
-            subscription_name: r.subscription_name,
-            acknowledged_position: s.acknowledged,
-            lag: s.lag,
-        }))
+        Ok(Response::new(subscription_pb(r.subscription_name, &s)))
     }
 
     async fn list_subscriptions(
@@ -146,11 +150,7 @@ impl pb::events_server::Events for EventsService {
             subscriptions: page
                 .items
                 .into_iter()
-                .map(|(name, s)| pb::GetSubscriptionResponse {
-                    subscription_name: name,
-                    acknowledged_position: s.acknowledged,
-                    lag: s.lag,
-                })
+                .map(|(name, s)| subscription_pb(name, &s))
                 .collect(),
             next_page_token: page.next_page_token,
             event_count,
