@@ -375,6 +375,23 @@ async fn tail_prints_events_as_lines_or_ndjson() {
     assert_eq!(lines[2]["payload"]["party_id"], "w0-p2");
     let log = whole_log(&s).await;
     assert_eq!(lines[4]["hash"], log[4].hash);
+    assert_eq!(lines[4]["idempotency_key"], "");
+    // A write made under an idempotency key shows it on its (first) event.
+    s.ledger()
+        .await
+        .register_party(pb::RegisterPartyRequest {
+            options: Some(pb::WriteOptions {
+                idempotency_key: "tail-key-1".into(),
+                ..Default::default()
+            }),
+            command: Some(party("keyed", pb::PartyKind::Group)),
+            ..Default::default()
+        })
+        .await
+        .expect("keyed write");
+    let keyed = run(&["--from", "5", "--json", "--limit", "1"]);
+    let keyed: serde_json::Value = serde_json::from_str(keyed.trim()).expect("JSON");
+    assert_eq!(keyed["idempotency_key"], "tail-key-1");
 
     let text = run(&[
         "--from",

@@ -247,8 +247,8 @@ fn event_json(e: &pb::EventEnvelope) -> serde_json::Value {
         "stream_revision": e.stream_revision, "event_type": e.event_type,
         "schema_version": e.schema_version, "recorded_by": e.recorded_by,
         "recorded_at": stored.get("recorded_at"), "correlation_id": e.correlation_id,
-        "causation_id": e.causation_id, "prev_hash": e.prev_hash, "hash": e.hash,
-        "payload": stored.get("payload"),
+        "causation_id": e.causation_id, "idempotency_key": e.idempotency_key,
+        "prev_hash": e.prev_hash, "hash": e.hash, "payload": stored.get("payload"),
     })
 }
 
