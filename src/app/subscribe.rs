@@ -246,7 +246,7 @@ impl App {
             let name = hex::decode(page_token)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .filter(|n| check_name(n).is_ok())
+                .filter(|n| valid_subscription_name(n))
                 .ok_or_else(bad_token)?;
             Some(name)
         };
