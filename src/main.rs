@@ -1,5 +1,5 @@
 //! The `claims-ledger` binary: parse the command line, set up logging, run. Everything else is in the
-//! library (`claims_ledger::cli`).
+//! library (`claims_ledger_cli`) and the crates under `crates/`.
 use clap::Parser;
 
 /// Requests allocate and free many small buffers on several threads; with mimalloc's per-thread
@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = claims_ledger::cli::Cli::parse();
+    let cli = claims_ledger_cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -22,6 +22,6 @@ async fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
-    let code = claims_ledger::cli::run(cli).await?;
+    let code = claims_ledger_cli::run(cli).await?;
     std::process::exit(code);
 }

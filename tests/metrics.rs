@@ -4,6 +4,8 @@
 //! exposition parses line by line. The gRPC layer counts real tonic statuses (trailers-only errors,
 //! OK in trailers, unknown methods folded into `other`) and, around a bare service, statuses in
 //! headers, in trailers, and calls dropped unfinished.
+// Its own test binary: the metrics registry is per process, and other tests' appends would move it.
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -13,11 +15,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use claims_ledger::app::{Start, SubscribeOptions, SubscriptionItem};
-use claims_ledger::config::{token_hash, Role, TokenEntry, Tokens};
-use claims_ledger::grpc::auth::AuthLayer;
-use claims_ledger::grpc::pb;
-use claims_ledger::metrics::{self, GrpcMetricsLayer};
+use claims_ledger_proto as pb;
+use claims_ledger_server::app::{Start, SubscribeOptions, SubscriptionItem};
+use claims_ledger_server::config::{token_hash, Role, TokenEntry, Tokens};
+use claims_ledger_server::grpc::auth::AuthLayer;
+use claims_ledger_server::metrics::{self, GrpcMetricsLayer};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

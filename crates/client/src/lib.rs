@@ -1,0 +1,1 @@
+//! A Rust client for claims-ledger (being extracted from the command line).

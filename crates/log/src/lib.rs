@@ -1,0 +1,69 @@
+//! The append-only event log: a single totally ordered sequence of events with gap-free positions,
+//! per-stream revisions, optimistic concurrency, durable idempotency, a SHA-256 hash chain over the
+//! exact stored bytes, and group commit with a real fdatasync before any acknowledgement.
+//!
+//! Knows nothing of gRPC or of the domain: payloads are opaque JSON here. Metrics leave through
+//! [`LogMetrics`], which the host implements.
+pub mod disk;
+pub mod import;
+mod layout;
+mod marks;
+mod observe;
+mod record;
+pub mod snapshot;
+mod store;
+mod tiles;
+pub mod verify;
+
+pub use observe::{LogMetrics, NoMetrics};
+pub use record::{
+    decode, sha256, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES,
+};
+pub use store::{
+    open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
+    EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, INDEX_SNAPSHOT,
+    INDEX_SNAPSHOT_KIND, SLED_LOCKED,
+};
+
+/// Errors of the log. Variants say what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A stream was not where the writer expected. Re-read the stream and decide again.
+    #[error("stream {stream:?}: expected {expected}, but it is {}", match .actual { Some(r) => format!("at revision {r}"), None => "absent".to_string() })]
+    WrongExpectedRevision {
+        stream: String,
+        expected: ExpectedRevision,
+        actual: Option<u64>,
+    },
+    /// The idempotency key was used before for different content. Use a new key.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyConflict { key: String },
+    /// One encoded event is too large to store safely. Send less.
+    #[error("event of {size} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("invalid stream name {0:?}")]
+    InvalidStream(String),
+    /// A subscriber acknowledged a position the log has not reached. Acknowledge only what was
+    /// delivered.
+    #[error("position {position} is beyond the end of the log ({durable} events)")]
+    CursorBeyondHead { position: u64, durable: u64 },
+    /// A proof was asked for a tree size, position or pair of sizes the log cannot prove.
+    #[error("{0}")]
+    ProofRequest(String),
+    #[error("an append needs at least one event")]
+    EmptyAppend,
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+    /// Stored data does not read back. Stop and run `claims-ledger verify`.
+    #[error("corrupt log at position {position}: {reason}")]
+    Corrupt { position: u64, reason: String },
+    /// A sync failed earlier; writes are refused until restart.
+    #[error("the log stopped accepting writes after a failed sync; restart the server")]
+    Poisoned,
+    #[error("the log is closed")]
+    Closed,
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
