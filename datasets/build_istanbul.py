@@ -462,7 +462,7 @@ STATEMENTS = [
 
 
 # ---------------------------------------------------------------------------------------------------
-# Checks mirroring the server's rules (src/domain/decide.rs, src/domain/limits.rs).
+# Checks mirroring the server's rules (crates/domain/src/decide.rs, crates/domain/src/limits.rs).
 
 SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 KINDS = {"state", "government", "organisation", "person", "group"}

@@ -19,3 +19,4 @@ mod named_subscription;
 mod query_api;
 mod restart_snapshot;
 mod subscribe;
+mod tidy;
