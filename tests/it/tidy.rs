@@ -148,6 +148,21 @@ fn the_product_binary_does_not_build_the_benchmarks() {
 }
 
 #[test]
+fn the_product_binary_has_no_bench_subcommands() {
+    let out = Command::new(crate::common::bin())
+        .arg("--help")
+        .output()
+        .expect("run claims-ledger --help");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(help.contains("serve"), "the help lists subcommands: {help}");
+    assert!(
+        !help.to_lowercase().contains("bench"),
+        "a bench subcommand is in the product binary: {help}"
+    );
+}
+
+#[test]
 fn the_command_line_names_no_tonic_or_prost_directly() {
     // The CLI reaches servers through the client library; only tests may use tonic themselves.
     assert_none_of(
