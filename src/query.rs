@@ -107,6 +107,24 @@ fn fmt_ts(t: Option<&Timestamp>) -> String {
     )
 }
 
+// The enum names of the text are the JSON's (`direct_quote`, `retracted`), from the proto crate.
+
+fn precision_name(v: i32) -> String {
+    enum_name::<pb::TimePrecision>(v)
+}
+
+fn mode_name(v: i32) -> String {
+    enum_name::<pb::StatementMode>(v)
+}
+
+fn status_name(v: i32) -> String {
+    enum_name::<pb::EntityStatus>(v)
+}
+
+fn correction_kind_name(v: i32) -> String {
+    enum_name::<pb::CorrectionKind>(v)
+}
+
 /// For text: `direct_quote` reads better as `direct quote`.
 fn words(name: String) -> String {
     name.replace('_', " ")
@@ -124,11 +142,7 @@ fn fmt_stated(s: Option<&pb::StatedTime>) -> String {
         Ok(pb::TimePrecision::Month) => format!("{} (month)", at.format("%Y-%m")),
         Ok(pb::TimePrecision::Year) => format!("{} (year)", at.format("%Y")),
         Ok(pb::TimePrecision::Instant) => fmt_dt(at),
-        _ => format!(
-            "{} ({})",
-            fmt_dt(at),
-            enum_name::<pb::TimePrecision>(s.precision)
-        ),
+        _ => format!("{} ({})", fmt_dt(at), precision_name(s.precision)),
     }
 }
 
@@ -152,13 +166,10 @@ fn fmt_speaker(s: &pb::StatementRecordedPayload) -> String {
 fn ended_label(c: &pb::ClaimView) -> Option<String> {
     let active = pb::EntityStatus::Active as i32;
     if c.status != active {
-        return Some(enum_name::<pb::EntityStatus>(c.status));
+        return Some(status_name(c.status));
     }
     match &c.statement {
-        Some(s) if s.status != active => Some(format!(
-            "statement {}",
-            enum_name::<pb::EntityStatus>(s.status)
-        )),
+        Some(s) if s.status != active => Some(format!("statement {}", status_name(s.status))),
         _ => None,
     }
 }
@@ -306,11 +317,7 @@ fn position_text(p: &pb::Position) -> String {
                     &mut out,
                     2,
                     "how",
-                    &format!(
-                        "{}, “{}”",
-                        words(enum_name::<pb::StatementMode>(s.mode)),
-                        s.attribution_verb
-                    ),
+                    &format!("{}, “{}”", words(mode_name(s.mode)), s.attribution_verb),
                 );
                 if !s.venue.is_empty() {
                     kv(&mut out, 2, "venue", &s.venue);
@@ -439,18 +446,9 @@ fn statement_summary_text(v: &pb::StatementView) -> String {
         &mut out,
         2,
         "mode",
-        &format!(
-            "{}, “{}”",
-            words(enum_name::<pb::StatementMode>(s.mode)),
-            s.attribution_verb
-        ),
+        &format!("{}, “{}”", words(mode_name(s.mode)), s.attribution_verb),
     );
-    kv(
-        &mut out,
-        2,
-        "status",
-        &enum_name::<pb::EntityStatus>(v.status),
-    );
+    kv(&mut out, 2, "status", &status_name(v.status));
     let topics = if v.topics.is_empty() {
         "-".to_string()
     } else {
@@ -482,7 +480,7 @@ fn corrections_text(out: &mut String, indent: usize, cs: &[pb::CorrectionView]) 
     }
     for (i, cv) in cs.iter().enumerate() {
         let c = cv.correction.clone().unwrap_or_default();
-        let mut line = format!("{}: {}", enum_name::<pb::CorrectionKind>(c.kind), c.reason);
+        let mut line = format!("{}: {}", correction_kind_name(c.kind), c.reason);
         if !c.replacement_id.is_empty() {
             let _ = write!(line, " (replaced by {})", c.replacement_id);
         }
@@ -501,12 +499,7 @@ fn corrections_text(out: &mut String, indent: usize, cs: &[pb::CorrectionView]) 
 
 fn claim_text(out: &mut String, c: &pb::ClaimView) {
     let claim = c.claim.clone().unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "claim {}  [{}]",
-        claim.claim_id,
-        enum_name::<pb::EntityStatus>(c.status)
-    );
+    let _ = writeln!(out, "claim {}  [{}]", claim.claim_id, status_name(c.status));
     kv(out, 2, "party", &claim.party_id);
     kv(out, 2, "topic", &claim.topic);
     kv(out, 2, "stance", &claim.stance);
@@ -546,7 +539,7 @@ fn statement_chain_text(out: &mut String, v: &pb::StatementView) {
         out,
         "statement {}  [{}]",
         s.statement_id,
-        enum_name::<pb::EntityStatus>(v.status)
+        status_name(v.status)
     );
     kv(out, 2, "speaker", &s.speaker_id);
     if !s.on_behalf_of_id.is_empty() {
@@ -556,12 +549,7 @@ fn statement_chain_text(out: &mut String, v: &pb::StatementView) {
     if !s.venue.is_empty() {
         kv(out, 2, "venue", &s.venue);
     }
-    kv(
-        out,
-        2,
-        "mode",
-        &words(enum_name::<pb::StatementMode>(s.mode)),
-    );
+    kv(out, 2, "mode", &words(mode_name(s.mode)));
     kv(out, 2, "verb", &s.attribution_verb);
     kv(out, 2, "content", &s.content);
     if !s.reports_statement_id.is_empty() {
@@ -956,6 +944,16 @@ mod tests {
         let instant = st("2024-06-05T14:30:00Z", pb::TimePrecision::Instant);
         assert_eq!(fmt_stated(Some(&instant)), "2024-06-05T14:30:00Z");
         assert_eq!(fmt_stated(None), "-");
+    }
+
+    #[test]
+    fn enum_names_lose_their_prefix() {
+        assert_eq!(
+            mode_name(pb::StatementMode::DirectQuote as i32),
+            "direct_quote"
+        );
+        assert_eq!(status_name(pb::EntityStatus::Retracted as i32), "retracted");
+        assert_eq!(mode_name(99), "unknown(99)");
     }
 
     #[test]
