@@ -24,9 +24,10 @@ const JSON_ROOTS: &[&str] = &[
     "GetStatementResponse",
 ];
 
-/// String fields that are optional in the write commands: proto3 has no absent string, so empty means
-/// "not given", and the JSON says `null` (as it says for an absent message). Which strings are
-/// optional is meaning, not structure, so it is listed here rather than derived.
+/// String fields whose empty value means "not there": optional in the write commands, or (a source's
+/// text) left out of answers unless asked for. Proto3 has no absent string, so the JSON says `null`
+/// for them, as it does for an absent message. Which strings these are is meaning, not structure, so
+/// they are listed here rather than derived.
 const OPTIONAL_STRINGS: &[&str] = &[
     "StatementRecordedPayload.on_behalf_of_id",
     "StatementRecordedPayload.venue",
