@@ -1,16 +1,19 @@
 //! Read-side client subcommands for people and scripts: `positions`, `history` and `provenance` ask a
 //! running server's `claimsledger.v1.Query` service and print either aligned plain text or one JSON
-//! document. Prost messages do not implement `Serialize`, so the JSON is built here from their fields
-//! by small converters shared by all three commands; enum values use the short lowercase names of the
-//! dataset format (`direct_quote`, `day`, `retracted`). Nothing here touches the log or projections.
+//! document. The JSON is the answers' own serde form (derived in the proto crate, whose `json` module
+//! gives its rules: proto field names, flat views, `null` for absent, enum values as the short
+//! lowercase names of the dataset format such as `direct_quote`), plus the few fields that say what
+//! was asked. Nothing here touches the log or projections.
 use std::fmt::Write as _;
 
 use super::connect::Conn;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use prost_types::Timestamp;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use claims_ledger_proto as pb;
+use pb::json::enum_name;
 
 /// Readable output is wrapped at this many columns.
 const WIDTH: usize = 100;
@@ -104,38 +107,22 @@ fn fmt_ts(t: Option<&Timestamp>) -> String {
     )
 }
 
-/// The enum value's proto name without its type prefix, lowercased: `STATEMENT_MODE_DIRECT_QUOTE`
-/// becomes `direct_quote`. Unknown numbers (a newer server) stay visible as `unknown(7)`.
-fn short_name<E: TryFrom<i32>>(v: i32, name: fn(&E) -> &'static str, prefix: &str) -> String {
-    match E::try_from(v) {
-        Ok(e) => {
-            let full = name(&e);
-            full.strip_prefix(prefix)
-                .unwrap_or(full)
-                .to_ascii_lowercase()
-        }
-        Err(_) => format!("unknown({v})"),
-    }
-}
+// The enum names of the text are the JSON's (`direct_quote`, `retracted`), from the proto crate.
 
 fn precision_name(v: i32) -> String {
-    short_name(v, pb::TimePrecision::as_str_name, "TIME_PRECISION_")
+    enum_name::<pb::TimePrecision>(v)
 }
 
 fn mode_name(v: i32) -> String {
-    short_name(v, pb::StatementMode::as_str_name, "STATEMENT_MODE_")
+    enum_name::<pb::StatementMode>(v)
 }
 
 fn status_name(v: i32) -> String {
-    short_name(v, pb::EntityStatus::as_str_name, "ENTITY_STATUS_")
+    enum_name::<pb::EntityStatus>(v)
 }
 
 fn correction_kind_name(v: i32) -> String {
-    short_name(v, pb::CorrectionKind::as_str_name, "CORRECTION_KIND_")
-}
-
-fn target_kind_name(v: i32) -> String {
-    short_name(v, pb::TargetKind::as_str_name, "TARGET_KIND_")
+    enum_name::<pb::CorrectionKind>(v)
 }
 
 /// For text: `direct_quote` reads better as `direct quote`.
@@ -622,131 +609,14 @@ fn statement_chain_text(out: &mut String, v: &pb::StatementView) {
 
 // ----- JSON -----
 
-fn ts_json(t: Option<&Timestamp>) -> Value {
-    t.and_then(to_dt)
-        .map_or(Value::Null, |t| Value::String(fmt_dt(t)))
-}
-
-/// Empty proto strings mean "absent"; JSON says so with null.
-fn opt_str(s: &str) -> Value {
-    if s.is_empty() {
-        Value::Null
-    } else {
-        Value::String(s.to_string())
+/// The answer's JSON with the command's own fields added: what was asked (the party, the topic, the
+/// kind of entity found) is not part of the answer, and a script reading the document wants it.
+fn document(answer: &impl Serialize, asked: Value) -> anyhow::Result<Value> {
+    let mut doc = serde_json::to_value(answer)?;
+    if let (Some(doc), Value::Object(asked)) = (doc.as_object_mut(), asked) {
+        doc.extend(asked);
     }
-}
-
-fn stamp_json(s: Option<&pb::ReadStamp>) -> Value {
-    s.map_or(Value::Null, |s| json!({"applied_count": s.applied_count}))
-}
-
-fn stated_json(s: Option<&pb::StatedTime>) -> Value {
-    s.map_or(
-        Value::Null,
-        |s| json!({"at": ts_json(s.at.as_ref()), "precision": precision_name(s.precision)}),
-    )
-}
-
-fn origin_json(o: Option<&pb::Origin>) -> Value {
-    o.map_or(Value::Null, |o| {
-        json!({
-            "event_id": o.event_id, "position": o.position, "stream": o.stream,
-            "stream_revision": o.stream_revision, "recorded_at": ts_json(o.recorded_at.as_ref()),
-            "recorded_by": o.recorded_by,
-        })
-    })
-}
-
-fn span_json(s: &pb::Span) -> Value {
-    json!({"source_id": s.source_id, "start": s.start, "end": s.end, "exact": s.exact})
-}
-
-fn source_json(v: Option<&pb::SourceView>) -> Value {
-    let Some(v) = v else { return Value::Null };
-    let s = v.source.clone().unwrap_or_default();
-    json!({
-        "source_id": s.source_id, "publisher": s.publisher, "url": s.url, "title": s.title,
-        "published_at": ts_json(s.published_at.as_ref()),
-        "retrieved_at": ts_json(s.retrieved_at.as_ref()), "language": s.language,
-        "text_sha256": s.text_sha256, "text_length": v.text_length, "text": opt_str(&s.text),
-        "origin": origin_json(v.origin.as_ref()),
-    })
-}
-
-fn span_view_json(v: &pb::SpanView) -> Value {
-    json!({
-        "span": v.span.as_ref().map_or(Value::Null, span_json),
-        "before": v.before, "after": v.after, "source": source_json(v.source.as_ref()),
-    })
-}
-
-fn correction_json(v: &pb::CorrectionView) -> Value {
-    let c = v.correction.clone().unwrap_or_default();
-    json!({
-        "correction_id": c.correction_id, "target_kind": target_kind_name(c.target_kind),
-        "target_id": c.target_id, "kind": correction_kind_name(c.kind), "reason": c.reason,
-        "replacement_id": opt_str(&c.replacement_id), "origin": origin_json(v.origin.as_ref()),
-    })
-}
-
-fn review_json(v: &pb::ReviewView) -> Value {
-    let r = v.review.clone().unwrap_or_default();
-    let rating = r.rating.map_or(
-        Value::Null,
-        |x| json!({"label": x.label, "value": x.value, "best": x.best, "worst": x.worst}),
-    );
-    json!({
-        "review_id": r.review_id, "claim_id": r.claim_id, "reviewer": r.reviewer,
-        "rating": rating, "explanation": opt_str(&r.explanation), "url": opt_str(&r.url),
-        "origin": origin_json(v.origin.as_ref()),
-    })
-}
-
-fn statement_json(v: Option<&pb::StatementView>) -> Value {
-    let Some(v) = v else { return Value::Null };
-    let s = v.statement.clone().unwrap_or_default();
-    json!({
-        "statement_id": s.statement_id, "speaker_id": s.speaker_id,
-        "on_behalf_of_id": opt_str(&s.on_behalf_of_id),
-        "stated_time": stated_json(s.stated_time.as_ref()), "venue": opt_str(&s.venue),
-        "mode": mode_name(s.mode), "attribution_verb": s.attribution_verb, "content": s.content,
-        "reports_statement_id": opt_str(&s.reports_statement_id),
-        "status": status_name(v.status), "topics": v.topics,
-        "spans": v.spans.iter().map(span_view_json).collect::<Vec<_>>(),
-        "corrections": v.corrections.iter().map(correction_json).collect::<Vec<_>>(),
-        "origin": origin_json(v.origin.as_ref()),
-    })
-}
-
-fn claim_json(v: Option<&pb::ClaimView>) -> Value {
-    let Some(v) = v else { return Value::Null };
-    let c = v.claim.clone().unwrap_or_default();
-    json!({
-        "claim_id": c.claim_id, "statement_id": c.statement_id, "party_id": c.party_id,
-        "topic": c.topic, "stance": c.stance, "conditions": c.conditions,
-        "status": status_name(v.status),
-        "reviews": v.reviews.iter().map(review_json).collect::<Vec<_>>(),
-        "corrections": v.corrections.iter().map(correction_json).collect::<Vec<_>>(),
-        "origin": origin_json(v.origin.as_ref()),
-        "statement": statement_json(v.statement.as_ref()),
-    })
-}
-
-fn history_entry_json(e: &pb::HistoryEntry) -> Value {
-    json!({
-        "changed": e.changed, "in_force": e.in_force,
-        "changed_at": stated_json(e.changed_at.as_ref()),
-        "claim": claim_json(e.claim.as_ref()),
-    })
-}
-
-fn position_json(p: &pb::Position) -> Value {
-    json!({
-        "party_id": p.party_id, "topic": p.topic,
-        "changed_at": stated_json(p.changed_at.as_ref()),
-        "current": claim_json(p.current.as_ref()),
-        "history": p.history.iter().map(history_entry_json).collect::<Vec<_>>(),
-    })
+    Ok(doc)
 }
 
 /// Writes `text` to stdout. A reader that went away (`| head`) is not an error: `print!` would
@@ -822,11 +692,7 @@ pub async fn positions(
         .map_err(status_error)?
         .into_inner();
     if json {
-        print_json(&json!({
-            "party_id": party,
-            "positions": resp.positions.iter().map(position_json).collect::<Vec<_>>(),
-            "stamp": stamp_json(resp.stamp.as_ref()),
-        }))?;
+        print_json(&document(&resp, json!({"party_id": party}))?)?;
         return Ok(0);
     }
     let mut clocks = Vec::new();
@@ -864,7 +730,7 @@ pub async fn history(
 ) -> anyhow::Result<i32> {
     let (mut client, fresh) = connect(server).await?;
     if let Some(topic) = topic {
-        let resp = client
+        let mut resp = client
             .get_position_history(pb::GetPositionHistoryRequest {
                 party_id: party.to_string(),
                 topic: topic.to_string(),
@@ -875,15 +741,13 @@ pub async fn history(
             .await
             .map_err(status_error)?
             .into_inner();
-        let position = resp.position.unwrap_or_default();
+        // Shown (empty) even if the server sent none, so `position.history` is always there to read.
+        let position = resp.position.get_or_insert_default();
         if json {
-            print_json(&json!({
-                "party_id": party, "topic": topic, "since": since.map(fmt_dt),
-                "position": position_json(&position),
-                "stamp": stamp_json(resp.stamp.as_ref()),
-            }))?;
+            let asked = json!({"party_id": party, "topic": topic, "since": since.map(fmt_dt)});
+            print_json(&document(&resp, asked)?)?;
         } else {
-            emit(&history_text(party, topic, &position, resp.stamp.as_ref()))?;
+            emit(&history_text(party, topic, position, resp.stamp.as_ref()))?;
         }
         return Ok(0);
     }
@@ -920,13 +784,15 @@ pub async fn history(
     let lo = stamps.iter().copied().min().unwrap_or(0);
     let hi = stamps.iter().copied().max().unwrap_or(0);
     if json {
+        // Written by hand: the listing is several answers (pages) joined, so its stamp is the oldest
+        // page's, plus the newest page's when they differ; no one answer holds that.
         let mut stamp = json!({"applied_count": lo});
         if hi != lo {
             stamp["applied_count_last_page"] = json!(hi);
         }
         print_json(&json!({
             "party_id": party, "since": since.map(fmt_dt), "order": "newest_first",
-            "statements": statements.iter().map(|s| statement_json(Some(s))).collect::<Vec<_>>(),
+            "statements": serde_json::to_value(&statements)?,
             "stamp": stamp,
         }))?;
         return Ok(0);
@@ -968,10 +834,7 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
         Ok(resp) => {
             let resp = resp.into_inner();
             if json {
-                print_json(&json!({
-                    "kind": "claim", "claim": claim_json(resp.claim.as_ref()),
-                    "stamp": stamp_json(resp.stamp.as_ref()),
-                }))?;
+                print_json(&document(&resp, json!({"kind": "claim"}))?)?;
                 return Ok(0);
             }
             let mut out = String::new();
@@ -1000,13 +863,7 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
         Ok(resp) => {
             let resp = resp.into_inner();
             if json {
-                print_json(&json!({
-                    "kind": "statement",
-                    "statement": statement_json(resp.statement.as_ref()),
-                    "claims": resp.claims.iter().map(|c| claim_json(Some(c))).collect::<Vec<_>>(),
-                    "reports": statement_json(resp.reports.as_ref()),
-                    "stamp": stamp_json(resp.stamp.as_ref()),
-                }))?;
+                print_json(&document(&resp, json!({"kind": "statement"}))?)?;
                 return Ok(0);
             }
             let mut out = String::new();
@@ -1159,20 +1016,15 @@ mod tests {
     }
 
     #[test]
-    fn json_uses_nulls_for_absent_fields_and_short_enum_names() {
-        let v = statement_json(Some(&pb::StatementView {
-            statement: Some(pb::StatementRecordedPayload {
-                statement_id: "s".into(),
-                speaker_id: "sergey-lavrov".into(),
-                mode: pb::StatementMode::Reported as i32,
-                ..Default::default()
-            }),
-            status: pb::EntityStatus::Active as i32,
-            ..Default::default()
-        }));
-        assert_eq!(v["mode"], "reported");
-        assert_eq!(v["status"], "active");
-        assert_eq!(v["on_behalf_of_id"], Value::Null);
-        assert_eq!(v["stated_time"], Value::Null);
+    fn documents_are_the_answer_plus_what_was_asked() {
+        let answer = pb::GetClaimResponse {
+            claim: None,
+            stamp: Some(pb::ReadStamp { applied_count: 7 }),
+        };
+        let doc = document(&answer, json!({"kind": "claim"})).expect("serializes");
+        assert_eq!(
+            doc,
+            json!({"kind": "claim", "claim": null, "stamp": {"applied_count": 7}})
+        );
     }
 }
