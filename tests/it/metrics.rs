@@ -147,7 +147,10 @@ const ALWAYS: &[(&str, &str)] = &[
     ("claims_ledger_log_events", "gauge"),
     ("claims_ledger_subscriptions", "gauge"),
     ("claims_ledger_subscription_lag_events", "gauge"),
-    ("claims_ledger_subscription_acknowledged_lag_events", "gauge"),
+    (
+        "claims_ledger_subscription_acknowledged_lag_events",
+        "gauge",
+    ),
     ("claims_ledger_build_info", "gauge"),
     ("process_cpu_seconds_total", "counter"),
     ("process_resident_memory_bytes", "gauge"),
@@ -225,7 +228,16 @@ fn parse_text(body: &str, openmetrics: bool) -> (HashMap<String, f64>, HashMap<S
     let mut helped = Vec::new();
     assert!(body.ends_with('\n'), "exposition ends with a newline");
     let kinds: &[&str] = if openmetrics {
-        &["counter", "gauge", "histogram", "summary", "unknown", "info", "stateset", "gaugehistogram"]
+        &[
+            "counter",
+            "gauge",
+            "histogram",
+            "summary",
+            "unknown",
+            "info",
+            "stateset",
+            "gaugehistogram",
+        ]
     } else {
         &["counter", "gauge", "histogram", "summary", "untyped"]
     };
@@ -705,7 +717,8 @@ async fn grpc_layer_counts_real_tonic_statuses() {
         .expect_err("not served here");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
 
-    let requests = |m: &HashMap<String, f64>, method: &str, code: &str| get(m, &handled(method, code));
+    let requests =
+        |m: &HashMap<String, f64>, method: &str, code: &str| get(m, &handled(method, code));
     let check_path = "grpc.health.v1.Health/Check";
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
@@ -904,7 +917,10 @@ async fn endpoint_answers_only_get_metrics() {
     assert!(body.is_empty(), "HEAD has no body");
     assert!(headers.get("content-length").is_some_and(|l| l != "0"));
     let (status, _, body) = http(&addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-    assert!(status.ends_with(" 200 OK"), "query strings are ignored: {status}");
+    assert!(
+        status.ends_with(" 200 OK"),
+        "query strings are ignored: {status}"
+    );
     parse_exposition(&body);
     let (status, _, _) = http(&addr, "GET / HTTP/1.1\r\nHost: m\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
@@ -972,4 +988,58 @@ async fn named_subscribers_show_their_acknowledged_lag_connected_or_not() {
         head + 10
     );
     s.stop().await;
+}
+
+/// The metric names in `text`: identifiers starting with one of our families' prefixes.
+fn metric_names(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| {
+            ["claims_ledger_", "grpc_server_", "process_"]
+                .iter()
+                .any(|p| w.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The alert rules shipped in `deploy/` and the README's metrics section name only metrics the
+/// server exposes, under the names the scrapes above check.
+#[test]
+fn documented_metric_names_are_exposed() {
+    let families: Vec<(&str, &str)> = ALWAYS.iter().chain(ONCE_SEEN).copied().collect();
+    let known = |name: &str| {
+        families.iter().any(|(f, kind)| {
+            name == *f
+                || (*kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(*f)))
+        })
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("rules");
+    let named = metric_names(&rules);
+    assert!(named.len() >= 5, "{named:?}");
+    for name in &named {
+        assert!(
+            known(name),
+            "deploy/prometheus/alerts.yml names {name}, which is not exposed"
+        );
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let section = readme
+        .split_once("Metrics: `GET /metrics`")
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .map(|(section, _)| section)
+        .expect("README has a metrics paragraph");
+    let named = metric_names(section);
+    for (name, _) in ALWAYS.iter().chain(ONCE_SEEN) {
+        assert!(
+            named.iter().any(|n| n == name),
+            "README does not name {name}"
+        );
+    }
+    for name in &named {
+        assert!(known(name), "README names {name}, which is not exposed");
+    }
 }

@@ -252,9 +252,7 @@ impl Call {
         self.done = true;
         let method = match self.known.take() {
             Some(s) => s,
-            None => self
-                .series
-                .entry(self.path.as_deref().unwrap_or(""), code),
+            None => self.series.entry(self.path.as_deref().unwrap_or(""), code),
         };
         self.series.count(&method, code, self.started);
     }
@@ -398,7 +396,10 @@ mod tests {
             assert_eq!(&*s.labels.grpc_method, want.as_str());
         }
         let s = series.entry("/t.S/M0", GrpcCode::OK);
-        assert_eq!(&*s.labels.grpc_method, "M0", "known methods keep their series");
+        assert_eq!(
+            &*s.labels.grpc_method, "M0",
+            "known methods keep their series"
+        );
         let s = series.entry("/t.S/New", GrpcCode::UNIMPLEMENTED);
         assert_eq!(&*s.labels.grpc_method, "other");
     }

@@ -34,7 +34,8 @@ const MAX_HEAD: usize = 8 * 1024;
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 /// The content type of [`Metrics::render_openmetrics`]'s output.
-pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves `metrics` on `listener` until `shutdown` resolves; then stops accepting and lets the
 /// scrapes under way finish (each is bounded by [`CONNECTION_TIMEOUT`]).

@@ -549,8 +549,14 @@ mod tests {
         claims_ledger_log::LogMetrics::cursor(&a, "q\"uote\\d\nname", Some(1));
         let text_a = a.render().expect("render");
         let text_b = b.render().expect("render");
-        assert!(text_a.contains("\nclaims_ledger_events_appended_total 3\n"), "{text_a}");
-        assert!(text_b.contains("\nclaims_ledger_events_appended_total 0\n"), "{text_b}");
+        assert!(
+            text_a.contains("\nclaims_ledger_events_appended_total 3\n"),
+            "{text_a}"
+        );
+        assert!(
+            text_b.contains("\nclaims_ledger_events_appended_total 0\n"),
+            "{text_b}"
+        );
         assert!(
             text_a.contains(
                 "claims_ledger_subscription_acknowledged_lag_events{subscription=\"q\\\"uote\\\\d\\nname\"} 2\n"
@@ -579,7 +585,7 @@ mod tests {
             "claims_ledger_group_commit_events_bucket{le=\"4\"} 5\n",
             "claims_ledger_group_commit_events_bucket{le=\"4096\"} 7\n",
             "claims_ledger_group_commit_events_bucket{le=\"+Inf\"} 7\n",
-            "claims_ledger_group_commit_events_sum 115\n",
+            "claims_ledger_group_commit_events_sum 115.0\n",
             "claims_ledger_group_commit_events_count 7\n",
         ] {
             assert!(text.contains(want), "{want} in {text}");

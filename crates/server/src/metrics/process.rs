@@ -7,13 +7,13 @@
 //! against an older `prometheus_client` whose registry type is not ours. `procfs` does the parsing
 //! (and the clock tick and page size lookups), so what is left here is naming and units. A figure
 //! that cannot be read is left out of that scrape rather than failing it.
+use procfs::process::{LimitValue, Process};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
-use procfs::process::{LimitValue, Process};
 
 /// Reads the process's figures at each scrape.
 #[derive(Debug, Default)]
