@@ -177,9 +177,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
                 .with_context(|| format!("binding the metrics endpoint {addr}"))?;
             tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics on /metrics");
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(claims_ledger_server::metrics::serve(l, async move {
-                let _ = stopped.await;
-            }));
+            let task = tokio::spawn(claims_ledger_server::metrics::serve(
+                l,
+                app.metrics().clone(),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
             Some((stop, task))
         }
         None => None,

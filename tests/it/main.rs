@@ -15,6 +15,7 @@ mod fsync_trace;
 mod graceful_shutdown;
 mod hostile_input;
 mod ledger_api;
+mod metrics;
 mod named_subscription;
 mod query_api;
 mod restart_snapshot;

@@ -65,3 +65,13 @@ def test_compose_mounts_exist_and_config_is_used():
         if src.startswith("./"):
             assert (DEPLOY / src).exists(), src
     assert (DEPLOY / ledger["build"]["context"] / ledger["build"]["dockerfile"]).exists()
+
+
+def test_alert_rules_parse_and_say_how_bad():
+    rules = load("prometheus/alerts.yml")
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert rule["alert"].startswith("ClaimsLedger"), rule
+            assert rule["expr"].strip() and rule["for"], rule
+            assert rule["labels"]["severity"] in {"warning", "critical"}, rule
+            assert rule["annotations"]["summary"], rule

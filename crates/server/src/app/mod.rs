@@ -51,6 +51,8 @@ pub struct App {
     signer: Arc<Signer>,
     /// Events the write model took from its snapshot at open (0: folded from the start).
     state_from_snapshot: u64,
+    /// This server's metrics registry, which its log reports to.
+    metrics: crate::metrics::Metrics,
 }
 
 /// The write model and the number of events folded into it (always a prefix of the log).
@@ -213,8 +215,9 @@ impl App {
             state: state.clone(),
             recent: recent.clone(),
         });
-        // The server's log reports to the process's metrics registry, whoever opens it.
-        options.metrics = Arc::new(crate::metrics::LogSink);
+        // The log reports to this server's own registry, so servers in one process stay apart.
+        let metrics = crate::metrics::Metrics::new();
+        options.metrics = Arc::new(metrics.clone());
         let log = EventLog::open(dir, options, Some(observer))?;
         let signer = match signer {
             Some(s) => s,
@@ -235,6 +238,7 @@ impl App {
             projector: Arc::default(),
             signer: Arc::new(signer),
             state_from_snapshot: 0,
+            metrics,
         };
         let mut app = app;
         app.state_from_snapshot = app.replay()?;
@@ -275,6 +279,11 @@ impl App {
             "write model rebuilt from the log"
         );
         Ok(from)
+    }
+
+    /// This server's metrics (the log's, the projector's, subscriptions' and the gRPC layer's).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// How many events the open took from snapshots instead of the log: (stream index, write model).

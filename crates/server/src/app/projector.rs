@@ -43,7 +43,7 @@ impl App {
                 let target = *durable.borrow_and_update();
                 let applied = projections.applied();
                 // After every batch and every commit: the projection lag is computed from it.
-                crate::metrics::set_projection_applied(applied);
+                app.metrics.set_projection_applied(applied);
                 if applied < target {
                     let step_app = app.clone();
                     let p = projections.clone();

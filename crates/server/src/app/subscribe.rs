@@ -328,7 +328,7 @@ impl App {
             scanned: 0,
             last_checkpoint: Instant::now(),
             last_sent: Instant::now(),
-            metrics: crate::metrics::track_subscription(o.name.as_deref(), pos),
+            metrics: self.metrics.track_subscription(o.name.as_deref(), pos),
         };
         let mut caught_up = false;
         loop {

@@ -218,7 +218,8 @@ impl pb::ledger_server::Ledger for LedgerService {
                     Some(append) => batch(&app, ctx, append, SESSION_BATCH).await,
                 };
                 let code = result.as_ref().map_or_else(|s| s.code() as i32, |_| 0);
-                crate::metrics::observe_session_append(code, arrived.elapsed());
+                app.metrics()
+                    .observe_session_append(code, arrived.elapsed());
                 Ok(pb::AppendSessionResponse {
                     request_id,
                     result: Some(match result {

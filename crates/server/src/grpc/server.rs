@@ -106,7 +106,7 @@ pub async fn serve_with(
         // Beyond this, a client's further calls on one connection wait for a free stream.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         // Outermost, so refusals by the auth layer are counted too.
-        .layer(crate::metrics::GrpcMetricsLayer::new())
+        .layer(crate::metrics::GrpcMetricsLayer::new(app.metrics()))
         .layer(AuthLayer::new(options.tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,12 +1,12 @@
 //! Prometheus metrics: a real server takes appends over gRPC while `metrics::serve` runs on its own
-//! port, and raw HTTP scrapes show the log's counters and histograms move by exactly what was
-//! written, the projection lag return to zero, and live subscriptions with their lags; the
-//! exposition parses line by line. The gRPC layer counts real tonic statuses (trailers-only errors,
-//! OK in trailers, unknown methods folded into `other`) and, around a bare service, statuses in
-//! headers, in trailers, and calls dropped unfinished.
-// Its own test binary: the metrics registry is per process, and other tests' appends would move it.
-#[path = "it/common/mod.rs"]
-mod common;
+//! port with that server's registry, and raw HTTP scrapes show the log's counters and histograms
+//! move by exactly what was written, the projection lag return to zero, and live subscriptions with
+//! their lags; the exposition parses line by line, in both formats the endpoint speaks. The gRPC
+//! layer counts real tonic statuses (trailers-only errors, OK in trailers, unknown methods folded
+//! into `other`) and, around a bare service, statuses in headers, in trailers, and calls dropped
+//! unfinished. Each server has its own registry, so these run beside the other tests: two servers
+//! in one process keep their figures apart.
+use crate::common;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -19,22 +19,19 @@ use claims_ledger_proto as pb;
 use claims_ledger_server::app::{Start, SubscribeOptions, SubscriptionItem};
 use claims_ledger_server::config::{token_hash, Role, TokenEntry, Tokens};
 use claims_ledger_server::grpc::auth::AuthLayer;
-use claims_ledger_server::metrics::{self, GrpcMetricsLayer};
+use claims_ledger_server::metrics::{self, GrpcMetricsLayer, Metrics};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::codegen::Bytes;
 use tower::{Layer, Service, ServiceExt};
 
-/// Tests that write to a log or count its subscriptions run one at a time: the registry is global.
-static LOG_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Starts `metrics::serve` on an ephemeral port; it stops when the sender is dropped.
-async fn start_metrics() -> (String, tokio::sync::oneshot::Sender<()>) {
+/// Starts `metrics::serve` for `registry` on an ephemeral port; it stops when the sender is dropped.
+async fn start_metrics(registry: &Metrics) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(metrics::serve(listener, async {
+    tokio::spawn(metrics::serve(listener, registry.clone(), async {
         let _ = rx.await;
     }));
     (addr, tx)
@@ -58,6 +55,22 @@ async fn http(addr: &str, request: &str) -> (String, HashMap<String, String>, St
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     (status, headers, body.to_string())
+}
+
+/// Scrapes `/metrics` asking for OpenMetrics, as Prometheus does; checks the answer and parses it.
+async fn scrape_openmetrics(addr: &str) -> HashMap<String, f64> {
+    let (status, headers, body) = http(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: metrics\r\nAccept: application/openmetrics-text;version=1.0.0,\
+         text/plain;version=0.0.4;q=0.5\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    parse_openmetrics(&body)
 }
 
 /// Scrapes `/metrics` over raw TCP; checks the answer and parses every sample.
@@ -123,13 +136,111 @@ fn parse_labels(s: &str, line: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Checks the text format line by line (`# HELP` and `# TYPE` before each family's samples; every
-/// other line `name{labels} value`) and returns the samples keyed by their line's series text.
+/// The families every scrape has, with their types (in the Prometheus text format).
+const ALWAYS: &[(&str, &str)] = &[
+    ("claims_ledger_append_duration_seconds", "histogram"),
+    ("claims_ledger_fsync_duration_seconds", "histogram"),
+    ("claims_ledger_group_commit_events", "histogram"),
+    ("claims_ledger_group_commit_appends", "histogram"),
+    ("claims_ledger_session_append_duration_seconds", "histogram"),
+    ("claims_ledger_events_appended_total", "counter"),
+    ("claims_ledger_log_events", "gauge"),
+    ("claims_ledger_subscriptions", "gauge"),
+    ("claims_ledger_subscription_lag_events", "gauge"),
+    (
+        "claims_ledger_subscription_acknowledged_lag_events",
+        "gauge",
+    ),
+    ("claims_ledger_build_info", "gauge"),
+    ("process_cpu_seconds_total", "counter"),
+    ("process_resident_memory_bytes", "gauge"),
+    ("process_virtual_memory_bytes", "gauge"),
+    ("process_open_fds", "gauge"),
+    ("process_max_fds", "gauge"),
+    ("process_threads", "gauge"),
+    ("process_start_time_seconds", "gauge"),
+];
+
+/// Families that appear once something was counted in them, with their types.
+const ONCE_SEEN: &[(&str, &str)] = &[
+    ("claims_ledger_projection_lag_events", "gauge"),
+    ("claims_ledger_session_appends_total", "counter"),
+    ("grpc_server_handled_total", "counter"),
+    ("grpc_server_handling_seconds", "histogram"),
+];
+
+/// Checks the Prometheus text format 0.0.4 line by line (`# HELP` and `# TYPE` before each family's
+/// samples; every other line `name{labels} value`; counters named `_total`) and the families every
+/// scrape has, and returns the samples keyed by their line's series text.
 fn parse_exposition(body: &str) -> HashMap<String, f64> {
+    let (samples, typed) = parse_text(body, false);
+    for (name, kind) in ALWAYS {
+        assert_eq!(typed.get(*name).map(String::as_str), Some(*kind), "{name}");
+    }
+    for (name, kind) in ONCE_SEEN {
+        if let Some(k) = typed.get(*name) {
+            assert_eq!(k, kind, "{name}");
+        }
+    }
+    for (name, kind) in &typed {
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "counter {name} is named _total");
+        }
+    }
+    let build = format!(
+        "claims_ledger_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(samples.get(&build), Some(&1.0), "{build}");
+    samples
+}
+
+/// As [`parse_exposition`], for OpenMetrics 1.0: `# UNIT` lines, counters and infos typed under
+/// their family name with `_total` and `_info` samples, and `# EOF` at the end.
+fn parse_openmetrics(body: &str) -> HashMap<String, f64> {
+    let body = body
+        .strip_suffix("# EOF\n")
+        .expect("OpenMetrics ends with # EOF");
+    let (samples, typed) = parse_text(body, true);
+    // OpenMetrics types counters and infos by their family names, without the sample suffix.
+    let family = |name: &'static str, kind: &'static str| match (kind, name) {
+        ("counter", _) => (name.strip_suffix("_total").unwrap_or(name), kind),
+        (_, "claims_ledger_build_info") => ("claims_ledger_build", "info"),
+        _ => (name, kind),
+    };
+    for (name, kind) in ALWAYS {
+        let (name, kind) = family(name, kind);
+        assert_eq!(typed.get(name).map(String::as_str), Some(kind), "{name}");
+    }
+    for (name, kind) in ONCE_SEEN {
+        let (name, kind) = family(name, kind);
+        if let Some(k) = typed.get(name) {
+            assert_eq!(k, kind, "{name}");
+        }
+    }
+    samples
+}
+
+/// Parses either text format; returns the samples and each family's type.
+fn parse_text(body: &str, openmetrics: bool) -> (HashMap<String, f64>, HashMap<String, String>) {
     let mut samples = HashMap::new();
     let mut typed: HashMap<String, String> = HashMap::new();
     let mut helped = Vec::new();
     assert!(body.ends_with('\n'), "exposition ends with a newline");
+    let kinds: &[&str] = if openmetrics {
+        &[
+            "counter",
+            "gauge",
+            "histogram",
+            "summary",
+            "unknown",
+            "info",
+            "stateset",
+            "gaugehistogram",
+        ]
+    } else {
+        &["counter", "gauge", "histogram", "summary", "untyped"]
+    };
     for line in body.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect("HELP has text");
@@ -139,15 +250,19 @@ fn parse_exposition(body: &str) -> HashMap<String, f64> {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE has a kind");
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                "{line}"
-            );
+            assert!(kinds.contains(&kind), "{line}");
             assert!(helped.iter().any(|h| h == name), "HELP before TYPE: {line}");
             assert!(
                 typed.insert(name.to_string(), kind.to_string()).is_none(),
                 "one TYPE per family: {line}"
             );
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# UNIT ") {
+            assert!(openmetrics, "UNIT only in OpenMetrics: {line}");
+            let (name, unit) = rest.split_once(' ').expect("UNIT has a unit");
+            assert!(typed.contains_key(name), "TYPE before UNIT: {line}");
+            assert!(name.ends_with(&format!("_{unit}")), "{line}");
             continue;
         }
         assert!(
@@ -172,12 +287,25 @@ fn parse_exposition(body: &str) -> HashMap<String, f64> {
         assert!(is_metric_name(name), "bad metric name: {line}");
         let family = match typed.get(name) {
             Some(_) => name.to_string(),
-            None => ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .filter(|f| typed.get(*f).map(String::as_str) == Some("histogram"))
-                .unwrap_or_else(|| panic!("sample before its TYPE: {line}"))
-                .to_string(),
+            None => {
+                let suffixes: &[(&str, &str)] = &[
+                    ("_bucket", "histogram"),
+                    ("_sum", "histogram"),
+                    ("_count", "histogram"),
+                    ("_total", "counter"),
+                    ("_created", "counter"),
+                    ("_info", "info"),
+                ];
+                suffixes
+                    .iter()
+                    .filter(|(_, kind)| openmetrics || *kind == "histogram")
+                    .find_map(|(suffix, kind)| {
+                        name.strip_suffix(suffix)
+                            .filter(|f| typed.get(*f).map(String::as_str) == Some(*kind))
+                    })
+                    .unwrap_or_else(|| panic!("sample before its TYPE: {line}"))
+                    .to_string()
+            }
         };
         if name.ends_with("_bucket") && typed.get(&family).map(String::as_str) == Some("histogram")
         {
@@ -191,38 +319,20 @@ fn parse_exposition(body: &str) -> HashMap<String, f64> {
             "duplicate series: {line}"
         );
     }
-    for name in [
-        "claims_ledger_append_duration_seconds",
-        "claims_ledger_fsync_duration_seconds",
-        "claims_ledger_group_commit_events",
-        "claims_ledger_group_commit_appends",
-        "claims_ledger_grpc_request_duration_seconds",
-    ] {
-        assert_eq!(
-            typed.get(name).map(String::as_str),
-            Some("histogram"),
-            "{name}"
-        );
-    }
-    for name in [
-        "claims_ledger_events_appended_total",
-        "claims_ledger_grpc_requests_total",
-    ] {
-        assert_eq!(
-            typed.get(name).map(String::as_str),
-            Some("counter"),
-            "{name}"
-        );
-    }
-    for name in [
-        "claims_ledger_projection_lag_events",
-        "claims_ledger_subscriptions",
-        "claims_ledger_subscription_lag_events",
-        "claims_ledger_log_events",
-    ] {
-        assert_eq!(typed.get(name).map(String::as_str), Some("gauge"), "{name}");
-    }
-    samples
+    (samples, typed)
+}
+
+/// `registry` in the Prometheus text format.
+fn render(registry: &Metrics) -> String {
+    registry.render().expect("render")
+}
+
+/// The `grpc_server_handled_total` series of `service/method` ended with `code`.
+fn handled(path: &str, code: &str) -> String {
+    let (service, method) = path.split_once('/').expect("service/method");
+    format!(
+        "grpc_server_handled_total{{grpc_service=\"{service}\",grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+    )
 }
 
 fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
@@ -277,9 +387,8 @@ async fn write_parties(s: &TestServer, tag: &str, writers: usize, n: usize) -> u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_move_the_log_metrics_by_exactly_what_was_written() {
-    let _serial = LOG_TESTS.lock().await;
     let s = TestServer::start().await;
-    let (addr, _stop) = start_metrics().await;
+    let (addr, _stop) = start_metrics(s.app.metrics()).await;
     let before = scrape(&addr).await;
 
     let appends = 12u64;
@@ -339,11 +448,60 @@ async fn appends_move_the_log_metrics_by_exactly_what_was_written() {
         get(&after, "claims_ledger_append_duration_seconds_count")
     );
 
+    // The server's own gRPC layer counted the calls, by service, method and code.
+    assert_eq!(
+        delta(
+            "grpc_server_handled_total{grpc_service=\"claimsledger.v1.Ledger\",\
+             grpc_method=\"RegisterParty\",grpc_code=\"OK\"}"
+        ),
+        appends as f64
+    );
+    assert_eq!(
+        delta(
+            "grpc_server_handling_seconds_count{grpc_service=\"claimsledger.v1.Ledger\",\
+             grpc_method=\"RegisterParty\"}"
+        ),
+        appends as f64
+    );
+    // The process: figures that any live process has.
+    assert!(get(&after, "process_open_fds") > 0.0);
+    assert!(get(&after, "process_max_fds") >= get(&after, "process_open_fds"));
+    assert!(get(&after, "process_resident_memory_bytes") > 0.0);
+    assert!(get(&after, "process_cpu_seconds_total") > 0.0);
+    let started = get(&after, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        started > now - 24.0 * 3600.0 && started <= now + 1.0,
+        "started at {started}, now {now}"
+    );
+
+    // The same figures in OpenMetrics, for a scraper that asks for it.
+    let open = scrape_openmetrics(&addr).await;
+    assert_eq!(
+        get(&open, "claims_ledger_events_appended_total"),
+        get(&after, "claims_ledger_events_appended_total")
+    );
+
     // The projector catches up with the log, and the lag says so.
     scrape_until(&addr, "projection lag 0", |m| {
         m.get("claims_ledger_projection_lag_events") == Some(&0.0)
     })
     .await;
+
+    // Another server in this process has its own registry: none of the above is in it.
+    let other = TestServer::start().await;
+    let (other_addr, _other_stop) = start_metrics(other.app.metrics()).await;
+    let m = scrape(&other_addr).await;
+    assert_eq!(get(&m, "claims_ledger_events_appended_total"), 0.0);
+    assert_eq!(get(&m, "claims_ledger_append_duration_seconds_count"), 0.0);
+    assert!(
+        !m.keys().any(|k| k.starts_with("grpc_server_handled_total")),
+        "no calls to the other server: {m:?}"
+    );
+    other.stop().await;
     s.stop().await;
 }
 
@@ -351,9 +509,9 @@ async fn appends_move_the_log_metrics_by_exactly_what_was_written() {
 /// timed; the gRPC layer sees the whole session as one call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_session_appends_are_counted_by_status() {
-    let _serial = LOG_TESTS.lock().await;
     let s = TestServer::start().await;
-    let before = parse_exposition(&metrics::render());
+    let registry = s.app.metrics().clone();
+    let before = parse_exposition(&render(&registry));
     let register = |id: &str| {
         batch_of(vec![pb::batch_command::Command::RegisterParty(party(
             id,
@@ -390,14 +548,14 @@ async fn append_session_appends_are_counted_by_status() {
     }
     assert_eq!(refused, vec![(2, tonic::Code::InvalidArgument as i32)]);
 
-    let after = parse_exposition(&metrics::render());
+    let after = parse_exposition(&render(&registry));
     let delta = |series: &str| get(&after, series) - get(&before, series);
     assert_eq!(
-        delta("claims_ledger_session_appends_total{code=\"OK\"}"),
+        delta("claims_ledger_session_appends_total{grpc_code=\"OK\"}"),
         2.0
     );
     assert_eq!(
-        delta("claims_ledger_session_appends_total{code=\"INVALID_ARGUMENT\"}"),
+        delta("claims_ledger_session_appends_total{grpc_code=\"InvalidArgument\"}"),
         1.0
     );
     assert_eq!(
@@ -408,9 +566,8 @@ async fn append_session_appends_are_counted_by_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_subscriptions_are_counted_with_their_lag() {
-    let _serial = LOG_TESTS.lock().await;
     let s = TestServer::start().await;
-    let (addr, _stop) = start_metrics().await;
+    let (addr, _stop) = start_metrics(s.app.metrics()).await;
     let base = get(&scrape(&addr).await, "claims_ledger_subscriptions");
 
     let written = write_parties(&s, "lag", 4, 200).await;
@@ -492,6 +649,7 @@ async fn grpc_layer_counts_real_tonic_statuses() {
         roles: vec![Role::Reader],
     }])
     .expect("tokens");
+    let registry = Metrics::new();
     // The reporter answers SERVING for "" and NOT_FOUND for services it was not told about.
     let (_health, health_service) = tonic_health::server::health_reporter();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -500,7 +658,7 @@ async fn grpc_layer_counts_real_tonic_statuses() {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(GrpcMetricsLayer::new())
+            .layer(GrpcMetricsLayer::new(&registry))
             .layer(AuthLayer::new(Some(Arc::new(tokens))))
             .add_service(health_service)
             .serve_with_incoming_shutdown(
@@ -515,7 +673,7 @@ async fn grpc_layer_counts_real_tonic_statuses() {
         .connect()
         .await
         .expect("connect");
-    let before = parse_exposition(&metrics::render());
+    let before = parse_exposition(&render(&registry));
     let mut health_client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let check = |service: &str| tonic_health::pb::HealthCheckRequest {
         service: service.to_string(),
@@ -559,18 +717,14 @@ async fn grpc_layer_counts_real_tonic_statuses() {
         .expect_err("not served here");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
 
-    let requests = |m: &HashMap<String, f64>, method: &str, code: &str| {
-        get(
-            m,
-            &format!("claims_ledger_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}}"),
-        )
-    };
-    let check_path = "/grpc.health.v1.Health/Check";
+    let requests =
+        |m: &HashMap<String, f64>, method: &str, code: &str| get(m, &handled(method, code));
+    let check_path = "grpc.health.v1.Health/Check";
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
-        let m = parse_exposition(&metrics::render());
+        let m = parse_exposition(&render(&registry));
         // The server sees the cancelled stream a moment after the client dropped it.
-        if requests(&m, "/grpc.health.v1.Health/Watch", "CANCELLED") >= 1.0
+        if requests(&m, "grpc.health.v1.Health/Watch", "Canceled") >= 1.0
             || Instant::now() > deadline
         {
             break m;
@@ -581,32 +735,31 @@ async fn grpc_layer_counts_real_tonic_statuses() {
         |method: &str, code: &str| requests(&after, method, code) - requests(&before, method, code);
     assert_eq!(delta(check_path, "OK"), 2.0, "OK from the trailers");
     assert_eq!(
-        delta(check_path, "NOT_FOUND"),
+        delta(check_path, "NotFound"),
         3.0,
         "trailers-only errors from the headers"
     );
     assert_eq!(
-        delta("/grpc.health.v1.Health/Watch", "CANCELLED"),
+        delta("grpc.health.v1.Health/Watch", "Canceled"),
         1.0,
         "a stream the client dropped"
     );
     assert_eq!(
-        delta("/claimsledger.v1.Ledger/RegisterParty", "UNAUTHENTICATED"),
+        delta("claimsledger.v1.Ledger/RegisterParty", "Unauthenticated"),
         1.0
     );
-    assert_eq!(delta("other", "UNIMPLEMENTED"), 1.0);
+    assert_eq!(delta("other/other", "Unimplemented"), 1.0);
     assert!(
         !after
             .keys()
-            .any(|k| k.contains("/claimsledger.v1.Query/ListParties")),
+            .any(|k| k.contains("claimsledger.v1.Query") || k.contains("ListParties")),
         "unknown methods get no series of their own"
     );
     let durations = |m: &HashMap<String, f64>| {
         get(
             m,
-            &format!(
-                "claims_ledger_grpc_request_duration_seconds_count{{method=\"{check_path}\"}}"
-            ),
+            "grpc_server_handling_seconds_count{grpc_service=\"grpc.health.v1.Health\",\
+             grpc_method=\"Check\"}",
         )
     };
     assert_eq!(durations(&after) - durations(&before), 5.0);
@@ -673,7 +826,8 @@ async fn drain<B: http_body::Body + Unpin>(mut body: B) {
 
 #[tokio::test]
 async fn layer_reads_status_from_headers_trailers_or_counts_a_drop_as_cancelled() {
-    let mut svc = GrpcMetricsLayer::new().layer(tower::service_fn(fake));
+    let registry = Metrics::new();
+    let mut svc = GrpcMetricsLayer::new(&registry).layer(tower::service_fn(fake));
     std::future::poll_fn(|cx| svc.poll_ready(cx))
         .await
         .expect("ready");
@@ -685,34 +839,32 @@ async fn layer_reads_status_from_headers_trailers_or_counts_a_drop_as_cancelled(
         let fut = svc.call(req);
         async move { fut.await.expect("response").into_body() }
     };
-    let count = |series: &str| get(&parse_exposition(&metrics::render()), series);
-    let series = |method: &str, code: &str| {
-        format!("claims_ledger_grpc_requests_total{{method=\"/t.Fake/{method}\",code=\"{code}\"}}")
-    };
+    let count = |series: &str| get(&parse_exposition(&render(&registry)), series);
+    let series = |method: &str, code: &str| handled(&format!("t.Fake/{method}"), code);
 
     // In the headers: counted as soon as the response is out, without touching the body.
     let body = call("/t.Fake/Header").await;
-    assert_eq!(count(&series("Header", "NOT_FOUND")), 1.0);
+    assert_eq!(count(&series("Header", "NotFound")), 1.0);
     drop(body);
-    assert_eq!(count(&series("Header", "NOT_FOUND")), 1.0, "counted once");
-    assert_eq!(count(&series("Header", "CANCELLED")), 0.0);
+    assert_eq!(count(&series("Header", "NotFound")), 1.0, "counted once");
+    assert_eq!(count(&series("Header", "Canceled")), 0.0);
 
     // In the trailers: counted when they pass.
     let body = call("/t.Fake/Unavailable").await;
-    assert_eq!(count(&series("Unavailable", "UNAVAILABLE")), 0.0);
+    assert_eq!(count(&series("Unavailable", "Unavailable")), 0.0);
     drain(body).await;
-    assert_eq!(count(&series("Unavailable", "UNAVAILABLE")), 1.0);
+    assert_eq!(count(&series("Unavailable", "Unavailable")), 1.0);
     drain(call("/t.Fake/Ok").await).await;
     assert_eq!(count(&series("Ok", "OK")), 1.0);
     drain(call("/t.Fake/Garbled").await).await;
-    assert_eq!(count(&series("Garbled", "UNKNOWN")), 1.0);
+    assert_eq!(count(&series("Garbled", "Unknown")), 1.0);
 
     // Dropped before its trailers: the client went away.
     drop(call("/t.Fake/Dropped").await);
-    assert_eq!(count(&series("Dropped", "CANCELLED")), 1.0);
+    assert_eq!(count(&series("Dropped", "Canceled")), 1.0);
 
     // And the layer composes with tower's ServiceExt like any service.
-    GrpcMetricsLayer::new()
+    GrpcMetricsLayer::new(&registry)
         .layer(tower::service_fn(fake))
         .oneshot(
             http::Request::builder()
@@ -722,18 +874,54 @@ async fn layer_reads_status_from_headers_trailers_or_counts_a_drop_as_cancelled(
         )
         .await
         .expect("response");
-    assert_eq!(count(&series("Header", "NOT_FOUND")), 2.0);
+    assert_eq!(count(&series("Header", "NotFound")), 2.0);
+}
+
+/// Past the cap, only the subscribers furthest behind keep an acknowledged-lag series.
+#[test]
+fn acknowledged_lag_series_are_capped_to_the_furthest_behind() {
+    use claims_ledger_log::LogMetrics;
+    let registry = Metrics::new();
+    let cap = metrics::MAX_ACKNOWLEDGED_SERIES;
+    let total = cap + 50;
+    registry.opened(total as u64);
+    // Subscriber i acknowledged position i: the lowest numbers are furthest behind.
+    for i in 0..total {
+        registry.cursor(&format!("s{i:05}"), Some(i as u64));
+    }
+    let m = parse_exposition(&render(&registry));
+    let series = |i: usize| {
+        format!("claims_ledger_subscription_acknowledged_lag_events{{subscription=\"s{i:05}\"}}")
+    };
+    let kept = m
+        .keys()
+        .filter(|k| k.starts_with("claims_ledger_subscription_acknowledged_lag_events{"))
+        .count();
+    assert_eq!(kept, cap);
+    assert_eq!(get(&m, &series(0)), total as f64);
+    assert_eq!(get(&m, &series(cap - 1)), (total - cap + 1) as f64);
+    assert!(!m.contains_key(&series(cap)), "closer ones have no series");
+    // A forgotten one makes room.
+    registry.cursor("s00000", None);
+    let m = parse_exposition(&render(&registry));
+    assert!(!m.contains_key(&series(0)));
+    assert!(m.contains_key(&series(cap)));
 }
 
 #[tokio::test]
 async fn endpoint_answers_only_get_metrics() {
-    let (addr, stop) = start_metrics().await;
+    let registry = Metrics::new();
+    let (addr, stop) = start_metrics(&registry).await;
     let (status, headers, body) = http(&addr, "HEAD /metrics HTTP/1.1\r\nHost: m\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(body.is_empty(), "HEAD has no body");
     assert!(headers.get("content-length").is_some_and(|l| l != "0"));
-    let (status, _, _) = http(&addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-    assert_eq!(status, "HTTP/1.1 200 OK", "query strings are ignored");
+    let (status, _, body) = http(&addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
+    assert!(
+        status.ends_with(" 200 OK"),
+        "query strings are ignored: {status}"
+    );
+    parse_exposition(&body);
     let (status, _, _) = http(&addr, "GET / HTTP/1.1\r\nHost: m\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     let (status, headers, _) = http(&addr, "POST /metrics HTTP/1.1\r\nHost: m\r\n\r\n").await;
@@ -756,9 +944,8 @@ async fn endpoint_answers_only_get_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_subscribers_show_their_acknowledged_lag_connected_or_not() {
-    let _serial = LOG_TESTS.lock().await;
     let s = TestServer::start().await;
-    let (addr, _stop) = start_metrics().await;
+    let (addr, _stop) = start_metrics(s.app.metrics()).await;
     write_parties(&s, "acked", 2, 20).await;
     let head = s.head().await.event_count;
     let series =
@@ -790,9 +977,9 @@ async fn named_subscribers_show_their_acknowledged_lag_connected_or_not() {
     // The positions stored on disk are reported from the open on.
     ev.ack(ack(head)).await.expect("ack");
     let dir = s.stop().await;
-    metrics::set_acknowledged("metrics-acked", None);
-    assert!(!scrape(&addr).await.contains_key(series));
+    // A new server has a new registry, which has the position from the log's open on.
     let s = TestServer::start_in(dir).await;
+    let (addr, _stop) = start_metrics(s.app.metrics()).await;
     let m = scrape(&addr).await;
     assert_eq!(
         get(&m, series),
@@ -801,4 +988,58 @@ async fn named_subscribers_show_their_acknowledged_lag_connected_or_not() {
         head + 10
     );
     s.stop().await;
+}
+
+/// The metric names in `text`: identifiers starting with one of our families' prefixes.
+fn metric_names(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| {
+            ["claims_ledger_", "grpc_server_", "process_"]
+                .iter()
+                .any(|p| w.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The alert rules shipped in `deploy/` and the README's metrics section name only metrics the
+/// server exposes, under the names the scrapes above check.
+#[test]
+fn documented_metric_names_are_exposed() {
+    let families: Vec<(&str, &str)> = ALWAYS.iter().chain(ONCE_SEEN).copied().collect();
+    let known = |name: &str| {
+        families.iter().any(|(f, kind)| {
+            name == *f
+                || (*kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(*f)))
+        })
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("rules");
+    let named = metric_names(&rules);
+    assert!(named.len() >= 5, "{named:?}");
+    for name in &named {
+        assert!(
+            known(name),
+            "deploy/prometheus/alerts.yml names {name}, which is not exposed"
+        );
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let section = readme
+        .split_once("Metrics: `GET /metrics`")
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .map(|(section, _)| section)
+        .expect("README has a metrics paragraph");
+    let named = metric_names(section);
+    for (name, _) in ALWAYS.iter().chain(ONCE_SEEN) {
+        assert!(
+            named.iter().any(|n| n == name),
+            "README does not name {name}"
+        );
+    }
+    for name in &named {
+        assert!(known(name), "README names {name}, which is not exposed");
+    }
 }
