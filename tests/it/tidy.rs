@@ -15,16 +15,7 @@ fn root() -> PathBuf {
 fn normal_deps(package: &str, depth: Option<u32>) -> BTreeSet<String> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root()).args([
-        "tree",
-        "--locked",
-        "-e",
-        "normal",
-        "-p",
-        package,
-        "--prefix",
-        "none",
-        "--format",
-        "{p}",
+        "tree", "--locked", "-e", "normal", "-p", package, "--prefix", "none", "--format", "{p}",
     ]);
     if let Some(d) = depth {
         cmd.args(["--depth", &d.to_string()]);
