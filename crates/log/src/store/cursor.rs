@@ -56,6 +56,7 @@ impl EventLog {
     /// Cursors only move forward: an older acknowledgement (a retry, a reordered message) keeps the
     /// stored one. Returns the stored position. Syncs to disk before returning.
     pub async fn store_cursor(&self, name: &str, position: u64) -> Result<u64, LogError> {
+        self.writer()?;
         let shared = self.shared.clone();
         let key = cursor_key(name);
         let durable = self.durable_count();
@@ -81,6 +82,7 @@ impl EventLog {
 
     /// Forgets a named subscriber's position. Returns whether it existed.
     pub async fn delete_cursor(&self, name: &str) -> Result<bool, LogError> {
+        self.writer()?;
         let shared = self.shared.clone();
         let key = cursor_key(name);
         let existed = tokio::task::spawn_blocking(move || {

@@ -120,6 +120,7 @@ impl EventLog {
     /// indexes only the events after them. Returns the event count it covers. Correct at any time;
     /// meant for shutdown, since it holds the index for the writer for the length of the encoding.
     pub fn save_index_snapshot(&self) -> Result<u64, LogError> {
+        self.writer()?;
         let count = self.durable_count();
         let body = {
             let index = self

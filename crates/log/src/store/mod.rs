@@ -48,7 +48,7 @@ pub use index::{INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND};
 pub(crate) use read::page_of;
 use read::read_event;
 use syncer::Syncer;
-use tree::catch_up_tree;
+use tree::{catch_up_tree, stored_frontier};
 use writer::Writer;
 
 /// What a writer expects of a stream before its append.
@@ -191,9 +191,6 @@ pub struct LogOptions {
     pub durability: Durability,
     /// Most appends that share one sync.
     pub max_group: usize,
-    /// Maintain the RFC 6962 Merkle tree in the same batches as the events. Off only to measure its
-    /// cost; a log opened with it on again catches the tree up from where it stopped.
-    pub merkle: bool,
     /// Where the log reports its work (see [`LogMetrics`]).
     pub metrics: Arc<dyn LogMetrics>,
 }
@@ -203,7 +200,6 @@ impl Default for LogOptions {
         LogOptions {
             durability: Durability::Fsync,
             max_group: 1024,
-            merkle: true,
             metrics: Arc::new(NoMetrics),
         }
     }
@@ -304,6 +300,39 @@ fn prefix_hash(db: &sled::Db, count: u64) -> Result<Hash, LogError> {
     }
 }
 
+/// The stored head: the event count and the hash of the last event.
+fn stored_head(db: &sled::Db) -> Result<Head, LogError> {
+    match db.get(HEAD_KEY)? {
+        Some(v) => {
+            let (count, hash) = parse_head(&v).ok_or_else(|| LogError::Corrupt {
+                position: 0,
+                reason: "unreadable head record".into(),
+            })?;
+            Ok(Head { count, hash })
+        }
+        None => Ok(Head {
+            count: 0,
+            hash: GENESIS_HASH,
+        }),
+    }
+}
+
+/// The stream index of the first `count` events, from the snapshot in `dir` where it fits and from
+/// the records after it; returns it with the event count the snapshot covered.
+fn load_index(dir: &Path, db: &sled::Db, count: u64) -> Result<(StreamIndex, u64), LogError> {
+    let indexing = Instant::now();
+    let (streams, from) = index_snapshot(dir, db, count);
+    let streams = index_streams(db, streams, from, count)?;
+    tracing::info!(
+        events = count,
+        from_snapshot = from,
+        streams = streams.len(),
+        took_ms = indexing.elapsed().as_millis() as u64,
+        "stream index rebuilt from the log"
+    );
+    Ok((streams, from))
+}
+
 struct Shared {
     db: sled::Db,
     /// Events below this position are durable and visible to readers.
@@ -317,8 +346,10 @@ struct Shared {
     staging: AtomicBool,
     /// sled's data file, for fdatasync of writes made outside the syncer (subscription cursors).
     data_file: File,
-    /// Whether the Merkle tree is maintained (proofs are refused otherwise).
-    merkle: bool,
+    /// `Some(leaves)` when opened read-only: the stored tree, which nothing extends, has this many
+    /// leaves (fewer than the events if an older binary appended without it), and proofs stop there.
+    /// `None` when the writer keeps the tree at the head.
+    frozen_tree: Option<u64>,
     /// The data directory, for snapshots.
     dir: PathBuf,
     /// Events whose stream index came from the snapshot at open.
@@ -333,7 +364,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct EventLog {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Job>,
+    /// The writer thread's queue; `None` for a log opened with [`EventLog::open_read_only`].
+    tx: Option<mpsc::Sender<Job>>,
 }
 
 struct Job {
@@ -356,38 +388,13 @@ impl EventLog {
         // Persist the directory entries of sled's files once, so the files themselves survive a crash.
         File::open(dir)?.sync_all()?;
         let data_file = File::open(dir.join("db"))?;
-        let head = match db.get(HEAD_KEY)? {
-            Some(v) => {
-                let (count, hash) = parse_head(&v).ok_or_else(|| LogError::Corrupt {
-                    position: 0,
-                    reason: "unreadable head record".into(),
-                })?;
-                Head { count, hash }
-            }
-            None => Head {
-                count: 0,
-                hash: GENESIS_HASH,
-            },
-        };
+        let head = stored_head(&db)?;
         let last_recorded = match head.count.checked_sub(1) {
             Some(pos) => Some(read_event(&db, pos)?.recorded_at),
             None => None,
         };
-        let (frontier, tiles) = if options.merkle {
-            catch_up_tree(&db, &data_file, head.count)?
-        } else {
-            (Frontier::new(), Tiles::default())
-        };
-        let indexing = Instant::now();
-        let (streams, from) = index_snapshot(dir, &db, head.count);
-        let streams = index_streams(&db, streams, from, head.count)?;
-        tracing::info!(
-            events = head.count,
-            from_snapshot = from,
-            streams = streams.len(),
-            took_ms = indexing.elapsed().as_millis() as u64,
-            "stream index rebuilt from the log"
-        );
+        let (frontier, tiles) = catch_up_tree(&db, &data_file, head.count)?;
+        let (streams, from) = load_index(dir, &db, head.count)?;
         let (durable_tx, _) = watch::channel(head.count);
         options.metrics.opened(head.count);
         for item in db.scan_prefix([CURSOR]) {
@@ -405,7 +412,7 @@ impl EventLog {
             syncs: AtomicU64::new(0),
             staging: AtomicBool::new(false),
             data_file,
-            merkle: options.merkle,
+            frozen_tree: None,
             dir: dir.to_path_buf(),
             index_from_snapshot: from,
             streams: RwLock::new(streams),
@@ -432,7 +439,49 @@ impl EventLog {
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx, syncer))?;
-        Ok(EventLog { shared, tx })
+        Ok(EventLog {
+            shared,
+            tx: Some(tx),
+        })
+    }
+
+    /// Opens the log in `dir` for reading only, for offline checks: nothing is written to the data
+    /// directory, no thread is started, and a lagging Merkle tree is not caught up (proofs stop where
+    /// it stops). Appends, cursor changes and snapshots are refused with [`LogError::ReadOnly`].
+    pub fn open_read_only(dir: &Path) -> Result<EventLog, LogError> {
+        let db = open_db(dir)?;
+        if let Some(reason) = layout_mismatch(&db)? {
+            return Err(LogError::Corrupt {
+                position: 0,
+                reason,
+            });
+        }
+        let data_file = File::open(dir.join("db"))?;
+        let head = stored_head(&db)?;
+        let leaves = stored_frontier(&db)?.size().min(head.count);
+        let (streams, from) = load_index(dir, &db, head.count)?;
+        let (durable_tx, _) = watch::channel(head.count);
+        let shared = Arc::new(Shared {
+            db,
+            durable: AtomicU64::new(head.count),
+            durable_tx,
+            head: Mutex::new(head),
+            poisoned: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            staging: AtomicBool::new(false),
+            data_file,
+            frozen_tree: Some(leaves),
+            dir: dir.to_path_buf(),
+            index_from_snapshot: from,
+            streams: RwLock::new(streams),
+            metrics: Arc::new(NoMetrics),
+        });
+        Ok(EventLog { shared, tx: None })
+    }
+
+    /// The writer's queue, or [`LogError::ReadOnly`] for a log opened without one.
+    fn writer(&self) -> Result<&mpsc::Sender<Job>, LogError> {
+        self.tx.as_ref().ok_or(LogError::ReadOnly)
     }
 
     /// Hash of event `count - 1` (the genesis hash for 0), for a snapshot of the first `count`
@@ -474,6 +523,7 @@ impl EventLog {
         count: u64,
         body: Vec<u8>,
     ) -> Result<(), LogError> {
+        self.writer()?;
         let head_hash = self.prefix_hash(count)?;
         snapshot::write(
             &self.shared.dir.join(file),
@@ -490,7 +540,7 @@ impl EventLog {
     pub async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, LogError> {
         let (reply, rx) = oneshot::channel();
         let received = Instant::now();
-        self.tx
+        self.writer()?
             .send(Job {
                 req,
                 reply,

@@ -1,27 +1,33 @@
 //! The RFC 6962 Merkle tree over the log: catching a lagging tree up at open, and the roots and
 //! proofs readers ask for. The writer extends the tree in the same batches as the events (see
-//! `writer`), so every durable event is a leaf.
+//! `writer`), so every durable event is a leaf. A tree can lag only in a data directory written by
+//! an older binary that could append without it; a writable open catches it up, a read-only open
+//! proves only what it covers.
 use super::read::scan_events;
 use super::*;
 use crate::layout::FRONTIER_KEY;
 use crate::tiles::{stage_tree, TileNodes};
 use claims_ledger_core::merkle;
 
-/// The stored frontier, extended over any events written without the tree (a log opened with
-/// `merkle: false`) and synced, so every durable event is in the tree. Returns it with the partial
-/// tiles of that size.
+/// The stored right edge of the tree (empty when none is stored).
+pub(super) fn stored_frontier(db: &sled::Db) -> Result<Frontier, LogError> {
+    match db.get(FRONTIER_KEY)? {
+        Some(v) => Frontier::from_bytes(&v).map_err(|e| LogError::Corrupt {
+            position: 0,
+            reason: format!("unreadable Merkle frontier: {e}"),
+        }),
+        None => Ok(Frontier::new()),
+    }
+}
+
+/// The stored frontier, extended over any events written without the tree and synced, so every
+/// durable event is in the tree. Returns it with the partial tiles of that size.
 pub(super) fn catch_up_tree(
     db: &sled::Db,
     data_file: &File,
     count: u64,
 ) -> Result<(Frontier, Tiles), LogError> {
-    let mut frontier = match db.get(FRONTIER_KEY)? {
-        Some(v) => Frontier::from_bytes(&v).map_err(|e| LogError::Corrupt {
-            position: 0,
-            reason: format!("unreadable Merkle frontier: {e}"),
-        })?,
-        None => Frontier::new(),
-    };
+    let mut frontier = stored_frontier(db)?;
     if frontier.size() > count {
         return Err(LogError::Corrupt {
             position: count,
@@ -64,20 +70,21 @@ fn proof_error(e: merkle::ProofRequestError<LogError>) -> LogError {
 }
 
 impl EventLog {
-    /// Checks that a tree of `size` leaves can be proven: maintained, and within the durable log.
+    /// Checks that a tree of `size` leaves can be proven: within the durable log, and within the
+    /// stored tree of a log opened read-only.
     fn provable(&self, size: u64) -> Result<(), LogError> {
-        if !self.shared.merkle {
-            return Err(LogError::ProofRequest(
-                "this log was opened without its Merkle tree".into(),
-            ));
-        }
         let durable = self.durable_count();
         if size > durable {
             return Err(LogError::ProofRequest(format!(
                 "tree size {size} is beyond the end of the log ({durable} events)"
             )));
         }
-        Ok(())
+        match self.shared.frozen_tree {
+            Some(leaves) if size > leaves => Err(LogError::ProofRequest(format!(
+                "this log was opened read-only and its Merkle tree covers only {leaves} events"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The RFC 6962 root of the first `size` events.

@@ -138,10 +138,8 @@ impl Writer {
             }
             pages.stage(&mut batch);
             batch.insert(HEAD_KEY, head_value(head.count, &head.hash));
-            let tree = self.options.merkle.then(|| {
-                let leaves = group.events.iter().map(|e| merkle::leaf_hash(&e.stored));
-                stage_tree(&self.frontier, &self.tiles, leaves, &mut batch)
-            });
+            let leaves = group.events.iter().map(|e| merkle::leaf_hash(&e.stored));
+            let (frontier, tiles) = stage_tree(&self.frontier, &self.tiles, leaves, &mut batch);
             if let Err(e) = self.db.apply_batch(batch) {
                 self.shared.poison(&e.into());
                 for (reply, _, _) in group.replies.drain(..) {
@@ -151,10 +149,8 @@ impl Writer {
                 return group;
             }
             self.head = head;
-            if let Some((frontier, tiles)) = tree {
-                self.frontier = frontier;
-                self.tiles = tiles;
-            }
+            self.frontier = frontier;
+            self.tiles = tiles;
             self.last_recorded = Some(recorded_at);
             group.head = head;
         }

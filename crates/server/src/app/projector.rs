@@ -31,9 +31,7 @@ pub struct Rebuilt {
 impl App {
     /// Starts the projector task (idempotent only in effect: call it once per App).
     pub(super) fn spawn_projector(&self) {
-        let Some(projections) = self.projections.clone() else {
-            return;
-        };
+        let projections = self.projections.clone();
         let app = self.clone();
         let slot = self.projector.clone();
         let handle = tokio::spawn(async move {
@@ -98,7 +96,7 @@ impl App {
 
     /// Where the projections are.
     pub fn projection_status(&self) -> Result<ProjectionStatus, AppError> {
-        let p = self.projections()?;
+        let p = &self.projections;
         Ok(ProjectionStatus {
             applied: p.applied(),
             log_count: self.log.durable_count(),
@@ -109,7 +107,7 @@ impl App {
 
     /// Rebuilds the projections from position 0 into a fresh generation and switches to it.
     pub async fn rebuild_projections(&self) -> Result<Rebuilt, AppError> {
-        let p = self.projections()?.clone();
+        let p = self.projections.clone();
         let log: EventLog = self.log.clone();
         let started = Instant::now();
         let report = tokio::task::spawn_blocking(move || rebuild_with_log(&p, &log))

@@ -15,7 +15,7 @@ use super::{App, AppError};
 use crate::projection::rows::{
     ClaimRow, CorrectionRow, PartyRow, ReviewRow, SourceRow, StatementRow,
 };
-use crate::projection::{Projections, Snapshot, StatementScan};
+use crate::projection::{Snapshot, StatementScan};
 use claims_ledger_domain::decide::is_slug;
 use claims_ledger_domain::event::Source;
 use claims_ledger_domain::model::{Mode, Span, StatedTime};
@@ -442,17 +442,13 @@ pub(super) fn bad_token() -> AppError {
 }
 
 impl App {
-    pub(super) fn projections(&self) -> Result<&std::sync::Arc<Projections>, AppError> {
-        self.projections.as_ref().ok_or(AppError::Unavailable)
-    }
-
     /// Waits until the projections have applied every event below `min_position`, at most `timeout`.
     pub async fn wait_for_projection(
         &self,
         min_position: u64,
         timeout: Duration,
     ) -> Result<(), AppError> {
-        let p = self.projections()?;
+        let p = &self.projections;
         if p.applied() >= min_position {
             return Ok(());
         }
@@ -532,7 +528,7 @@ impl App {
             }
             Some(id)
         };
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         let mut items = snap.parties(after.as_deref(), page_size + 1)?;
         let next_page_token = if items.len() > page_size {
             items.truncate(page_size);
@@ -557,7 +553,7 @@ impl App {
         let mut v = Vec::new();
         check_slug(&mut v, "party_id", party_id, true);
         done(v)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Ok(Stamped {
             value: Self::party_must_exist(&snap, party_id)?,
             applied: snap.applied(),
@@ -573,7 +569,7 @@ impl App {
         let limit = check_history_limit(&mut v, q.history_limit, DEFAULT_HISTORY_IN_POSITIONS);
         done(v)?;
         let as_of = self.resolve_clocks(&q.clocks)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Self::party_must_exist(&snap, &q.party_id)?;
         let topics = match &q.topic {
             Some(t) => vec![t.clone()],
@@ -602,7 +598,7 @@ impl App {
         let limit = check_history_limit(&mut v, q.history_limit, MAX_HISTORY);
         done(v)?;
         let as_of = self.resolve_clocks(&q.clocks)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Self::party_must_exist(&snap, &q.party_id)?;
         let rows = snap.claims_on(&q.party_id, &q.topic)?;
         let mut asm = Assembler::new(&snap, as_of.recorded, context);
@@ -651,7 +647,7 @@ impl App {
             }
             Some(bytes[8..].to_vec())
         };
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Self::party_must_exist(&snap, &q.party_id)?;
         let scan = StatementScan {
             party: &q.party_id,
@@ -711,7 +707,7 @@ impl App {
         let mut v = Vec::new();
         let context = check_context(&mut v, "context_chars", context);
         done(v)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         let row = snap
             .statement(id)?
             .ok_or_else(|| AppError::NotFound(format!("statement {id}")))?;
@@ -749,7 +745,7 @@ impl App {
         let mut v = Vec::new();
         let context = check_context(&mut v, "context_chars", context);
         done(v)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         let row = snap
             .claim(id)?
             .ok_or_else(|| AppError::NotFound(format!("claim {id}")))?;
@@ -766,7 +762,7 @@ impl App {
         id: &Uuid,
         include_text: bool,
     ) -> Result<Stamped<SourceView>, AppError> {
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         let row = snap
             .source(id)?
             .ok_or_else(|| AppError::NotFound(format!("source {id}")))?;
