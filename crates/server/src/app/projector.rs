@@ -24,7 +24,10 @@ pub struct ProjectionStatus {
 /// A finished rebuild.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rebuilt {
-    pub report: RebuildReport,
+    /// Events replayed into the new generation.
+    pub events: u64,
+    /// The generation now serving.
+    pub generation: u64,
     pub took: Duration,
 }
 
@@ -95,14 +98,14 @@ impl App {
     }
 
     /// Where the projections are.
-    pub fn projection_status(&self) -> Result<ProjectionStatus, AppError> {
+    pub fn projection_status(&self) -> ProjectionStatus {
         let p = &self.projections;
-        Ok(ProjectionStatus {
+        ProjectionStatus {
             applied: p.applied(),
             log_count: self.log.durable_count(),
             generation: p.generation(),
             rebuilding: p.rebuild_running(),
-        })
+        }
     }
 
     /// Rebuilds the projections from position 0 into a fresh generation and switches to it.
@@ -119,7 +122,8 @@ impl App {
             "projections rebuilt"
         );
         Ok(Rebuilt {
-            report,
+            events: report.events,
+            generation: report.generation,
             took: started.elapsed(),
         })
     }
