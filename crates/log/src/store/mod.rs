@@ -2,9 +2,10 @@
 //! makes them durable and answers them. The on-disk layout is described in `layout`. This module holds
 //! the public API (the request and answer types, [`LogOptions`], [`EventLog`] and its open) and the
 //! state the threads and readers share; each concern behind the API has its own submodule: `read`
-//! (events by position and by stream), `index` (the stream index and its snapshot), `tree` (the
-//! Merkle tree and its proofs), `cursor` (subscriber positions), `writer` and `syncer` (the two
-//! threads of the append path).
+//! (events by position and by stream), `index` (the stream index and its snapshot), `derived`
+//! (snapshots of derived state and whether they fit the log), `tree` (the Merkle tree and its
+//! proofs), `cursor` (subscriber positions), `writer` and `syncer` (the two threads of the append
+//! path).
 //!
 //! Durability: sled's `flush()` writes its buffers but only calls `sync_file_range`, which neither
 //! flushes the disk cache nor persists file-size changes. The syncer therefore calls `fdatasync` on
@@ -14,6 +15,7 @@
 //! sync. If a sync fails the log refuses all further writes until restart: after a failed fsync the
 //! kernel may have dropped the dirty pages, so nothing written since can be trusted to be on disk.
 mod cursor;
+mod derived;
 mod index;
 mod read;
 mod syncer;
@@ -42,6 +44,7 @@ use crate::snapshot::{self, Snapshot};
 use crate::tiles::Tiles;
 use crate::LogError;
 use claims_ledger_core::merkle::Frontier;
+use derived::matching_snapshot;
 use index::{index_snapshot, index_streams};
 pub(crate) use index::{read_index_snapshot, StreamIndex};
 pub use index::{INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND};
@@ -268,38 +271,6 @@ pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError>
     )))
 }
 
-/// The snapshot `file` (of `kind`) in `dir`: `Ok(None)` if there is none, `Err(why)` if it is
-/// unreadable or the log in `db` of `count` events does not hold exactly the prefix it names.
-fn matching_snapshot(
-    dir: &Path,
-    db: &sled::Db,
-    count: u64,
-    file: &str,
-    kind: &str,
-) -> Result<Option<Snapshot>, String> {
-    let Some(snap) = snapshot::read(&dir.join(file), kind)? else {
-        return Ok(None);
-    };
-    if snap.count > count {
-        return Err(format!(
-            "it covers {} events, the log holds {count}",
-            snap.count
-        ));
-    }
-    if prefix_hash(db, snap.count).map_err(|e| e.to_string())? != snap.head_hash {
-        return Err("it was made from another log".into());
-    }
-    Ok(Some(snap))
-}
-
-/// Hash of event `count - 1` (the genesis hash for 0): what a snapshot of `count` events names.
-fn prefix_hash(db: &sled::Db, count: u64) -> Result<Hash, LogError> {
-    match count.checked_sub(1) {
-        Some(pos) => Ok(read_event(db, pos)?.hash),
-        None => Ok(GENESIS_HASH),
-    }
-}
-
 /// The stored head: the event count and the hash of the last event.
 fn stored_head(db: &sled::Db) -> Result<Head, LogError> {
     match db.get(HEAD_KEY)? {
@@ -484,26 +455,6 @@ impl EventLog {
         self.tx.as_ref().ok_or(LogError::ReadOnly)
     }
 
-    /// Hash of event `count - 1` (the genesis hash for 0), for a snapshot of the first `count`
-    /// events; `count` must not exceed the durable count.
-    pub fn prefix_hash(&self, count: u64) -> Result<Hash, LogError> {
-        let durable = self.durable_count();
-        if count > durable {
-            return Err(LogError::Corrupt {
-                position: count,
-                reason: format!("no prefix of {count} events: {durable} are durable"),
-            });
-        }
-        prefix_hash(&self.shared.db, count)
-    }
-
-    /// The snapshot `file` (of `kind`) of the data directory if the durable log holds exactly the
-    /// prefix it names; `Err(why)` if there is one that does not fit (see `snapshot`).
-    pub fn matching_snapshot(&self, file: &str, kind: &str) -> Result<Option<Snapshot>, String> {
-        let (dir, db) = (&self.shared.dir, &self.shared.db);
-        matching_snapshot(dir, db, self.durable_count(), file, kind)
-    }
-
     /// Events whose stream index the open took from the snapshot (0: indexed from the start).
     pub fn index_from_snapshot(&self) -> u64 {
         self.shared.index_from_snapshot
@@ -512,28 +463,6 @@ impl EventLog {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
-    }
-
-    /// Writes `body`, state derived from the first `count` durable events, as the snapshot `file`
-    /// of the data directory (see `snapshot`), named by the hash of event `count - 1`.
-    pub fn save_snapshot(
-        &self,
-        file: &str,
-        kind: &str,
-        count: u64,
-        body: Vec<u8>,
-    ) -> Result<(), LogError> {
-        self.writer()?;
-        let head_hash = self.prefix_hash(count)?;
-        snapshot::write(
-            &self.shared.dir.join(file),
-            kind,
-            &Snapshot {
-                count,
-                head_hash,
-                body,
-            },
-        )
     }
 
     /// Appends atomically; resolves once the events are durable (per the configured durability).

@@ -34,8 +34,8 @@ use rows::CHECKPOINT;
 /// Bumped when rows change shape; a store of another version is rebuilt at open.
 pub const PROJECTION_VERSION: u64 = 1;
 
+/// Meta keys of the database: the serving generation, and the row version it was built with.
 const META_ACTIVE: &[u8] = b"active-generation";
-
 const META_VERSION: &[u8] = b"version";
 
 #[derive(Debug, thiserror::Error)]
