@@ -416,9 +416,10 @@ impl EventLog {
         })
     }
 
-    /// Opens the log in `dir` for reading only, for offline checks: nothing is written to the data
-    /// directory, no thread is started, and a lagging Merkle tree is not caught up (proofs stop where
-    /// it stops). Appends, cursor changes and snapshots are refused with [`LogError::ReadOnly`].
+    /// Opens the log in `dir` for reading only, for offline checks: the log writes nothing (no
+    /// layout mark, no tree catch-up, no directory sync) and starts no thread, and a lagging Merkle
+    /// tree stays as it is (proofs stop where it stops). Appends, cursor changes and snapshots are
+    /// refused with [`LogError::ReadOnly`].
     pub fn open_read_only(dir: &Path) -> Result<EventLog, LogError> {
         let db = open_db(dir)?;
         if let Some(reason) = layout_mismatch(&db)? {
