@@ -136,7 +136,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
                 durability,
                 ..LogOptions::default()
             },
-            no_projections: false,
             signer,
             resnapshot_after: None,
         },

@@ -228,15 +228,14 @@ async fn expect_alive(s: &TestServer, case: &str) {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
         "{case}: Ledger is not SERVING after the run"
     );
-    if let Some(mut applied) = s.app.watch_projection() {
-        let target = head.event_count;
-        tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|a| *a >= target))
-            .await
-            .unwrap_or_else(|_| {
-                panic!("{case}: projections did not catch up with {target} events within 30 s")
-            })
-            .unwrap_or_else(|_| panic!("{case}: the projector stopped"));
-    }
+    let mut applied = s.app.watch_projection();
+    let target = head.event_count;
+    tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|a| *a >= target))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{case}: projections did not catch up with {target} events within 30 s")
+        })
+        .unwrap_or_else(|_| panic!("{case}: the projector stopped"));
 }
 
 /// A connection that accepts response headers up to 16 MiB (grpc-go's default), so that the random

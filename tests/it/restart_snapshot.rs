@@ -341,18 +341,21 @@ async fn an_open_that_folds_a_long_tail_saves_snapshots_before_serving() {
         }
     };
     remove();
+    // Opened on a thread outside the runtime, so that no projector task starts and dropping the
+    // app closes the directory.
     let open = |resnapshot_after: Option<u64>| {
-        tokio::task::block_in_place(|| {
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
             App::open_options(
-                dir.path(),
+                &path,
                 OpenOptions {
-                    // No projector task, so that dropping the app closes the directory.
-                    no_projections: true,
                     resnapshot_after,
                     ..OpenOptions::default()
                 },
             )
         })
+        .join()
+        .expect("the open thread")
         .expect("open")
     };
     // Below the threshold (the default, at this size) the open saves nothing.

@@ -42,10 +42,6 @@ pub struct BenchArgs {
     /// before sending the next, instead of one unary call per append.
     #[arg(long)]
     pub session: bool,
-    /// Run without the projector (as `serve` never does), to show what the read models cost the
-    /// append path on the same cores.
-    #[arg(long)]
-    pub without_projections: bool,
 }
 
 /// How the writers of `measure_ours` reach the application.
@@ -76,10 +72,6 @@ pub(crate) struct Ours {
     pub(crate) per_request: usize,
     pub(crate) seconds: f64,
     pub(crate) transport: Transport,
-    /// Keep the Merkle tree (off only to measure its cost).
-    pub(crate) merkle: bool,
-    /// Run the projector (off only to measure its cost).
-    pub(crate) projections: bool,
 }
 
 /// One measured window: events done, syncs made, time taken, sorted request latencies.
@@ -204,14 +196,9 @@ pub(crate) async fn measure_ours(
         per_request,
         seconds,
         transport,
-        merkle,
-        projections,
     } = ours;
-    let options = LogOptions {
-        merkle,
-        ..LogOptions::default()
-    };
-    let app = App::open_with(dir, options, projections)?;
+    // As `serve` opens it: durable, with the Merkle tree and the projector.
+    let app = App::open(dir, LogOptions::default())?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -446,7 +433,7 @@ pub(crate) fn process_cpu() -> Duration {
 /// event per request, appends through gRPC cannot beat this rate on this machine.
 async fn measure_noop_rpcs(dir: &Path, writers: usize, seconds: f64) -> anyhow::Result<f64> {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let server = BenchServer::start(dir, false).await?;
+    let server = BenchServer::start(dir).await?;
     let channels = server.channels(writers.clamp(1, CONNECTIONS)).await?;
     let (_, rate) = closed_loop(
         &channels,
@@ -498,7 +485,7 @@ where
 }
 
 /// Raw sled: the same record bytes, `group` inserts per flush + fdatasync, on one thread.
-fn measure_baseline(
+pub(crate) fn measure_baseline(
     dir: &Path,
     group: usize,
     record: &[u8],
@@ -553,8 +540,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         per_request: 1,
         seconds: 0.3,
         transport: Transport::Unary,
-        merkle: true,
-        projections: true,
     };
     let (_, _, record, _) = measure_ours(&warm_dir, warm_up).await?;
     let _ = std::fs::remove_dir_all(&warm_dir);
@@ -584,8 +569,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                     per_request: per,
                     seconds: args.seconds,
                     transport: Transport::of(&args),
-                    merkle: true,
-                    projections: !args.without_projections,
                 },
             )
             .await?;
@@ -689,11 +672,10 @@ pub(crate) struct BenchServer {
 }
 
 impl BenchServer {
-    /// Opens the log durably (the default options), with or without projections, and serves it.
-    pub(crate) async fn start(dir: &Path, projections: bool) -> anyhow::Result<BenchServer> {
-        let app =
-            tokio::task::block_in_place(|| App::open_with(dir, LogOptions::default(), projections))
-                .with_context(|| format!("opening {}", dir.display()))?;
+    /// Opens the app as `serve` does (durable, with its projections) and serves it.
+    pub(crate) async fn start(dir: &Path) -> anyhow::Result<BenchServer> {
+        let app = tokio::task::block_in_place(|| App::open(dir, LogOptions::default()))
+            .with_context(|| format!("opening {}", dir.display()))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = format!("http://{}", listener.local_addr()?);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();

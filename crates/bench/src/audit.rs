@@ -1,8 +1,11 @@
 //! `claims-ledger bench-audit`: what tamper evidence costs, each figure against a baseline measured
 //! in the same run.
-//! - **Append**: durable appends through gRPC with the Merkle tree kept in the same batches as the
-//!   events, against the same appends with the tree off; windows alternate off, on, off, on and the two
-//!   of each kind are pooled, so drift of the shared disk falls on both.
+//! - **Append**: durable appends through gRPC, the Merkle tree kept in the same batches as the
+//!   events, against raw sled writing the same record bytes with one flush + fdatasync per group of as
+//!   many records as there are writers (the `append` benchmark's baseline); windows alternate ours,
+//!   raw, ours, raw and the two of each kind are pooled, so drift of the shared disk falls on both.
+//!   The log can no longer run without its tree, so the earlier comparison with the tree off is gone:
+//!   this figure is the whole append path against the disk, of which the tree is one part.
 //! - **Proofs** at `--events` (default 1,000,000) events: inclusion and consistency proof latency
 //!   for random positions and sizes, against a random point read of one event (the cheapest thing a
 //!   proof could possibly cost: one sled lookup plus its hash check).
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::value::RawValue;
 
-use crate::append::{measure_ours, ms, percentile, Measured, Ours, Transport};
+use crate::append::{measure_baseline, measure_ours, ms, percentile, Measured, Ours, Transport};
 use crate::query::scan;
 use claims_ledger_log::{open_db, AppendRequest, Durability, EventLog, LogOptions, NewEvent};
 
@@ -27,7 +30,7 @@ pub struct AuditBenchArgs {
     /// Events in the log the proofs and verify are measured on.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
-    /// Seconds per append configuration (split into two windows each with and without the tree).
+    /// Seconds per append configuration (split into two windows each of ours and of the baseline).
     #[arg(long, default_value_t = 6.0)]
     pub seconds: f64,
     /// Concurrent writers to try for the append comparison.
@@ -55,56 +58,64 @@ impl Rng {
 
 async fn append_comparison(args: &AuditBenchArgs) -> anyhow::Result<()> {
     if !args.json {
-        println!("| writers | events/request | tree off events/s | tree on events/s | **ratio on/off** | off p50 / p99 ms | on p50 / p99 ms |");
+        println!("| writers | events/request | raw sled + fdatasync events/s | ours (tree on) events/s | **ratio ours/raw** | raw sync p50 / p99 ms | ours p50 / p99 ms |");
         println!("|---|---|---|---|---|---|---|");
     }
     for &writers in &args.writers {
         let half = args.seconds / 2.0;
-        let mut off: Option<Measured> = None;
-        let mut on: Option<Measured> = None;
-        for (i, merkle) in [false, true, false, true].into_iter().enumerate() {
+        let mut raw: Option<Measured> = None;
+        let mut ours: Option<Measured> = None;
+        let pool = |slot: &mut Option<Measured>, m: Measured| {
+            *slot = Some(match slot.take() {
+                Some(prev) => prev.pooled(m),
+                None => m,
+            });
+        };
+        // Ours first in each pair, so the baseline writes a record of ours.
+        for i in 0..2 {
             let dir = args.dir.join(format!("append-{writers}-{i}"));
             let _ = std::fs::remove_dir_all(&dir);
-            let (m, _, _, _) = measure_ours(
+            let (m, _, record, _) = measure_ours(
                 &dir,
                 Ours {
                     writers,
                     per_request: 1,
                     seconds: half,
                     transport: Transport::Unary,
-                    merkle,
-                    projections: true,
                 },
             )
             .await?;
-            let slot = if merkle { &mut on } else { &mut off };
-            *slot = Some(match slot.take() {
-                Some(prev) => prev.pooled(m),
-                None => m,
-            });
+            pool(&mut ours, m);
             let _ = std::fs::remove_dir_all(&dir);
+            let base_dir = args.dir.join(format!("raw-{writers}-{i}"));
+            let _ = std::fs::remove_dir_all(&base_dir);
+            let m = tokio::task::block_in_place(|| {
+                measure_baseline(&base_dir, writers, &record, half)
+            })?;
+            pool(&mut raw, m);
+            let _ = std::fs::remove_dir_all(&base_dir);
         }
-        let (Some(off), Some(on)) = (off, on) else {
+        let (Some(raw), Some(ours)) = (raw, ours) else {
             continue;
         };
-        let ratio = on.rate() / off.rate();
+        let ratio = ours.rate() / raw.rate();
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"measure": "append", "writers": writers, "off_events_per_s": off.rate(),
-                    "on_events_per_s": on.rate(), "ratio": ratio,
-                    "off_p50_ms": ms(off.percentile(0.5)), "off_p99_ms": ms(off.percentile(0.99)),
-                    "on_p50_ms": ms(on.percentile(0.5)), "on_p99_ms": ms(on.percentile(0.99))})
+                serde_json::json!({"measure": "append", "writers": writers, "raw_events_per_s": raw.rate(),
+                    "ours_events_per_s": ours.rate(), "ratio": ratio,
+                    "raw_sync_p50_ms": ms(raw.percentile(0.5)), "raw_sync_p99_ms": ms(raw.percentile(0.99)),
+                    "ours_p50_ms": ms(ours.percentile(0.5)), "ours_p99_ms": ms(ours.percentile(0.99))})
             );
         } else {
             println!(
                 "| {writers} | 1 | {:.0} | {:.0} | **{ratio:.2}** | {:.2} / {:.2} | {:.2} / {:.2} |",
-                off.rate(),
-                on.rate(),
-                ms(off.percentile(0.5)),
-                ms(off.percentile(0.99)),
-                ms(on.percentile(0.5)),
-                ms(on.percentile(0.99)),
+                raw.rate(),
+                ours.rate(),
+                ms(raw.percentile(0.5)),
+                ms(raw.percentile(0.99)),
+                ms(ours.percentile(0.5)),
+                ms(ours.percentile(0.99)),
             );
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! - [`append`]: durable append throughput and latency against raw sled plus fdatasync, with the
 //!   transport ceilings of [`ceiling`];
-//! - [`audit`]: the cost of the Merkle tree, proofs and offline verify;
+//! - [`audit`]: appends with the Merkle tree against raw sled, proofs, and offline verify;
 //! - [`subscribe`]: catch-up against a raw scan, and fan-out to many live subscribers;
 //! - [`query`]: projection rebuild, query latency under writers, open time with snapshots.
 mod append;
@@ -35,14 +35,16 @@ struct Cli {
 enum Cmd {
     /// Measure durable append throughput and latency against raw sled + fdatasync on the same disk.
     Append(append::BenchArgs),
-    /// Measure tamper evidence: appends with and without the Merkle tree, proof latency at a million
-    /// events against a point read, and `verify --data-dir` against a raw sled scan.
+    /// Measure tamper evidence: appends (with the Merkle tree) against raw sled + fdatasync, proof
+    /// latency at a million events against a point read, and `verify --data-dir` against a raw sled
+    /// scan.
     Audit(audit::AuditBenchArgs),
     /// Measure subscriptions: catch-up rate against a raw sled scan, and fan-out to many live
     /// subscribers against the append rate with none.
     Subscribe(subscribe::SubscribeBenchArgs),
     /// Measure the read side: projection rebuild rate against a raw sled scan, query latency with
-    /// and without durable writers, and append throughput with projections on against off.
+    /// and without durable writers, and append throughput (projections on) against raw sled +
+    /// fdatasync.
     Query(query::QueryBenchArgs),
 }
 

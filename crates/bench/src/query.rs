@@ -16,14 +16,19 @@
 //!   back through gRPC while 8 writers append single-event `RecordStatement`s and `AssertClaim`s
 //!   durably (fsync, default options) on other parties, so that the answer stays the same size.
 //!   Baseline: the same queries with no writer, half before and half after, pooled.
-//! - **Open**: opening the generated log as the server does (the log with its stream index, and the
-//!   write model; projections off, as they keep their own checkpoint), with the snapshots a graceful
-//!   shutdown saves and with them moved aside, alternately, twice each. Baseline: the cold raw scan,
-//!   timed before each pair. Each open starts once sled has released the previous one's lock.
-//! - **Append**: 8 and 64 writers appending single events durably through gRPC with projections on
-//!   (`App::open`) and off (`App::open_with(.., false)`), in the order off, on, off, on on fresh
-//!   directories, each state's two windows pooled. Baseline: projections off. The "on" windows also
-//!   report how far the projector was behind the log when the writers stopped.
+//! - **Open**: opening the generated log as the server does (the log with its stream index, the
+//!   write model, and the projections, brought to the head first so that they keep their own
+//!   checkpoint and replay nothing), with the snapshots a graceful shutdown saves and with them moved
+//!   aside, alternately, twice each. Baseline: the cold raw scan, timed before each pair. Each open
+//!   starts once sled has released the previous one's locks, and runs outside the runtime, so no
+//!   projector starts beside it.
+//! - **Append**: 8 and 64 writers appending single events durably through gRPC to the server as
+//!   `serve` runs it (projections on), on fresh directories. Baseline: raw sled writing the same
+//!   record bytes with one flush + fdatasync per group of as many records as there are writers (the
+//!   `append` benchmark's baseline), in the order ours, raw, ours, raw, each side's two windows
+//!   pooled. The product can no longer run without its projections, so the earlier comparison with
+//!   projections off is gone. Our windows also report how far the projector was behind the log when
+//!   the writers stopped, and how long it took to catch up.
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,7 +39,8 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::append::{
-    ms, percentile, quote_statement, timestamp, BenchServer, Measured, SOURCE_TEXT,
+    measure_baseline, ms, percentile, quote_statement, timestamp, BenchServer, Measured,
+    SOURCE_TEXT,
 };
 use claims_ledger_domain::limits::MAX_BATCH;
 use claims_ledger_log::{open_db, Durability, EventLog, ExpectedRevision, LogOptions};
@@ -390,15 +396,30 @@ struct Dataset {
     took: Duration,
 }
 
-/// Generates a log of at least `target` events in `dir` without syncing and without projections,
-/// then closes it.
+/// Opens `dir` as the server does, on a thread outside the runtime, so that no projector task starts:
+/// nothing then runs beside what is measured, and dropping the app closes the data directory.
+fn open_without_projector(dir: &Path, options: OpenOptions) -> anyhow::Result<App> {
+    let opened = tokio::task::block_in_place(|| {
+        std::thread::scope(|s| s.spawn(|| App::open_options(dir, options)).join())
+    });
+    match opened {
+        Ok(app) => Ok(app?),
+        Err(_) => bail!("opening {} panicked", dir.display()),
+    }
+}
+
+/// Generates a log of at least `target` events in `dir` without syncing and without applying it to
+/// projections, then closes it with its snapshots saved and no projections on disk.
 async fn generate(dir: &Path, target: u64) -> anyhow::Result<Dataset> {
     let started = Instant::now();
-    let options = LogOptions {
-        durability: Durability::Relaxed,
-        ..Default::default()
+    let options = OpenOptions {
+        log: LogOptions {
+            durability: Durability::Relaxed,
+            ..Default::default()
+        },
+        ..OpenOptions::default()
     };
-    let app = tokio::task::block_in_place(|| App::open_with(dir, options, false))?;
+    let app = open_without_projector(dir, options)?;
     let source_id = Uuid::now_v7().to_string();
     write_batch(&app, setup_commands(&source_id)).await?;
     write_batch(&app, queried_commands(&source_id)).await?;
@@ -412,8 +433,13 @@ async fn generate(dir: &Path, target: u64) -> anyhow::Result<Dataset> {
         b?;
     }
     let events = app.log().durable_count();
-    app.finish().await;
+    // Not `finish`, which would apply the whole log to the projections: that is what the rebuild
+    // measures.
+    app.begin_shutdown();
+    let snapshots = app.clone();
+    tokio::task::spawn_blocking(move || snapshots.save_snapshots()).await??;
     drop(app);
+    let _ = std::fs::remove_dir_all(projections_dir(dir));
     Ok(Dataset {
         dir: dir.to_path_buf(),
         events,
@@ -546,20 +572,27 @@ struct OpenResult {
     state_bytes: u64,
 }
 
-/// Returns once no process holds sled's lock on `dir` (sled releases it from background threads a
-/// moment after the last handle is dropped), so that an open's time holds no waiting.
+/// Returns once no process holds sled's lock on the log or the projections in `dir` (sled releases
+/// it from background threads a moment after the last handle is dropped), so that an open's time
+/// holds no waiting.
 fn wait_unlocked(dir: &Path) -> anyhow::Result<()> {
     use fs2::FileExt as _;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let file = std::fs::File::open(dir.join("db"))?;
-    while file.try_lock_exclusive().is_err() {
-        if Instant::now() > deadline {
-            bail!("{} stayed locked", dir.display());
+    for db in [dir.to_path_buf(), projections_dir(dir)] {
+        let file = match std::fs::File::open(db.join("db")) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        while file.try_lock_exclusive().is_err() {
+            if Instant::now() > deadline {
+                bail!("{} stayed locked", db.display());
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Closing the file releases the lock.
+        drop(file);
     }
-    // Closing the file releases the lock.
-    drop(file);
     Ok(())
 }
 
@@ -570,10 +603,9 @@ fn measure_open(data: &Dataset) -> anyhow::Result<OpenResult> {
     let open = |expect: (u64, u64)| -> anyhow::Result<Duration> {
         wait_unlocked(dir)?;
         let started = Instant::now();
-        let app = App::open_options(
+        let app = open_without_projector(
             dir,
             OpenOptions {
-                no_projections: true,
                 // Only the open is timed: not the save a long replay triggers.
                 resnapshot_after: Some(u64::MAX),
                 ..OpenOptions::default()
@@ -589,9 +621,18 @@ fn measure_open(data: &Dataset) -> anyhow::Result<OpenResult> {
         }
         Ok(took)
     };
+    // The server's open includes the projections: bring them to the head first (the rebuild part
+    // may not have run), as a graceful shutdown leaves them, so that no open replays into them.
+    wait_unlocked(dir)?;
+    {
+        let log = EventLog::open(dir, LogOptions::default(), None)?;
+        let projections = Projections::open(&projections_dir(dir), &log)?;
+        projections.catch_up(&log)?;
+        projections.flush()?;
+    }
     // Snapshots of the whole log, timed once.
     wait_unlocked(dir)?;
-    let app = App::open_with(dir, LogOptions::default(), false)?;
+    let app = open_without_projector(dir, OpenOptions::default())?;
     let started = Instant::now();
     app.save_snapshots()?;
     let save = started.elapsed();
@@ -643,7 +684,7 @@ fn print_open(r: &OpenResult, json: bool) {
             })
         );
     } else {
-        println!("| opening the log (stream index + write model) | events | seconds (mean of 2) | **÷ cold raw scan** |");
+        println!("| opening as the server does (stream index + write model + projections at the head) | events | seconds (mean of 2) | **÷ cold raw scan** |");
         println!("|---|---|---|---|");
         println!(
             "| with the snapshots of a graceful shutdown | {} | {with:.2} | **{:.2}** |",
@@ -683,7 +724,7 @@ impl BenchServer {
 
     /// Events durable in the log and not yet applied to the projections.
     fn lag(&self) -> anyhow::Result<u64> {
-        let s = self.app.projection_status()?;
+        let s = self.app.projection_status();
         Ok(s.log_count.saturating_sub(s.applied))
     }
 }
@@ -844,7 +885,7 @@ struct QueryResult {
 
 /// Queries alone (half), queries with writers, queries alone (half) on the generated log.
 async fn measure_query(data: &Dataset, seconds: f64) -> anyhow::Result<QueryResult> {
-    let server = BenchServer::start(&data.dir, true).await?;
+    let server = BenchServer::start(&data.dir).await?;
     server.caught_up().await?;
     let query_channel = server.channel().await?;
     let writer_channels = server.channels(QUERY_WRITERS).await?;
@@ -884,14 +925,16 @@ async fn measure_query(data: &Dataset, seconds: f64) -> anyhow::Result<QueryResu
     })
 }
 
-/// One append window.
+/// One window of our appends.
 struct Window {
     appends: Measured,
     /// Projection lag when the writers stopped, the most sampled during the window, and how long the
-    /// projector then took to catch up (projections on only).
-    lag_at_end: Option<u64>,
-    max_lag: Option<u64>,
-    drain: Option<Duration>,
+    /// projector then took to catch up.
+    lag_at_end: u64,
+    max_lag: u64,
+    drain: Duration,
+    /// A typical stored record of this window, for the baseline to write.
+    record: Vec<u8>,
 }
 
 /// Samples the projection lag until `deadline`; returns the most seen.
@@ -904,42 +947,33 @@ async fn sample_lag(server: &BenchServer, deadline: Instant) -> anyhow::Result<u
     Ok(most)
 }
 
-/// `writers` single-event writers for `seconds` on a fresh log in `dir`, projections on or off.
-async fn measure_append(
-    dir: &Path,
-    writers: usize,
-    projections: bool,
-    seconds: f64,
-) -> anyhow::Result<Window> {
+/// `writers` single-event writers for `seconds` on a fresh log in `dir`, served as `serve` does.
+async fn measure_append(dir: &Path, writers: usize, seconds: f64) -> anyhow::Result<Window> {
     let _ = std::fs::remove_dir_all(dir);
-    let server = BenchServer::start(dir, projections).await?;
+    let server = BenchServer::start(dir).await?;
     let source_id = Uuid::now_v7().to_string();
     pb::ledger_client::LedgerClient::new(server.channel().await?)
         .submit_batch(batch_request(setup_commands(&source_id)))
         .await?;
     let channels = server.channels(writers.clamp(1, MAX_CONNECTIONS)).await?;
     append_for(&channels, writers, &source_id, WARM_UP_SECONDS).await?;
-    if projections {
-        server.caught_up().await?;
-    }
+    server.caught_up().await?;
     let syncs = server.app.log().sync_count();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let sampler = async {
-        if projections {
-            sample_lag(&server, deadline).await.map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    let (appends, max_lag) =
-        tokio::join!(append_for(&channels, writers, &source_id, seconds), sampler);
+    let (appends, max_lag) = tokio::join!(
+        append_for(&channels, writers, &source_id, seconds),
+        sample_lag(&server, deadline)
+    );
     let mut appends = appends?;
     appends.syncs = server.app.log().sync_count() - syncs;
-    let (lag_at_end, drain) = if projections {
-        (Some(server.lag()?), Some(server.caught_up().await?))
-    } else {
-        (None, None)
-    };
+    let (lag_at_end, drain) = (server.lag()?, server.caught_up().await?);
+    let last = server.app.log().durable_count().saturating_sub(1);
+    let record = server
+        .app
+        .log()
+        .get(last)?
+        .context("the append window wrote nothing")?
+        .stored;
     drop(channels);
     server.stop().await?;
     let _ = std::fs::remove_dir_all(dir);
@@ -948,19 +982,21 @@ async fn measure_append(
         lag_at_end,
         max_lag: max_lag?,
         drain,
+        record,
     })
 }
 
-/// The off and on windows of one writer count, each pooled.
+/// Our windows and the baseline's of one writer count, each side pooled.
 struct AppendResult {
     writers: usize,
-    off: Measured,
-    on: Measured,
-    /// Per "on" window, in order.
+    /// Raw sled + fdatasync, groups of `writers` records.
+    raw: Measured,
+    ours: Measured,
+    /// Per window of ours, in order.
     lags_at_end: Vec<u64>,
     max_lag: u64,
     drains: Vec<Duration>,
-    /// Each window's rate, in the order run: off, on, off, on.
+    /// Each window's rate, in the order run: ours, raw, ours, raw.
     rates: Vec<f64>,
 }
 
@@ -969,27 +1005,37 @@ async fn measure_appends(
     writers: usize,
     seconds: f64,
 ) -> anyhow::Result<AppendResult> {
-    let (mut off, mut on): (Option<Measured>, Option<Measured>) = (None, None);
+    let (mut raw, mut ours): (Option<Measured>, Option<Measured>) = (None, None);
     let (mut lags_at_end, mut drains, mut rates, mut max_lag) =
         (Vec::new(), Vec::new(), Vec::new(), 0);
-    // Alternating, so that the disk's drift affects both states alike.
-    for (i, projections) in [false, true, false, true].into_iter().enumerate() {
-        let dir = root.join(format!("append-{writers}-{i}"));
-        let w = measure_append(&dir, writers, projections, seconds).await?;
-        rates.push(w.appends.rate());
-        lags_at_end.extend(w.lag_at_end);
-        drains.extend(w.drain);
-        max_lag = max_lag.max(w.max_lag.unwrap_or(0));
-        let slot = if projections { &mut on } else { &mut off };
+    let pool = |slot: &mut Option<Measured>, m: Measured| {
         *slot = Some(match slot.take() {
-            Some(m) => m.pooled(w.appends),
-            None => w.appends,
+            Some(prev) => prev.pooled(m),
+            None => m,
         });
+    };
+    // Alternating, so that the disk's drift affects both alike; ours first, for a record to write.
+    for i in 0..2 {
+        let dir = root.join(format!("append-{writers}-{i}"));
+        let w = measure_append(&dir, writers, seconds).await?;
+        rates.push(w.appends.rate());
+        lags_at_end.push(w.lag_at_end);
+        drains.push(w.drain);
+        max_lag = max_lag.max(w.max_lag);
+        pool(&mut ours, w.appends);
+        let base_dir = root.join(format!("raw-{writers}-{i}"));
+        let _ = std::fs::remove_dir_all(&base_dir);
+        let m = tokio::task::block_in_place(|| {
+            measure_baseline(&base_dir, writers, &w.record, seconds)
+        })?;
+        let _ = std::fs::remove_dir_all(&base_dir);
+        rates.push(m.rate());
+        pool(&mut raw, m);
     }
     Ok(AppendResult {
         writers,
-        off: off.context("no window without projections ran")?,
-        on: on.context("no window with projections ran")?,
+        raw: raw.context("no baseline window ran")?,
+        ours: ours.context("no window of ours ran")?,
         lags_at_end,
         max_lag,
         drains,
@@ -1147,33 +1193,33 @@ fn print_appends(results: &[AppendResult], json: bool) {
                 "{}",
                 serde_json::json!({
                     "kind": "append", "writers": r.writers, "events_per_request": 1,
-                    "off_events_per_s": r.off.rate(), "on_events_per_s": r.on.rate(),
-                    "ratio": r.on.rate() / r.off.rate(),
-                    "off_p50_ms": p(&r.off, 0.5), "off_p99_ms": p(&r.off, 0.99),
-                    "on_p50_ms": p(&r.on, 0.5), "on_p99_ms": p(&r.on, 0.99),
-                    "off_events_per_sync": r.off.events as f64 / r.off.syncs.max(1) as f64,
-                    "on_events_per_sync": r.on.events as f64 / r.on.syncs.max(1) as f64,
-                    "window_events_per_s_off_on_off_on": r.rates,
+                    "raw_events_per_s": r.raw.rate(), "ours_events_per_s": r.ours.rate(),
+                    "ratio": r.ours.rate() / r.raw.rate(),
+                    "raw_sync_p50_ms": p(&r.raw, 0.5), "raw_sync_p99_ms": p(&r.raw, 0.99),
+                    "ours_p50_ms": p(&r.ours, 0.5), "ours_p99_ms": p(&r.ours, 0.99),
+                    "raw_events_per_sync": r.raw.events as f64 / r.raw.syncs.max(1) as f64,
+                    "ours_events_per_sync": r.ours.events as f64 / r.ours.syncs.max(1) as f64,
+                    "window_events_per_s_ours_raw_ours_raw": r.rates,
                     "projection_lag_at_end": r.lags_at_end, "projection_max_lag": r.max_lag,
                     "caught_up_after_ms": r.drains.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
                 })
             );
         }
     } else {
-        println!("| writers | events/request | projections off events/s | on events/s | **ratio on/off** | off p50 / p99 ms | on p50 / p99 ms | windows off, on, off, on | lag at end (events) | most lag sampled | caught up after ms |");
+        println!("| writers | events/request | raw sled + fdatasync events/s | ours (projections on) events/s | **ratio ours/raw** | raw sync p50 / p99 ms | ours p50 / p99 ms | windows ours, raw, ours, raw | lag at end (events) | most lag sampled | caught up after ms |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for r in results {
             let list = |v: Vec<String>| v.join(", ");
             println!(
                 "| {} | 1 | {:.0} | {:.0} | **{:.2}** | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} | {} | {} |",
                 r.writers,
-                r.off.rate(),
-                r.on.rate(),
-                r.on.rate() / r.off.rate(),
-                p(&r.off, 0.5),
-                p(&r.off, 0.99),
-                p(&r.on, 0.5),
-                p(&r.on, 0.99),
+                r.raw.rate(),
+                r.ours.rate(),
+                r.ours.rate() / r.raw.rate(),
+                p(&r.raw, 0.5),
+                p(&r.raw, 0.99),
+                p(&r.ours, 0.5),
+                p(&r.ours, 0.99),
                 list(r.rates.iter().map(|x| format!("{x:.0}")).collect()),
                 list(r.lags_at_end.iter().map(|x| x.to_string()).collect()),
                 r.max_lag,

@@ -33,7 +33,7 @@ use claims_ledger_domain::limits::MAX_BATCH;
 use claims_ledger_log::{open_db, Durability, ExpectedRevision, LogOptions};
 use claims_ledger_proto as pb;
 use claims_ledger_proto::subscribe_response::Kind;
-use claims_ledger_server::app::{App, ClientCommand, Shape, WriteContext};
+use claims_ledger_server::app::{projections_dir, App, ClientCommand, Shape, WriteContext};
 use claims_ledger_server::grpc::convert;
 
 #[derive(Debug, Clone, Args)]
@@ -113,14 +113,12 @@ fn any(command: claims_ledger_domain::Command) -> ClientCommand {
 /// Writes a party, a source and statements until the log holds `events` events, without syncing
 /// (this is set-up, not measured). Returns the source id and the event count.
 async fn preload(dir: &Path, events: u64) -> anyhow::Result<(String, u64)> {
-    // No projections: the servers measured later build their own.
-    let app = App::open_with(
+    let app = App::open(
         dir,
         LogOptions {
             durability: Durability::Relaxed,
             ..Default::default()
         },
-        false,
     )?;
     let party = convert::register_party(party_command(), "command.")?;
     app.write(context(), vec![any(party)], Shape::Single)
@@ -147,6 +145,10 @@ async fn preload(dir: &Path, events: u64) -> anyhow::Result<(String, u64)> {
     let count = app.log().durable_count();
     // Release the directory for the servers that follow.
     app.finish().await;
+    drop(app);
+    // The servers measured later build their projections from the log themselves, as they did when
+    // the set-up wrote none.
+    std::fs::remove_dir_all(projections_dir(dir))?;
     Ok((source_id, count))
 }
 
@@ -724,7 +726,7 @@ pub async fn run(args: SubscribeBenchArgs) -> anyhow::Result<i32> {
 
     // Catch-up: raw scan, ours through gRPC, raw scan again.
     let before = tokio::task::block_in_place(|| measure_raw_scan(&data, count))?;
-    let server = BenchServer::start(&data, true).await?;
+    let server = BenchServer::start(&data).await?;
     // Two passes, pooled: one pass is short enough for the machine's drift to show.
     let ours = measure_catch_up(&server, count).await? + measure_catch_up(&server, count).await?;
     let ours_rate = rate(2 * count, ours);

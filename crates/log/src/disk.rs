@@ -124,14 +124,23 @@ pub fn put_tile(db: &sled::Db, level: u8, index: u64, hashes: &[u8]) -> Result<(
 /// would have written it for this content, and returns its root. Does not touch the head.
 #[cfg(feature = "tamper")]
 pub fn rebuild_tree(db: &sled::Db) -> Result<Hash, LogError> {
+    cut_tree(db, u64::MAX)
+}
+
+/// Replaces the Merkle tree (tiles and frontier) with the tree of the first `leaves` stored events
+/// only, as an older binary that could append without the tree left it, and returns its root.
+#[cfg(feature = "tamper")]
+pub fn cut_tree(db: &sled::Db, leaves: u64) -> Result<Hash, LogError> {
     for k in db.scan_prefix([TILE]).keys() {
         db.remove(k?)?;
     }
+    let take = usize::try_from(leaves).unwrap_or(usize::MAX);
     let mut leaves = Vec::new();
     for item in db.scan_prefix([EVENT]) {
         let (_, v) = item?;
         leaves.extend(frames(&v).map_while(|f| f.map(|(_, r)| merkle::leaf_hash(r))));
     }
+    leaves.truncate(take);
     let mut batch = sled::Batch::default();
     let (frontier, _) = stage_tree(&Frontier::new(), &Tiles::default(), leaves, &mut batch);
     db.apply_batch(batch)?;

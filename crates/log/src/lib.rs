@@ -62,6 +62,9 @@ pub enum LogError {
     Poisoned,
     #[error("the log is closed")]
     Closed,
+    /// The log was opened with [`EventLog::open_read_only`]: it serves reads only.
+    #[error("the log was opened read-only")]
+    ReadOnly,
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
     #[error("i/o: {0}")]

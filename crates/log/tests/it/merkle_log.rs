@@ -1,6 +1,7 @@
 //! The Merkle tree the log keeps beside its events: its root is the RFC 6962 root of the stored
-//! record bytes, proofs for every size verify with the trust-nothing verifiers, a log written
-//! without the tree gets it back when reopened, and sizes beyond the durable log are refused.
+//! record bytes, proofs for every size verify with the trust-nothing verifiers, a tree that lags
+//! behind the events gets caught up when reopened (a read-only open proves only what it covers),
+//! and sizes beyond the durable log are refused.
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -78,38 +79,91 @@ async fn the_tree_covers_the_stored_bytes_and_proves_every_size() {
     ));
 }
 
+/// Reopens `dir` once the previous handle has let go of it.
+async fn reopen(dir: &std::path::Path) -> EventLog {
+    loop {
+        match EventLog::open(dir, LogOptions::default(), None) {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A tree that lags behind the events, as an older binary that could append without it left one:
+/// a read-only open proves only what it covers, a writable open catches it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_written_without_the_tree_gets_it_back_on_reopen() {
+async fn a_lagging_tree_is_caught_up_on_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let off = LogOptions {
-        merkle: false,
-        ..LogOptions::default()
-    };
-    {
+    let (covered, n) = {
         let log = EventLog::open(dir.path(), LogOptions::default(), None).expect("open");
         fill(&log, 5).await;
+        let covered = log.durable_count();
+        fill(&log, 7).await;
+        (covered, log.durable_count())
+    };
+    {
+        let db = loop {
+            match claims_ledger_log::open_db(dir.path()) {
+                Ok(db) => break db,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        claims_ledger_log::disk::cut_tree(&db, covered).expect("cut the tree");
+        db.flush().expect("flush");
     }
-    // Reopen without the tree, append more: proofs are refused meanwhile.
     let log = loop {
-        match EventLog::open(dir.path(), off.clone(), None) {
+        match EventLog::open_read_only(dir.path()) {
             Ok(l) => break l,
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
     };
-    fill(&log, 7).await;
-    assert!(matches!(log.tree_root(1), Err(LogError::ProofRequest(_))));
-    let n = log.durable_count();
+    assert_eq!(log.durable_count(), n);
+    let all = leaves(&log);
+    assert_eq!(
+        log.tree_root(covered).expect("root within the stored tree"),
+        merkle::root(&all[..covered as usize])
+    );
+    assert!(matches!(
+        log.tree_root(covered + 1),
+        Err(LogError::ProofRequest(_))
+    ));
     drop(log);
-    let log = loop {
-        match EventLog::open(dir.path(), LogOptions::default(), None) {
-            Ok(l) => break l,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    };
+    let log = reopen(dir.path()).await;
     assert_eq!(log.tree_root(n).expect("root"), merkle::root(&leaves(&log)));
     fill(&log, 3).await;
     assert_eq!(
         log.tree_root(log.durable_count()).expect("root"),
         merkle::root(&leaves(&log))
     );
+}
+
+/// A read-only open reads everything and writes nothing: appends, cursors and snapshots are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_log_serves_reads_and_refuses_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = EventLog::open(dir.path(), LogOptions::default(), None).expect("open");
+        fill(&log, 4).await;
+    }
+    let log = loop {
+        match EventLog::open_read_only(dir.path()) {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let n = log.durable_count();
+    assert_eq!(log.read_all(0, false, 100).expect("read").len() as u64, n);
+    assert_eq!(log.tree_root(n).expect("root"), merkle::root(&leaves(&log)));
+    assert!(log.stream_revision("claim-0").expect("revision").is_some());
+    assert!(matches!(
+        log.append(request(1)).await,
+        Err(LogError::ReadOnly)
+    ));
+    assert!(matches!(
+        log.store_cursor("reader", 1).await,
+        Err(LogError::ReadOnly)
+    ));
+    assert!(matches!(log.save_index_snapshot(), Err(LogError::ReadOnly)));
+    assert!(!dir.path().join(claims_ledger_log::INDEX_SNAPSHOT).exists());
+    assert_eq!(log.durable_count(), n);
 }

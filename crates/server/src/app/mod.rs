@@ -43,8 +43,9 @@ pub struct App {
     shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// The latest durable events, shared by live subscribers instead of each rereading the log.
     recent: Arc<RwLock<subscribe::Recent>>,
-    /// The read models; `None` only when opened without them (benchmarks).
-    projections: Option<Arc<Projections>>,
+    /// The read models. A store being rebuilt at open is empty until the projector fills it; the
+    /// server's `Query` health says NOT_SERVING meanwhile (see `watch_projection`).
+    projections: Arc<Projections>,
     /// The projector task, awaited by [`App::finish`].
     projector: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// Signs checkpoints of the log's Merkle tree.
@@ -79,8 +80,6 @@ pub fn signing_key_path(dir: &Path) -> std::path::PathBuf {
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     pub log: LogOptions,
-    /// Run without read models (to measure their cost).
-    pub no_projections: bool,
     /// The checkpoint signing key; `None` loads `signing.key` in the data directory, generating it
     /// (mode 0600) on first start, named [`DEFAULT_ORIGIN`].
     pub signer: Option<Signer>,
@@ -122,12 +121,8 @@ fn fold(log: &EventLog, mut state: State, from: u64, end: u64) -> Result<State, 
 /// equals the first `n` events folded, `Err(why)` when the server would start from a write model
 /// that the log does not give.
 pub fn verify_state_snapshot(dir: &Path) -> Result<Result<Option<u64>, String>, AppError> {
-    // Without the tree, an open writes nothing (it would otherwise catch a lagging tree up).
-    let options = LogOptions {
-        merkle: false,
-        ..LogOptions::default()
-    };
-    let log = EventLog::open(dir, options, None)?;
+    // An offline check: the open must write nothing to the directory it checks.
+    let log = EventLog::open_read_only(dir)?;
     let Ok(Some(snap)) = log.matching_snapshot(STATE_SNAPSHOT, STATE_SNAPSHOT_KIND) else {
         return Ok(Ok(None));
     };
@@ -185,16 +180,10 @@ impl App {
     /// Opens the log in `dir`, folds it into the write model, and opens the projections. Inside a
     /// tokio runtime the projector starts at once and catches up from the projections' checkpoint.
     pub fn open(dir: &Path, options: LogOptions) -> Result<App, AppError> {
-        App::open_with(dir, options, true)
-    }
-
-    /// As [`App::open`]; `projections: false` runs without read models (to measure their cost).
-    pub fn open_with(dir: &Path, options: LogOptions, projections: bool) -> Result<App, AppError> {
         App::open_options(
             dir,
             OpenOptions {
                 log: options,
-                no_projections: !projections,
                 ..OpenOptions::default()
             },
         )
@@ -204,11 +193,9 @@ impl App {
     pub fn open_options(dir: &Path, opts: OpenOptions) -> Result<App, AppError> {
         let OpenOptions {
             log: mut options,
-            no_projections,
             signer,
             resnapshot_after,
         } = opts;
-        let projections = !no_projections;
         let state = Arc::new(RwLock::new(Folded::default()));
         let recent = Arc::new(RwLock::new(subscribe::Recent::default()));
         let observer = Arc::new(StateObserver {
@@ -224,11 +211,7 @@ impl App {
             None => keys::load_or_generate(&signing_key_path(dir), DEFAULT_ORIGIN)
                 .map_err(|e| AppError::Internal(format!("signing key: {e}")))?,
         };
-        let projections = if projections {
-            Some(Arc::new(Projections::open(&projections_dir(dir), &log)?))
-        } else {
-            None
-        };
+        let projections = Arc::new(Projections::open(&projections_dir(dir), &log)?);
         let app = App {
             log,
             state,
@@ -360,18 +343,16 @@ impl App {
         }
         // Appends that drained after the projector stopped: apply them too, so that the next start
         // finds projections at the head and has nothing to recover.
-        if let Some(p) = self.projections.clone() {
-            let log = self.log.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                p.catch_up(&log)?;
-                p.flush()
-            })
-            .await;
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "final projection catch-up"),
-                Err(e) => tracing::error!(error = %e, "final projection catch-up task"),
-            }
+        let (p, log) = (self.projections.clone(), self.log.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            p.catch_up(&log)?;
+            p.flush()
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "final projection catch-up"),
+            Err(e) => tracing::error!(error = %e, "final projection catch-up task"),
         }
         // So that the next start folds in only what comes after; without them it replays it all.
         let app = self.clone();
@@ -387,9 +368,10 @@ impl App {
         }
     }
 
-    /// A receiver of the projections' applied count (`None` without projections).
-    pub fn watch_projection(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.projections.as_ref().map(|p| p.watch_applied())
+    /// A receiver of the projections' applied count: queries are served once it reaches the log
+    /// as it was at start (projections rebuilt at open begin at 0).
+    pub fn watch_projection(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.projections.watch_applied()
     }
 
     /// The event log, for reads.

@@ -24,16 +24,17 @@ pub struct ProjectionStatus {
 /// A finished rebuild.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rebuilt {
-    pub report: RebuildReport,
+    /// Events replayed into the new generation.
+    pub events: u64,
+    /// The generation now serving.
+    pub generation: u64,
     pub took: Duration,
 }
 
 impl App {
     /// Starts the projector task (idempotent only in effect: call it once per App).
     pub(super) fn spawn_projector(&self) {
-        let Some(projections) = self.projections.clone() else {
-            return;
-        };
+        let projections = self.projections.clone();
         let app = self.clone();
         let slot = self.projector.clone();
         let handle = tokio::spawn(async move {
@@ -97,19 +98,19 @@ impl App {
     }
 
     /// Where the projections are.
-    pub fn projection_status(&self) -> Result<ProjectionStatus, AppError> {
-        let p = self.projections()?;
-        Ok(ProjectionStatus {
+    pub fn projection_status(&self) -> ProjectionStatus {
+        let p = &self.projections;
+        ProjectionStatus {
             applied: p.applied(),
             log_count: self.log.durable_count(),
             generation: p.generation(),
             rebuilding: p.rebuild_running(),
-        })
+        }
     }
 
     /// Rebuilds the projections from position 0 into a fresh generation and switches to it.
     pub async fn rebuild_projections(&self) -> Result<Rebuilt, AppError> {
-        let p = self.projections()?.clone();
+        let p = self.projections.clone();
         let log: EventLog = self.log.clone();
         let started = Instant::now();
         let report = tokio::task::spawn_blocking(move || rebuild_with_log(&p, &log))
@@ -121,7 +122,8 @@ impl App {
             "projections rebuilt"
         );
         Ok(Rebuilt {
-            report,
+            events: report.events,
+            generation: report.generation,
             took: started.elapsed(),
         })
     }

@@ -12,11 +12,11 @@ use super::convert::{
 };
 use super::{on_blocking_thread, page_size, pb};
 use crate::app::query::{
-    parse_id, ClaimView, Clocks, EntityStatus, HistoryQuery, PositionView, PositionsQuery,
-    RecordedClock, SourceView, SpanView, StatementView, StatementsQuery, MAX_WAIT,
+    parse_id, ClaimView, Clocks, CorrectionView, EntityStatus, HistoryQuery, Origin, PartyView,
+    PositionView, PositionsQuery, RecordedClock, ReviewView, SourceView, SpanView, StatementView,
+    StatementsQuery, MAX_WAIT,
 };
 use crate::app::{App, AppError};
-use crate::projection::rows::{CorrectionRow, Origin, PartyRow, ReviewRow};
 use claims_ledger_domain::model::Span;
 
 const DEFAULT_PARTIES: u32 = 100;
@@ -88,7 +88,7 @@ fn origin_pb(o: &Origin) -> pb::Origin {
     }
 }
 
-fn party_pb(p: &PartyRow) -> pb::PartyView {
+fn party_pb(p: &PartyView) -> pb::PartyView {
     pb::PartyView {
         party: Some(party_payload(&p.party)),
         registered: Some(origin_pb(&p.registered)),
@@ -131,14 +131,14 @@ fn status_pb(s: EntityStatus) -> i32 {
     .into()
 }
 
-fn correction_pb(c: &CorrectionRow) -> pb::CorrectionView {
+fn correction_pb(c: &CorrectionView) -> pb::CorrectionView {
     pb::CorrectionView {
         correction: Some(correction_payload(&c.correction)),
         origin: Some(origin_pb(&c.origin)),
     }
 }
 
-fn review_pb(r: &ReviewRow) -> pb::ReviewView {
+fn review_pb(r: &ReviewView) -> pb::ReviewView {
     pb::ReviewView {
         review: Some(review_payload(&r.review)),
         origin: Some(origin_pb(&r.origin)),
@@ -147,19 +147,19 @@ fn review_pb(r: &ReviewRow) -> pb::ReviewView {
 
 fn statement_pb(s: &StatementView) -> pb::StatementView {
     pb::StatementView {
-        statement: Some(statement_payload(&s.row.statement)),
-        origin: Some(origin_pb(&s.row.origin)),
+        statement: Some(statement_payload(&s.statement)),
+        origin: Some(origin_pb(&s.origin)),
         spans: s.spans.iter().map(span_view_pb).collect(),
         status: status_pb(s.status),
         corrections: s.corrections.iter().map(correction_pb).collect(),
-        topics: s.row.topics.iter().cloned().collect(),
+        topics: s.topics.iter().cloned().collect(),
     }
 }
 
 fn claim_pb(c: &ClaimView) -> pb::ClaimView {
     pb::ClaimView {
-        claim: Some(claim_payload(c.row.claim())),
-        origin: Some(origin_pb(&c.row.origin)),
+        claim: Some(claim_payload(&c.claim)),
+        origin: Some(origin_pb(&c.origin)),
         statement: Some(statement_pb(&c.statement)),
         status: status_pb(c.status),
         reviews: c.reviews.iter().map(review_pb).collect(),
@@ -178,7 +178,7 @@ fn position_pb(p: &PositionView) -> pb::Position {
             .map(|h| pb::HistoryEntry {
                 claim: Some(claim_pb(&h.claim)),
                 changed: h.changed,
-                changed_at: Some(stated_time_pb(&h.claim.row.entry.stated)),
+                changed_at: Some(stated_time_pb(&h.claim.stated)),
                 in_force: h.in_force,
             })
             .collect(),
@@ -404,8 +404,8 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::RebuildProjectionsResponse>, Status> {
         let done = self.app.rebuild_projections().await?;
         Ok(Response::new(pb::RebuildProjectionsResponse {
-            events_replayed: done.report.events,
-            generation: done.report.generation,
+            events_replayed: done.events,
+            generation: done.generation,
             took: prost_types::Duration::try_from(done.took).ok(),
         }))
     }
@@ -414,7 +414,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _req: Request<pb::GetProjectionStatusRequest>,
     ) -> Result<Response<pb::GetProjectionStatusResponse>, Status> {
-        let s = self.app.projection_status()?;
+        let s = self.app.projection_status();
         Ok(Response::new(pb::GetProjectionStatusResponse {
             applied_count: s.applied,
             log_count: s.log_count,

@@ -60,18 +60,17 @@ pub async fn serve_with(
     health
         .set_not_serving::<pb::query_server::QueryServer<QueryService>>()
         .await;
-    if let Some(mut applied) = app.watch_projection() {
-        let target = app.log().durable_count();
-        let query_health = health.clone();
-        tokio::spawn(async move {
-            // Holds only a receiver, so it never keeps the data directory open.
-            if applied.wait_for(|a| *a >= target).await.is_ok() {
-                query_health
-                    .set_serving::<pb::query_server::QueryServer<QueryService>>()
-                    .await;
-            }
-        });
-    }
+    let mut applied = app.watch_projection();
+    let target = app.log().durable_count();
+    let query_health = health.clone();
+    tokio::spawn(async move {
+        // Holds only a receiver, so it never keeps the data directory open.
+        if applied.wait_for(|a| *a >= target).await.is_ok() {
+            query_health
+                .set_serving::<pb::query_server::QueryServer<QueryService>>()
+                .await;
+        }
+    });
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;

@@ -4,7 +4,8 @@
 //! Every answer is assembled from one projection snapshot, so it reflects exactly one log prefix and
 //! says which. The rules of positions are `domain::positions`; this module only gathers rows and
 //! applies the clocks to corrections and reviews (a correction recorded after `as_of_recorded` did not
-//! exist yet).
+//! exist yet). Answers are this layer's own views (`view`), never the projections' rows.
+mod view;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,15 +13,16 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{App, AppError};
-use crate::projection::rows::{
-    ClaimRow, CorrectionRow, PartyRow, ReviewRow, SourceRow, StatementRow,
-};
-use crate::projection::{Projections, Snapshot, StatementScan};
+use crate::projection::rows::{ClaimRow, SourceRow, StatementRow};
+use crate::projection::{Snapshot, StatementScan};
 use claims_ledger_domain::decide::is_slug;
-use claims_ledger_domain::event::Source;
-use claims_ledger_domain::model::{Mode, Span, StatedTime};
+use claims_ledger_domain::model::{Mode, Span};
 use claims_ledger_domain::positions::{current_of, history_of, AsOf, ClaimEntry, Ended};
 use claims_ledger_domain::FieldViolation;
+pub use view::{
+    ClaimView, CorrectionView, EntityStatus, HistoryView, Origin, Page, PartyView, PositionView,
+    ReviewView, SourceView, SpanView, Stamped, StatementDetail, StatementView,
+};
 
 /// Default code points of context around a span.
 pub const DEFAULT_CONTEXT: usize = 80;
@@ -49,14 +51,6 @@ pub struct Clocks {
     pub recorded: Option<RecordedClock>,
 }
 
-/// Whether a statement or claim counts under the clock asked about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntityStatus {
-    Active,
-    Retracted,
-    Superseded,
-}
-
 fn status_at(ended: Option<Ended>, recorded: Option<u64>) -> EntityStatus {
     match ended {
         Some(e) if recorded.is_none_or(|r| e.at() < r) => match e {
@@ -65,73 +59,6 @@ fn status_at(ended: Option<Ended>, recorded: Option<u64>) -> EntityStatus {
         },
         _ => EntityStatus::Active,
     }
-}
-
-/// A source's metadata; the text only when asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceView {
-    pub source: Source,
-    pub text_length: u64,
-    pub origin: crate::projection::rows::Origin,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpanView {
-    pub span: Span,
-    pub before: String,
-    pub after: String,
-    pub source: Option<SourceView>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatementView {
-    pub row: StatementRow,
-    pub spans: Vec<SpanView>,
-    pub status: EntityStatus,
-    pub corrections: Vec<CorrectionRow>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimView {
-    pub row: ClaimRow,
-    pub statement: StatementView,
-    pub status: EntityStatus,
-    pub reviews: Vec<ReviewRow>,
-    pub corrections: Vec<CorrectionRow>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistoryView {
-    pub claim: ClaimView,
-    pub changed: bool,
-    pub in_force: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PositionView {
-    pub party_id: String,
-    pub topic: String,
-    pub current: Option<ClaimView>,
-    pub history: Vec<HistoryView>,
-    pub changed_at: Option<StatedTime>,
-    /// Older history entries left out by the limit.
-    pub history_omitted: usize,
-}
-
-/// A statement with the claims it asserts and the one it reports.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatementDetail {
-    pub statement: StatementView,
-    pub claims: Vec<ClaimView>,
-    pub reports: Option<StatementView>,
-}
-
-/// An answer and the log prefix it reflects.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stamped<T> {
-    pub value: T,
-    /// Events applied: positions `[0, applied)`.
-    pub applied: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -166,13 +93,6 @@ pub struct StatementsQuery {
     pub page_size: usize,
     pub page_token: String,
     pub context: Option<usize>,
-}
-
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_page_token: String,
 }
 
 fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
@@ -295,10 +215,10 @@ impl<'s> Assembler<'s> {
         })
     }
 
-    fn corrections(&self, target: &Uuid) -> Result<Vec<CorrectionRow>, AppError> {
+    fn corrections(&self, target: &Uuid) -> Result<Vec<CorrectionView>, AppError> {
         let mut rows = self.snap.corrections(target)?;
         rows.retain(|c| self.known(c.origin.position));
-        Ok(rows)
+        Ok(rows.into_iter().map(CorrectionView::from).collect())
     }
 
     fn statement(&mut self, row: StatementRow) -> Result<StatementView, AppError> {
@@ -313,7 +233,9 @@ impl<'s> Assembler<'s> {
             status: status_at(row.ended, self.recorded),
             spans,
             corrections,
-            row,
+            origin: Origin::from(&row.origin),
+            topics: row.topics,
+            statement: row.statement,
         })
     }
 
@@ -329,9 +251,11 @@ impl<'s> Assembler<'s> {
         Ok(ClaimView {
             status: status_at(row.entry.ended, self.recorded),
             corrections: self.corrections(&claim_id)?,
-            reviews,
+            reviews: reviews.into_iter().map(ReviewView::from).collect(),
             statement,
-            row,
+            origin: Origin::from(&row.origin),
+            stated: row.entry.stated,
+            claim: row.entry.claim,
         })
     }
 
@@ -418,7 +342,7 @@ fn source_view(row: &SourceRow, include_text: bool) -> SourceView {
     SourceView {
         source,
         text_length,
-        origin: row.origin.clone(),
+        origin: Origin::from(&row.origin),
     }
 }
 
@@ -442,17 +366,13 @@ pub(super) fn bad_token() -> AppError {
 }
 
 impl App {
-    pub(super) fn projections(&self) -> Result<&std::sync::Arc<Projections>, AppError> {
-        self.projections.as_ref().ok_or(AppError::Unavailable)
-    }
-
     /// Waits until the projections have applied every event below `min_position`, at most `timeout`.
     pub async fn wait_for_projection(
         &self,
         min_position: u64,
         timeout: Duration,
     ) -> Result<(), AppError> {
-        let p = self.projections()?;
+        let p = &self.projections;
         if p.applied() >= min_position {
             return Ok(());
         }
@@ -511,8 +431,9 @@ impl App {
         })
     }
 
-    fn party_must_exist(snap: &Snapshot<'_>, party: &str) -> Result<PartyRow, AppError> {
+    fn party_must_exist(snap: &Snapshot<'_>, party: &str) -> Result<PartyView, AppError> {
         snap.party(party)?
+            .map(PartyView::from)
             .ok_or_else(|| AppError::NotFound(format!("party {party:?}")))
     }
 
@@ -521,7 +442,7 @@ impl App {
         &self,
         page_size: usize,
         page_token: &str,
-    ) -> Result<Stamped<Page<PartyRow>>, AppError> {
+    ) -> Result<Stamped<Page<PartyView>>, AppError> {
         let after = if page_token.is_empty() {
             None
         } else {
@@ -532,8 +453,12 @@ impl App {
             }
             Some(id)
         };
-        let snap = self.projections()?.snapshot();
-        let mut items = snap.parties(after.as_deref(), page_size + 1)?;
+        let snap = self.projections.snapshot();
+        let mut items: Vec<PartyView> = snap
+            .parties(after.as_deref(), page_size + 1)?
+            .into_iter()
+            .map(PartyView::from)
+            .collect();
         let next_page_token = if items.len() > page_size {
             items.truncate(page_size);
             items
@@ -553,11 +478,11 @@ impl App {
     }
 
     /// One party.
-    pub fn get_party(&self, party_id: &str) -> Result<Stamped<PartyRow>, AppError> {
+    pub fn get_party(&self, party_id: &str) -> Result<Stamped<PartyView>, AppError> {
         let mut v = Vec::new();
         check_slug(&mut v, "party_id", party_id, true);
         done(v)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Ok(Stamped {
             value: Self::party_must_exist(&snap, party_id)?,
             applied: snap.applied(),
@@ -573,7 +498,7 @@ impl App {
         let limit = check_history_limit(&mut v, q.history_limit, DEFAULT_HISTORY_IN_POSITIONS);
         done(v)?;
         let as_of = self.resolve_clocks(&q.clocks)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Self::party_must_exist(&snap, &q.party_id)?;
         let topics = match &q.topic {
             Some(t) => vec![t.clone()],
@@ -602,7 +527,7 @@ impl App {
         let limit = check_history_limit(&mut v, q.history_limit, MAX_HISTORY);
         done(v)?;
         let as_of = self.resolve_clocks(&q.clocks)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Self::party_must_exist(&snap, &q.party_id)?;
         let rows = snap.claims_on(&q.party_id, &q.topic)?;
         let mut asm = Assembler::new(&snap, as_of.recorded, context);
@@ -651,7 +576,7 @@ impl App {
             }
             Some(bytes[8..].to_vec())
         };
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         Self::party_must_exist(&snap, &q.party_id)?;
         let scan = StatementScan {
             party: &q.party_id,
@@ -711,7 +636,7 @@ impl App {
         let mut v = Vec::new();
         let context = check_context(&mut v, "context_chars", context);
         done(v)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         let row = snap
             .statement(id)?
             .ok_or_else(|| AppError::NotFound(format!("statement {id}")))?;
@@ -749,7 +674,7 @@ impl App {
         let mut v = Vec::new();
         let context = check_context(&mut v, "context_chars", context);
         done(v)?;
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         let row = snap
             .claim(id)?
             .ok_or_else(|| AppError::NotFound(format!("claim {id}")))?;
@@ -766,7 +691,7 @@ impl App {
         id: &Uuid,
         include_text: bool,
     ) -> Result<Stamped<SourceView>, AppError> {
-        let snap = self.projections()?.snapshot();
+        let snap = self.projections.snapshot();
         let row = snap
             .source(id)?
             .ok_or_else(|| AppError::NotFound(format!("source {id}")))?;

@@ -1,0 +1,596 @@
+//! The log on sled: one writer thread that validates and stages appends, and one syncer thread that
+//! makes them durable and answers them. The on-disk layout is described in `layout`. This module holds
+//! the public API (the request and answer types, [`LogOptions`], [`EventLog`] and its open) and the
+//! state the threads and readers share; each concern behind the API has its own submodule: `read`
+//! (events by position and by stream), `index` (the stream index and its snapshot), `derived`
+//! (snapshots of derived state and whether they fit the log), `tree` (the Merkle tree and its
+//! proofs), `cursor` (subscriber positions), `writer` and `syncer` (the two threads of the append
+//! path).
+//!
+//! Durability: sled's `flush()` writes its buffers but only calls `sync_file_range`, which neither
+//! flushes the disk cache nor persists file-size changes. The syncer therefore calls `fdatasync` on
+//! sled's data file itself (and on any blob file) before any append of a group is acknowledged, and
+//! only then makes the group visible to readers. Group commit is pipelined: while the syncer syncs
+//! group k, the writer checks and applies group k+1, and appends arriving meanwhile share the next
+//! sync. If a sync fails the log refuses all further writes until restart: after a failed fsync the
+//! kernel may have dropped the dirty pages, so nothing written since can be trusted to be on disk.
+mod cursor;
+mod derived;
+mod index;
+mod read;
+mod syncer;
+mod tree;
+mod writer;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::layout::{
+    be_u64, idempotency_key, parse_head, CURSOR, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
+};
+use crate::observe::{LogMetrics, NoMetrics};
+use crate::record::{Hash, RecordedEvent, GENESIS_HASH};
+use crate::snapshot::{self, Snapshot};
+use crate::tiles::Tiles;
+use crate::LogError;
+use claims_ledger_core::merkle::Frontier;
+use derived::matching_snapshot;
+use index::{index_snapshot, index_streams};
+pub(crate) use index::{read_index_snapshot, StreamIndex};
+pub use index::{INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND};
+pub(crate) use read::page_of;
+use read::read_event;
+use syncer::Syncer;
+use tree::{catch_up_tree, stored_frontier};
+use writer::Writer;
+
+/// What a writer expects of a stream before its append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedRevision {
+    Any,
+    NoStream,
+    StreamExists,
+    Exact(u64),
+}
+
+impl std::fmt::Display for ExpectedRevision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedRevision::Any => write!(f, "any"),
+            ExpectedRevision::NoStream => write!(f, "no stream"),
+            ExpectedRevision::StreamExists => write!(f, "stream exists"),
+            ExpectedRevision::Exact(r) => write!(f, "revision {r}"),
+        }
+    }
+}
+
+/// How appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fdatasync before every acknowledgement (shared by concurrent appends). The default.
+    #[default]
+    Fsync,
+    /// Acknowledge once sled has the batch in memory; sled writes it out within its flush interval
+    /// (500 ms). A crash can lose acknowledged writes from that window. For tests and bulk imports only.
+    Relaxed,
+}
+
+/// One event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// Payload JSON.
+    pub payload: Box<RawValue>,
+}
+
+/// Deduplication of a whole append by a client-chosen key.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    /// Hash of the request's content; the same key with another content is refused.
+    pub content_hash: Hash,
+}
+
+/// An atomic append of one or more events to one or more streams.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub events: Vec<NewEvent>,
+    /// Checked against the state before this append, all of them; any mismatch rejects the whole append.
+    pub expectations: Vec<(String, ExpectedRevision)>,
+    pub idempotency: Option<Idempotency>,
+    pub recorded_by: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+/// Where one appended event landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub stream_revision: u64,
+    pub position: u64,
+    #[serde(with = "hex::serde")]
+    pub hash: Hash,
+}
+
+impl From<&RecordedEvent> for Appended {
+    fn from(rec: &RecordedEvent) -> Appended {
+        Appended {
+            event_id: rec.event_id,
+            stream: rec.stream.clone(),
+            stream_revision: rec.stream_revision,
+            position: rec.position,
+            hash: rec.hash,
+        }
+    }
+}
+
+/// The answer to an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub events: Vec<Appended>,
+    pub recorded_at: DateTime<Utc>,
+    /// True when this replays an earlier append with the same idempotency key.
+    pub deduplicated: bool,
+}
+
+/// Stored under `i` + key: enough to answer a retry exactly as the original. Derived from the log
+/// (the append's first event carries an [`IdempotencyMark`]), so `import` can rebuild it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct IdempotencyRecord {
+    #[serde(with = "hex::serde")]
+    pub(super) content_hash: Hash,
+    pub(super) recorded_at: DateTime<Utc>,
+    pub(super) events: Vec<Appended>,
+}
+
+impl IdempotencyRecord {
+    pub(super) fn to_bytes(&self) -> Result<Vec<u8>, LogError> {
+        serde_json::to_vec(self).map_err(|e| LogError::Encode(e.to_string()))
+    }
+
+    fn outcome(&self) -> AppendOutcome {
+        AppendOutcome {
+            events: self.events.clone(),
+            recorded_at: self.recorded_at,
+            deduplicated: true,
+        }
+    }
+}
+
+/// The last event of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Number of events (the next position).
+    pub count: u64,
+    /// Hash of the last event, or [`GENESIS_HASH`] when empty.
+    pub hash: Hash,
+}
+
+/// Told about every durable group, in log order, on the syncer thread, before any of the group's
+/// appends is acknowledged. Keep it quick: it delays the acknowledgements. The events are shared, so
+/// an observer can keep them without copying.
+pub trait CommitObserver: Send + Sync {
+    fn committed(&self, events: &[Arc<RecordedEvent>]);
+}
+
+/// Options for [`EventLog::open`].
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub durability: Durability,
+    /// Most appends that share one sync.
+    pub max_group: usize,
+    /// Where the log reports its work (see [`LogMetrics`]).
+    pub metrics: Arc<dyn LogMetrics>,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            durability: Durability::Fsync,
+            max_group: 1024,
+            metrics: Arc::new(NoMetrics),
+        }
+    }
+}
+
+/// Opens sled the same way everywhere (server, verify, tests), so its segment size stays fixed.
+pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
+    std::fs::create_dir_all(dir)?;
+    // 16 MiB segments put sled's blob threshold at 4 MiB; a leaf holds at most ~17 entries of at most
+    // MAX_RECORD_BYTES, so no leaf ever becomes an (unsynced) blob.
+    let db = open_sled(&sled::Config::new().path(dir).segment_size(16 << 20))?;
+    Ok(db)
+}
+
+/// sled's message when another handle holds the directory's lock (sled 0.34, `config.rs`).
+pub const SLED_LOCKED: &str = "could not acquire lock";
+
+/// How long an open waits for a lock that is being released.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens `config`, waiting up to [`LOCK_WAIT`] while its directory is locked. sled lets go of the
+/// lock from background threads some time after the last handle drops, so a reopen in the same
+/// process (a restart, `verify` after a run) can briefly find it still held. A lock held by another
+/// live process still fails, only later.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(e) if e.to_string().contains(SLED_LOCKED) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Refuses a database written in another layout; marks a new one with this layout.
+fn check_layout(db: &sled::Db) -> Result<(), LogError> {
+    if let Some(reason) = layout_mismatch(db)? {
+        return Err(LogError::Corrupt {
+            position: 0,
+            reason,
+        });
+    }
+    if db.get(LAYOUT_KEY)?.is_none() {
+        // Made durable by the first group's sync, or written again at the next open.
+        db.insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Why a database holding a log cannot be read by this binary, if it cannot: it was written in
+/// another storage layout. An empty database (no head yet) fits any.
+pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError> {
+    let stored = db.get(LAYOUT_KEY)?;
+    if stored.as_deref() == Some(&LAYOUT_VERSION.to_be_bytes()[..]) || db.get(HEAD_KEY)?.is_none() {
+        return Ok(None);
+    }
+    // Layout 1 had no mark.
+    let version = stored
+        .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+        .unwrap_or(1);
+    Ok(Some(format!(
+        "the data directory uses storage layout {version}, this binary reads only layout \
+         {LAYOUT_VERSION}; export it with the binary that wrote it and restore it with this one"
+    )))
+}
+
+/// The stored head: the event count and the hash of the last event.
+fn stored_head(db: &sled::Db) -> Result<Head, LogError> {
+    match db.get(HEAD_KEY)? {
+        Some(v) => {
+            let (count, hash) = parse_head(&v).ok_or_else(|| LogError::Corrupt {
+                position: 0,
+                reason: "unreadable head record".into(),
+            })?;
+            Ok(Head { count, hash })
+        }
+        None => Ok(Head {
+            count: 0,
+            hash: GENESIS_HASH,
+        }),
+    }
+}
+
+/// The stream index of the first `count` events, from the snapshot in `dir` where it fits and from
+/// the records after it; returns it with the event count the snapshot covered.
+fn load_index(dir: &Path, db: &sled::Db, count: u64) -> Result<(StreamIndex, u64), LogError> {
+    let indexing = Instant::now();
+    let (streams, from) = index_snapshot(dir, db, count);
+    let streams = index_streams(db, streams, from, count)?;
+    tracing::info!(
+        events = count,
+        from_snapshot = from,
+        streams = streams.len(),
+        took_ms = indexing.elapsed().as_millis() as u64,
+        "stream index rebuilt from the log"
+    );
+    Ok((streams, from))
+}
+
+struct Shared {
+    db: sled::Db,
+    /// Events below this position are durable and visible to readers.
+    durable: AtomicU64,
+    durable_tx: watch::Sender<u64>,
+    head: Mutex<Head>,
+    poisoned: AtomicBool,
+    /// Disk syncs made, for group-commit statistics.
+    syncs: AtomicU64,
+    /// The writer is staging a group right now (the syncer waits for it rather than syncing twice).
+    staging: AtomicBool,
+    /// sled's data file, for fdatasync of writes made outside the syncer (subscription cursors).
+    data_file: File,
+    /// `Some(leaves)` when opened read-only: the stored tree, which nothing extends, has this many
+    /// leaves (fewer than the events if an older binary appended without it), and proofs stop there.
+    /// `None` when the writer keeps the tree at the head.
+    frozen_tree: Option<u64>,
+    /// The data directory, for snapshots.
+    dir: PathBuf,
+    /// Events whose stream index came from the snapshot at open.
+    index_from_snapshot: u64,
+    /// Each stream's positions (index = revision), including those of groups not yet durable:
+    /// readers drop those. Only the writer changes it.
+    streams: RwLock<StreamIndex>,
+    metrics: Arc<dyn LogMetrics>,
+}
+
+/// The append-only, hash-chained event log. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    shared: Arc<Shared>,
+    /// The writer thread's queue; `None` for a log opened with [`EventLog::open_read_only`].
+    tx: Option<mpsc::Sender<Job>>,
+}
+
+struct Job {
+    req: AppendRequest,
+    reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+    /// When the append reached the log, for the append latency metric.
+    received: Instant,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir` and starts its writer thread. `observer` is told about every
+    /// group committed from now on; replay earlier events with [`EventLog::read_all`].
+    pub fn open(
+        dir: &Path,
+        options: LogOptions,
+        observer: Option<Arc<dyn CommitObserver>>,
+    ) -> Result<EventLog, LogError> {
+        let db = open_db(dir)?;
+        check_layout(&db)?;
+        // Persist the directory entries of sled's files once, so the files themselves survive a crash.
+        File::open(dir)?.sync_all()?;
+        let data_file = File::open(dir.join("db"))?;
+        let head = stored_head(&db)?;
+        let last_recorded = match head.count.checked_sub(1) {
+            Some(pos) => Some(read_event(&db, pos)?.recorded_at),
+            None => None,
+        };
+        let (frontier, tiles) = catch_up_tree(&db, &data_file, head.count)?;
+        let (streams, from) = load_index(dir, &db, head.count)?;
+        let (durable_tx, _) = watch::channel(head.count);
+        options.metrics.opened(head.count);
+        for item in db.scan_prefix([CURSOR]) {
+            let (k, v) = item?;
+            if let (Ok(name), Some(p)) = (std::str::from_utf8(&k[1..]), be_u64(&v)) {
+                options.metrics.cursor(name, Some(p));
+            }
+        }
+        let shared = Arc::new(Shared {
+            db: db.clone(),
+            durable: AtomicU64::new(head.count),
+            durable_tx,
+            head: Mutex::new(head),
+            poisoned: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            staging: AtomicBool::new(false),
+            data_file,
+            frozen_tree: None,
+            dir: dir.to_path_buf(),
+            index_from_snapshot: from,
+            streams: RwLock::new(streams),
+            metrics: options.metrics.clone(),
+        });
+        let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
+        let syncer = Syncer {
+            shared: shared.clone(),
+            db: db.clone(),
+            blobs_dir: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+            durability: options.durability,
+            observer,
+        };
+        let writer = Writer {
+            shared: shared.clone(),
+            db,
+            head,
+            frontier,
+            tiles,
+            last_recorded,
+            options,
+        };
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer.run(rx, syncer))?;
+        Ok(EventLog {
+            shared,
+            tx: Some(tx),
+        })
+    }
+
+    /// Opens the log in `dir` for reading only, for offline checks: the log writes nothing (no
+    /// layout mark, no tree catch-up, no directory sync) and starts no thread, and a lagging Merkle
+    /// tree stays as it is (proofs stop where it stops). Appends, cursor changes and snapshots are
+    /// refused with [`LogError::ReadOnly`].
+    pub fn open_read_only(dir: &Path) -> Result<EventLog, LogError> {
+        let db = open_db(dir)?;
+        if let Some(reason) = layout_mismatch(&db)? {
+            return Err(LogError::Corrupt {
+                position: 0,
+                reason,
+            });
+        }
+        let data_file = File::open(dir.join("db"))?;
+        let head = stored_head(&db)?;
+        let leaves = stored_frontier(&db)?.size().min(head.count);
+        let (streams, from) = load_index(dir, &db, head.count)?;
+        let (durable_tx, _) = watch::channel(head.count);
+        let shared = Arc::new(Shared {
+            db,
+            durable: AtomicU64::new(head.count),
+            durable_tx,
+            head: Mutex::new(head),
+            poisoned: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            staging: AtomicBool::new(false),
+            data_file,
+            frozen_tree: Some(leaves),
+            dir: dir.to_path_buf(),
+            index_from_snapshot: from,
+            streams: RwLock::new(streams),
+            metrics: Arc::new(NoMetrics),
+        });
+        Ok(EventLog { shared, tx: None })
+    }
+
+    /// The writer's queue, or [`LogError::ReadOnly`] for a log opened without one.
+    fn writer(&self) -> Result<&mpsc::Sender<Job>, LogError> {
+        self.tx.as_ref().ok_or(LogError::ReadOnly)
+    }
+
+    /// Events whose stream index the open took from the snapshot (0: indexed from the start).
+    pub fn index_from_snapshot(&self) -> u64 {
+        self.shared.index_from_snapshot
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Appends atomically; resolves once the events are durable (per the configured durability).
+    pub async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, LogError> {
+        let (reply, rx) = oneshot::channel();
+        let received = Instant::now();
+        self.writer()?
+            .send(Job {
+                req,
+                reply,
+                received,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// The durable head.
+    pub fn head(&self) -> Head {
+        *self.shared.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of durable events.
+    pub fn durable_count(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// A receiver that sees the durable event count change.
+    pub fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable_tx.subscribe()
+    }
+
+    /// The recorded result of an idempotency key, once that result is durable.
+    pub async fn idempotent_result(
+        &self,
+        idem: &Idempotency,
+    ) -> Result<Option<AppendOutcome>, LogError> {
+        let Some(rec) = self.idempotency_record(&idem.key)? else {
+            return Ok(None);
+        };
+        if rec.content_hash != idem.content_hash {
+            return Err(LogError::IdempotencyConflict {
+                key: idem.key.clone(),
+            });
+        }
+        // The record may belong to a group whose sync is still running: wait for it.
+        if let Some(last) = rec.events.iter().map(|e| e.position).max() {
+            let mut rx = self.watch_durable();
+            let shared = &self.shared;
+            rx.wait_for(|count| *count > last || shared.poisoned.load(Ordering::Acquire))
+                .await
+                .map_err(|_| LogError::Closed)?;
+            if self.durable_count() <= last {
+                // The original's sync failed: it was never acknowledged and never will be.
+                return Err(LogError::Poisoned);
+            }
+        }
+        Ok(Some(rec.outcome()))
+    }
+
+    fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, LogError> {
+        match self.shared.db.get(idempotency_key(key))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| LogError::Corrupt {
+                    position: 0,
+                    reason: format!("unreadable idempotency record for {key:?}: {e}"),
+                }),
+        }
+    }
+
+    /// Number of disk syncs made since the log was opened (each may cover many appends).
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Whether a failed sync has stopped all writes.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::head_value;
+
+    /// A directory written by the one-key-per-event layout (a head but no layout mark) is refused
+    /// with a message that says what to do, rather than misread.
+    #[test]
+    fn a_directory_of_another_layout_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = open_db(dir.path()).expect("open");
+            db.insert(HEAD_KEY, head_value(3, &[1u8; 32]))
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let err = match EventLog::open(dir.path(), LogOptions::default(), None) {
+            Ok(_) => panic!("a layout-1 directory opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("layout 1"), "{err}");
+        assert!(err.contains("export"), "{err}");
+        // `verify` says it cannot check it, rather than reporting a broken log.
+        let db = open_db(dir.path()).expect("reopen");
+        match crate::verify::verify_db(&db) {
+            Err(e) => assert!(e.to_string().contains("layout 1"), "{e}"),
+            Ok(r) => panic!("verify read a layout-1 directory: {r:?}"),
+        }
+    }
+
+    /// A reopen waits for a handle that is letting go of the directory, instead of failing the
+    /// way a restart in the same process sometimes did.
+    #[test]
+    fn an_open_waits_for_the_lock_to_be_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open_db(dir.path()).expect("open");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        let db = open_db(dir.path()).expect("reopen once released");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        releaser.join().expect("releaser");
+        db.insert(b"k", b"v").expect("the reopened db writes");
+    }
+}
