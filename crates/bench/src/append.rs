@@ -1,4 +1,4 @@
-//! `claims-ledger bench`: durable append throughput and latency through the real gRPC server, against
+//! `claims-ledger-bench append`: durable append throughput and latency through the real gRPC server, against
 //! a baseline measured in the same run on the same disk: raw sled inserting the same record bytes with
 //! one `flush` + `fdatasync` per batch of (writers × events per request) records — the best that group
 //! commit could do for that many concurrent writers. Results are reported as ratios, since absolute

@@ -1,4 +1,4 @@
-//! `claims-ledger bench-audit`: what tamper evidence costs, each figure against a baseline measured
+//! `claims-ledger-bench audit`: what tamper evidence costs, each figure against a baseline measured
 //! in the same run.
 //! - **Append**: durable appends through gRPC, the Merkle tree kept in the same batches as the
 //!   events, against raw sled writing the same record bytes with one flush + fdatasync per group of as

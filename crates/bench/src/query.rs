@@ -1,4 +1,4 @@
-//! `claims-ledger bench-query`: what the read side costs, each figure a ratio to a baseline measured in
+//! `claims-ledger-bench query`: what the read side costs, each figure a ratio to a baseline measured in
 //! the same run on the same disk, since absolute figures on a shared machine mean little.
 //!
 //! The log is generated first (`--events`, relaxed durability, batches of 252 commands): parties, a

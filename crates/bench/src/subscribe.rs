@@ -1,4 +1,4 @@
-//! `claims-ledger bench-subscribe`: what `Events.Subscribe` costs through the real gRPC server (load
+//! `claims-ledger-bench subscribe`: what `Events.Subscribe` costs through the real gRPC server (load
 //! generator and server in one process), each figure a ratio to a baseline measured in the same run
 //! on the same disk, since absolute figures on a shared machine mean little.
 //!
