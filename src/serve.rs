@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -11,8 +12,11 @@ use tokio::net::TcpListener;
 use super::DurabilityArg;
 use claims_ledger_log::{Durability, LogOptions};
 use claims_ledger_server::app::{App, OpenOptions};
-use claims_ledger_server::config::{FileConfig, Tokens};
-use claims_ledger_server::grpc::server::ServeOptions;
+use claims_ledger_server::config::{parse_sha256, FileConfig, Tokens};
+use claims_ledger_server::grpc::server::{ConnectionLimits, ServeOptions};
+
+/// Largest TLS private key file read.
+const MAX_TLS_KEY_BYTES: u64 = 1 << 20;
 
 /// Flags of `serve`. Each may also come from its environment variable or the config file.
 #[derive(Debug, Clone, Args)]
@@ -48,10 +52,36 @@ pub struct ServeArgs {
     /// Listen beyond loopback without tokens (only behind something else that authenticates).
     #[arg(long, env = "CLAIMS_LEDGER_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
-    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP, no authentication) on this address.
-    /// Default: none. Bind it where only your scraper can reach it.
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address. Default: none. A
+    /// non-loopback address needs --metrics-allow-remote.
     #[arg(long, env = "CLAIMS_LEDGER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve metrics on a non-loopback address (plain HTTP: only on a network you trust).
+    #[arg(long, env = "CLAIMS_LEDGER_METRICS_ALLOW_REMOTE")]
+    pub metrics_allow_remote: bool,
+    /// SHA-256 (hex) of the bearer token that `GET /metrics` then requires.
+    #[arg(long, env = "CLAIMS_LEDGER_METRICS_TOKEN_SHA256")]
+    pub metrics_token_sha256: Option<String>,
+    /// Accept tokens over plaintext on a non-loopback address (only where the network is trusted,
+    /// for example behind a TLS-terminating proxy).
+    #[arg(long, env = "CLAIMS_LEDGER_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
+    /// Open connections at most; further ones are closed at once. Default 1024.
+    #[arg(long, env = "CLAIMS_LEDGER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection has to start HTTP/2 (and finish its TLS handshake). Default 10.
+    #[arg(long, env = "CLAIMS_LEDGER_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay open with no call in progress. Default 300.
+    #[arg(long, env = "CLAIMS_LEDGER_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Concurrent calls per connection; further calls wait for a free stream. Default 256.
+    #[arg(long, env = "CLAIMS_LEDGER_MAX_STREAMS")]
+    pub max_streams: Option<u32>,
+    /// Concurrent calls per peer IP address; further calls get RESOURCE_EXHAUSTED. 0: no limit.
+    /// Default 1024.
+    #[arg(long, env = "CLAIMS_LEDGER_MAX_STREAMS_PER_PEER")]
+    pub max_streams_per_peer: Option<usize>,
     /// Log format on stderr: `text` (default) or `json`.
     #[arg(long, env = "CLAIMS_LEDGER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -80,6 +110,70 @@ pub fn check_exposure(
         );
     }
     Ok(())
+}
+
+/// Tokens travel in every call: over plaintext, only on loopback unless the network is declared
+/// trusted.
+pub fn check_plaintext(
+    listen: SocketAddr,
+    authenticated: bool,
+    tls: bool,
+    allowed: bool,
+) -> anyhow::Result<()> {
+    if authenticated && !tls && !listen.ip().is_loopback() && !allowed {
+        anyhow::bail!(
+            "refusing to listen on {listen} with tokens but without TLS: every call would carry a \
+             token in clear. Configure TLS ([tls] or --tls-cert/--tls-key), listen on loopback, or \
+             pass --allow-plaintext (allow_plaintext = true) if the network is trusted, for example \
+             behind a TLS-terminating proxy"
+        );
+    }
+    Ok(())
+}
+
+/// The metrics endpoint (plain HTTP, consumer names and sizes) stays on loopback unless allowed.
+pub fn check_metrics_exposure(addr: SocketAddr, allowed: bool) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() && !allowed {
+        anyhow::bail!(
+            "refusing to serve metrics on {addr}: the endpoint is plain HTTP and shows consumer names \
+             and sizes. Bind it to loopback, or pass --metrics-allow-remote \
+             (metrics_allow_remote = true) if only your scraper can reach it (and consider \
+             metrics_token_sha256)"
+        );
+    }
+    Ok(())
+}
+
+/// The connection limits: flags, then environment, then `[connections]`, then defaults.
+fn connection_limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<ConnectionLimits> {
+    let c = file.connections.clone().unwrap_or_default();
+    let d = ConnectionLimits::default();
+    let secs = |flag: Option<u64>, key: Option<u64>, default: Duration| match flag.or(key) {
+        Some(0) => anyhow::bail!("connection timeouts must be at least one second"),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(default),
+    };
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections.or(c.max).unwrap_or(d.max_connections),
+        handshake_timeout: secs(
+            args.handshake_timeout_secs,
+            c.handshake_timeout_secs,
+            d.handshake_timeout,
+        )?,
+        idle_timeout: secs(args.idle_timeout_secs, c.idle_timeout_secs, d.idle_timeout)?,
+        max_streams_per_connection: args
+            .max_streams
+            .or(c.max_streams)
+            .unwrap_or(d.max_streams_per_connection),
+        max_streams_per_peer: args
+            .max_streams_per_peer
+            .or(c.max_streams_per_peer)
+            .unwrap_or(d.max_streams_per_peer),
+    };
+    if limits.max_connections == 0 || limits.max_streams_per_connection == 0 {
+        anyhow::bail!("the connection cap and the streams per connection must be at least 1");
+    }
+    Ok(limits)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
@@ -117,10 +211,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let tls = match tls_files {
         Some((c, k)) => Some((
             std::fs::read(&c).with_context(|| format!("reading {}", c.display()))?,
-            std::fs::read(&k).with_context(|| format!("reading {}", k.display()))?,
+            // The same rule as the signing key: refused when group or others may read it.
+            claims_ledger_core::checkpoint::keys::read_private_file(&k, MAX_TLS_KEY_BYTES)
+                .context("loading the TLS private key")?,
         )),
         None => None,
     };
+    check_plaintext(
+        listen,
+        tokens.is_some(),
+        tls.is_some(),
+        args.allow_plaintext || file.allow_plaintext.unwrap_or(false),
+    )?;
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if let Some(addr) = metrics_listen {
+        check_metrics_exposure(
+            addr,
+            args.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false),
+        )?;
+    }
+    let metrics_token = match args
+        .metrics_token_sha256
+        .as_deref()
+        .or(file.metrics_token_sha256.as_deref())
+    {
+        Some(h) => Some(
+            parse_sha256(h)
+                .ok_or_else(|| anyhow::anyhow!("metrics_token_sha256 must be 64 hex digits"))?,
+        ),
+        None => None,
+    };
+    let limits = connection_limits(&args, &file)?;
     let signing_key = args.signing_key.clone().or(file.signing_key.clone());
     let signer = match &signing_key {
         Some(path) => Some(
@@ -169,16 +290,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, f)?;
     }
-    let metrics = match args.metrics_listen.or(file.metrics_listen) {
+    let metrics = match metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the metrics endpoint {addr}"))?;
             tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics on /metrics");
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(claims_ledger_server::metrics::serve(
+            let task = tokio::spawn(claims_ledger_server::metrics::serve_with_token(
                 l,
                 app.metrics().clone(),
+                metrics_token,
                 async move {
                     let _ = stopped.await;
                 },
@@ -187,7 +309,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let options = ServeOptions { tokens, tls };
+    let options = ServeOptions {
+        tokens,
+        tls,
+        limits,
+    };
     claims_ledger_server::grpc::server::serve_with(
         listener,
         app.clone(),
@@ -196,6 +322,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     )
     .await?;
     app.finish().await;
+    // sled creates files while it runs (its own snapshots) with the process's umask: make them
+    // private too, as the open did for the files it found.
+    if let Err(e) = claims_ledger_log::make_private(&data_dir) {
+        tracing::warn!(error = %e, "cannot make the data directory private");
+    }
     // Metrics stay up through the drain.
     if let Some((stop, task)) = metrics {
         let _ = stop.send(());

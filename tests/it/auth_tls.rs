@@ -205,6 +205,7 @@ async fn every_role_against_every_service() {
     let s = start(ServeOptions {
         tokens: Some(tokens()),
         tls: None,
+        ..Default::default()
     })
     .await;
     let ch = Endpoint::from_shared(s.addr.clone())
@@ -277,6 +278,7 @@ async fn tls_round_trip_with_health_checks() {
     let s = start(ServeOptions {
         tokens: None,
         tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
+        ..Default::default()
     })
     .await;
     let tls = ClientTlsConfig::new()
@@ -349,6 +351,12 @@ fn the_binary_serves_tls_with_tokens_from_its_config_and_clients_authenticate() 
     std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).expect("write cert");
     std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem())
         .expect("write key");
+    // A private key readable by group or others is refused, as the signing key is.
+    std::fs::set_permissions(
+        dir.path().join("tls.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod key");
     let config = format!(
         "log_format = \"json\"\n[tls]\ncert = \"{0}/tls.crt\"\nkey = \"{0}/tls.key\"\n\n\
          [[tokens]]\nname = \"desk-editor\"\nsha256 = \"{1}\"\nroles = [\"writer\"]\n",

@@ -20,7 +20,7 @@ pub use record::{
     decode, sha256, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES,
 };
 pub use store::{
-    open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
+    make_private, open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
     EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, INDEX_SNAPSHOT,
     INDEX_SNAPSHOT_KIND, SLED_LOCKED,
 };

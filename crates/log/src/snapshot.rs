@@ -10,12 +10,15 @@
 //! File: the magic `CLSNAP1\n`, the kind (one length byte, then its bytes), the count (u64 BE), the
 //! head hash (32 bytes), the body length (u64 BE), the body, and the SHA-256 of everything before it.
 //! It is written to a temporary file beside the target, fsynced, renamed over the old one, and the
-//! directory is fsynced, so a crash leaves either the old snapshot or the new one.
+//! directory is fsynced, so a crash leaves either the old snapshot or the new one. The file is mode
+//! 0600 from before its first byte, like every file of the data directory.
 use std::fs::File;
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use super::record::{sha256, Hash};
+use super::store::PRIVATE_FILE_MODE;
 use super::LogError;
 use claims_ledger_core::codec::{Put as _, Reader};
 
@@ -51,6 +54,8 @@ pub fn write(path: &Path, kind: &str, snap: &Snapshot) -> Result<(), LogError> {
     let tmp = path.with_extension("snap.tmp");
     {
         let mut f = File::create(&tmp)?;
+        // Private before it holds anything, whatever the umask (or a stale temporary's mode) gave it.
+        f.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }
@@ -126,6 +131,13 @@ mod tests {
         assert_eq!(read(&path, "t"), Ok(Some(newer)));
         // Only the snapshot is left; no temporary file.
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+        // Private whatever the umask: a stale, world-readable temporary does not lend its mode.
+        let tmp = path.with_extension("snap.tmp");
+        std::fs::write(&tmp, b"stale").expect("write");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write(&path, "t", &sample()).expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "snapshot mode {mode:o}");
     }
 
     #[test]

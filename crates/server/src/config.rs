@@ -6,11 +6,21 @@
 //! ```toml
 //! data_dir = "/var/lib/claims-ledger"
 //! listen = "0.0.0.0:50051"
-//! metrics_listen = "0.0.0.0:9090"
+//! metrics_listen = "127.0.0.1:9090"
 //! durability = "fsync"
 //! signing_key = "/etc/claims-ledger/signing.key"
 //! log_format = "json"
 //! tokens_file = "/etc/claims-ledger/tokens.toml"   # or [[tokens]] entries here
+//! allow_plaintext = false          # tokens over plaintext off loopback (behind a TLS proxy only)
+//! metrics_allow_remote = false     # metrics on a non-loopback address
+//! metrics_token_sha256 = "<hex SHA-256 of the metrics scraper's token>"
+//!
+//! [connections]
+//! max = 1024
+//! handshake_timeout_secs = 10
+//! idle_timeout_secs = 300
+//! max_streams = 256
+//! max_streams_per_peer = 1024
 //!
 //! [tls]
 //! cert = "/etc/claims-ledger/tls/tls.crt"
@@ -93,6 +103,40 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
+    // Exposure and connection limits (README, "Security").
+    /// Serve tokens over plaintext on a non-loopback address (for a network that is trusted, such as
+    /// behind a TLS-terminating proxy). Refused otherwise.
+    pub allow_plaintext: Option<bool>,
+    /// Serve metrics on a non-loopback address. Refused otherwise.
+    pub metrics_allow_remote: Option<bool>,
+    /// Lowercase hex SHA-256 of the bearer token `GET /metrics` requires; none: no token.
+    pub metrics_token_sha256: Option<String>,
+    /// Connection cap, timeouts and concurrent calls; every key optional.
+    pub connections: Option<ConnectionsConfig>,
+}
+
+/// `[connections]`: limits on what a client may hold open (defaults in
+/// `grpc::server::ConnectionLimits`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Open connections at most.
+    pub max: Option<usize>,
+    /// Seconds for a new connection's first bytes and TLS handshake.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay open with no call in progress.
+    pub idle_timeout_secs: Option<u64>,
+    /// Concurrent calls per connection (further ones wait for a free stream).
+    pub max_streams: Option<u32>,
+    /// Concurrent calls per peer IP address (further ones get RESOURCE_EXHAUSTED); 0: no limit.
+    pub max_streams_per_peer: Option<usize>,
+}
+
+/// Parses a lowercase or uppercase hex SHA-256 (64 digits).
+pub fn parse_sha256(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -130,6 +174,14 @@ impl FileConfig {
             path: path.to_path_buf(),
             reason,
         })?;
+        if let Some(h) = &c.metrics_token_sha256 {
+            if parse_sha256(h).is_none() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: "metrics_token_sha256 must be 64 hex digits".into(),
+                });
+            }
+        }
         Ok(c)
     }
 }

@@ -108,8 +108,20 @@ pub fn generate(name: &str) -> Result<Signer, KeyError> {
     Signer::from_seed(name, &seed).map_err(KeyError::InvalidName)
 }
 
-/// Checks the open file's permissions (on the descriptor, not the path) and parses its key.
-fn read_key(file: File, path: &Path) -> Result<Signer, KeyError> {
+/// Reads another private file (a TLS private key) under the rule for key files: a regular file that
+/// neither group nor others may access, checked on the open descriptor; at most `max_len` bytes.
+pub fn read_private_file(path: &Path, max_len: u64) -> Result<Vec<u8>, KeyError> {
+    let file = File::open(path).map_err(io_error("open", path))?;
+    check_private(&file, path)?;
+    let mut bytes = Vec::new();
+    file.take(max_len)
+        .read_to_end(&mut bytes)
+        .map_err(io_error("read", path))?;
+    Ok(bytes)
+}
+
+/// Refuses a file that is not regular or that grants anything to group or others.
+fn check_private(file: &File, path: &Path) -> Result<(), KeyError> {
     let meta = file.metadata().map_err(io_error("stat", path))?;
     if !meta.is_file() {
         return Err(KeyError::NotAFile {
@@ -123,6 +135,12 @@ fn read_key(file: File, path: &Path) -> Result<Signer, KeyError> {
             mode,
         });
     }
+    Ok(())
+}
+
+/// Checks the open file's permissions (on the descriptor, not the path) and parses its key.
+fn read_key(file: File, path: &Path) -> Result<Signer, KeyError> {
+    check_private(&file, path)?;
     let mut text = String::new();
     file.take(MAX_KEY_FILE_LEN)
         .read_to_string(&mut text)

@@ -210,7 +210,7 @@ impl Default for LogOptions {
 
 /// Opens sled the same way everywhere (server, verify, tests), so its segment size stays fixed.
 pub fn open_db(dir: &Path) -> Result<sled::Db, LogError> {
-    std::fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     // 16 MiB segments put sled's blob threshold at 4 MiB; a leaf holds at most ~17 entries of at most
     // MAX_RECORD_BYTES, so no leaf ever becomes an (unsynced) blob.
     let db = open_sled(&sled::Config::new().path(dir).segment_size(16 << 20))?;
@@ -227,16 +227,87 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// lock from background threads some time after the last handle drops, so a reopen in the same
 /// process (a restart, `verify` after a run) can briefly find it still held. A lock held by another
 /// live process still fails, only later.
+///
+/// The directory is created 0700 and, once sled has created its files, everything in it is made
+/// private with [`make_private`] (sled creates its files with the process's umask).
 pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let dir = config.get_path();
+    create_private_dir(&dir)?;
     let deadline = Instant::now() + LOCK_WAIT;
-    loop {
+    let db = loop {
         match config.open() {
             Err(e) if e.to_string().contains(SLED_LOCKED) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            result => return result,
+            result => break result?,
+        }
+    };
+    make_private(&dir)?;
+    Ok(db)
+}
+
+/// Mode of the data directory and of every directory in it.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file in the data directory.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) with mode [`PRIVATE_DIR_MODE`], whatever the umask.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Takes every permission of group and others away from `dir` and everything below it (directories
+/// end up 0700, files 0600), and logs a warning for each path it had to change: the ledger's data
+/// must not be readable past the roles. Symbolic links are neither followed nor changed. Fails when a
+/// mode cannot be changed (a file of another user, say), so that a server refuses to start on data
+/// it cannot make private. Returns the paths changed.
+pub fn make_private(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut changed = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Removed meanwhile (a snapshot's temporary file renamed into place).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let private = mode & 0o700;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private)).map_err(
+                |e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot make {} private (mode {mode:04o}): {e}",
+                            path.display()
+                        ),
+                    )
+                },
+            )?;
+            tracing::warn!(
+                path = %path.display(),
+                was = format!("{mode:04o}"),
+                now = format!("{private:04o}"),
+                "data file was accessible to group or others; made private"
+            );
+            changed.push(path.clone());
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
         }
     }
+    Ok(changed)
 }
 
 /// Refuses a database written in another layout; marks a new one with this layout.

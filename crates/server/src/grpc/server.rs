@@ -1,10 +1,17 @@
 //! Assembles the gRPC server: our services, `grpc.health.v1.Health`, and server reflection v1 and
-//! v1alpha (grpcurl speaks v1; grpcui and Python's grpcio-reflection speak v1alpha).
+//! v1alpha (grpcurl speaks v1; grpcui and Python's grpcio-reflection speak v1alpha). Connections are
+//! accepted under the limits of [`connections`] (a cap, handshake and idle timeouts, calls per peer).
+mod connections;
+
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+pub use connections::{
+    ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_STREAMS_PER_PEER, PREFACE_LEN,
+};
 
 use super::auth::AuthLayer;
 
@@ -30,6 +37,8 @@ pub struct ServeOptions {
     pub tokens: Option<std::sync::Arc<crate::config::Tokens>>,
     /// PEM certificate chain and private key for TLS.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Connection cap, timeouts and concurrent calls.
+    pub limits: ConnectionLimits,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -93,19 +102,26 @@ pub async fn serve_with(
         shutdown_app.begin_shutdown();
         let _ = signalled_tx.send(());
     };
+    let limits = options.limits;
+    let tracker = connections::Tracker::new(limits);
     let mut builder = Server::builder();
     if let Some((cert, key)) = &options.tls {
-        builder =
-            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        builder = builder.tls_config(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(cert, key))
+                .timeout(limits.handshake_timeout),
+        )?;
     }
     let server = builder
         // Keepalive pings find dead peers, whose connections would otherwise hold a drain open.
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // Beyond this, a client's further calls on one connection wait for a free stream.
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        // Outermost, so refusals by the auth layer are counted too.
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        // Outermost, so refusals by the auth layer and the stream limit are counted too.
         .layer(crate::metrics::GrpcMetricsLayer::new(app.metrics()))
+        // Before authentication: an unauthenticated caller's calls count against its address too.
+        .layer(connections::StreamLimitLayer::new(tracker.clone()))
         .layer(AuthLayer::new(options.tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -130,11 +146,7 @@ pub async fn serve_with(
             pb::audit_server::AuditServer::new(AuditService::new(app))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        // Without TCP_NODELAY, small responses wait for delayed ACKs (~40 ms per request).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(connections::incoming(listener, tracker), shutdown);
     // A client that never reads (a paused process, a half-open connection) must not keep the server
     // from stopping: after the signal, in-flight requests get DRAIN_DEADLINE to finish.
     let deadline = async {
@@ -156,7 +168,7 @@ pub async fn serve_with(
 /// texts); a larger one gets OUT_OF_RANGE from the transport before any handler runs, so nothing is
 /// written.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
-/// Concurrent calls (HTTP/2 streams) per client connection.
+/// Concurrent calls (HTTP/2 streams) per client connection, by default.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// How long in-flight requests may take to finish after a shutdown signal.

@@ -7,6 +7,12 @@
 //! One request per connection (no keep-alive: a scrape every few seconds gains nothing from it), at
 //! most [`MAX_CONNECTIONS`] at once, each closed after [`CONNECTION_TIMEOUT`] whatever it is doing,
 //! and a head must arrive within [`HEADER_READ_TIMEOUT`], so idle or slow clients cannot pile up.
+//!
+//! With a token configured ([`serve_with_token`]: its SHA-256, as for the gRPC tokens, so the
+//! configuration never holds the token itself), every request must carry `Authorization: Bearer
+//! <token>`, or gets 401 with `WWW-Authenticate: Bearer` and no figures. The endpoint is plain
+//! HTTP, so the token crosses the network in clear: where the binary decides the address (`serve`),
+//! it refuses a non-loopback one unless explicitly allowed.
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +20,8 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use sha2::{Digest as _, Sha256};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -41,6 +48,18 @@ pub const CONTENT_TYPE_OPENMETRICS: &str =
 /// scrapes under way finish (each is bounded by [`CONNECTION_TIMEOUT`]).
 pub async fn serve<F>(listener: TcpListener, metrics: Metrics, shutdown: F)
 where
+    F: Future<Output = ()>,
+{
+    serve_with_token(listener, metrics, None, shutdown).await
+}
+
+/// As [`serve`]; with `token_sha256`, only requests bearing the token it hashes are answered.
+pub async fn serve_with_token<F>(
+    listener: TcpListener,
+    metrics: Metrics,
+    token_sha256: Option<[u8; 32]>,
+    shutdown: F,
+) where
     F: Future<Output = ()>,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -71,7 +90,13 @@ where
         };
         let metrics = metrics.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            std::future::ready(Ok::<_, Infallible>(answer(&metrics, &req)))
+            let res = if authorized(token_sha256.as_ref(), &req) {
+                answer(&metrics, &req)
+            } else {
+                tracing::warn!(%peer, "metrics: request without the metrics token refused");
+                unauthorized()
+            };
+            std::future::ready(Ok::<_, Infallible>(res))
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -85,6 +110,30 @@ where
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Whether `req` bears the token whose SHA-256 is `token_sha256` (always, when there is none).
+fn authorized<B>(token_sha256: Option<&[u8; 32]>, req: &Request<B>) -> bool {
+    let Some(want) = token_sha256 else {
+        return true;
+    };
+    req.headers()
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        // Compared by hash, so the comparison's timing says nothing about the token.
+        .any(|token| Sha256::digest(token.as_bytes()).as_slice() == want.as_slice())
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut res = plain(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    res.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
 }
 
 /// The response to one request.
@@ -165,5 +214,27 @@ mod tests {
         assert_eq!(res.headers()[ALLOW], "GET, HEAD");
         let res = answer(&m, &request(Method::GET, "/", None));
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn a_configured_token_is_required() {
+        let hash: [u8; 32] = Sha256::digest(b"scrape-secret").into();
+        let with = |value: &'static str| {
+            Request::builder()
+                .uri("/metrics")
+                .header(AUTHORIZATION, value)
+                .body(())
+                .expect("request")
+        };
+        assert!(authorized(None, &request(Method::GET, "/metrics", None)));
+        assert!(!authorized(
+            Some(&hash),
+            &request(Method::GET, "/metrics", None)
+        ));
+        assert!(authorized(Some(&hash), &with("Bearer scrape-secret")));
+        assert!(authorized(Some(&hash), &with("bearer scrape-secret")));
+        assert!(!authorized(Some(&hash), &with("Bearer scrape-secreT")));
+        assert!(!authorized(Some(&hash), &with("Basic scrape-secret")));
+        assert_eq!(unauthorized().status(), StatusCode::UNAUTHORIZED);
     }
 }

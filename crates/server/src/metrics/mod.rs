@@ -61,7 +61,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 pub use grpc::{GrpcMetrics, GrpcMetricsBody, GrpcMetricsLayer};
-pub use http::serve;
+pub use http::{serve, serve_with_token};
 
 /// Bucket bounds of the latency histograms, in seconds.
 const DURATION_BUCKETS: [f64; 13] = [
