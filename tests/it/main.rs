@@ -19,5 +19,6 @@ mod metrics;
 mod named_subscription;
 mod query_api;
 mod restart_snapshot;
+mod security;
 mod subscribe;
 mod tidy;
