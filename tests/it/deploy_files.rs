@@ -38,6 +38,34 @@ fn the_example_config_and_tokens_parse_with_the_servers_parser() {
     );
 }
 
+/// The example configuration passes the server's own exposure checks without any override: tokens
+/// beyond loopback come with TLS, metrics stay on loopback; and compose publishes metrics on the
+/// host's loopback only.
+#[test]
+fn the_example_config_is_safe_as_shipped() {
+    use claims_ledger_cli::serve::{check_metrics_exposure, check_plaintext};
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (from, to) in [
+        ("config.example.toml", "config.toml"),
+        ("tokens.example.toml", "tokens.toml"),
+    ] {
+        std::fs::copy(repo().join("deploy").join(from), dir.path().join(to)).expect("copy");
+    }
+    let c = FileConfig::load(&dir.path().join("config.toml")).expect("example config");
+    assert_eq!(c.allow_plaintext, None, "no plaintext override in the example");
+    assert_eq!(c.metrics_allow_remote, None, "no metrics override in the example");
+    let listen = c.listen.expect("listen");
+    check_plaintext(listen, !c.tokens.is_empty(), c.tls.is_some(), false)
+        .expect("tokens beyond loopback come with TLS");
+    check_metrics_exposure(c.metrics_listen.expect("metrics_listen"), false)
+        .expect("metrics on loopback");
+    let compose = std::fs::read_to_string(repo().join("deploy/docker-compose.yml")).expect("compose");
+    assert!(
+        compose.contains("\"127.0.0.1:9090:9090\""),
+        "compose publishes metrics on loopback only"
+    );
+}
+
 #[test]
 fn the_dockerfile_copies_only_what_exists_and_runs_the_binary() {
     let text = std::fs::read_to_string(repo().join("deploy/Dockerfile")).expect("Dockerfile");

@@ -14,7 +14,8 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KNOWN_KEYS = {
     "data_dir", "listen", "metrics_listen", "durability", "signing_key", "log_format",
-    "allow_unauthenticated", "tls", "tokens_file", "tokens",
+    "allow_unauthenticated", "tls", "tokens_file", "tokens", "allow_plaintext",
+    "metrics_allow_remote", "metrics_token_sha256", "connections",
 }
 
 
@@ -75,3 +76,25 @@ def test_alert_rules_parse_and_say_how_bad():
             assert rule["expr"].strip() and rule["for"], rule
             assert rule["labels"]["severity"] in {"warning", "critical"}, rule
             assert rule["annotations"]["summary"], rule
+
+
+def test_exposure_is_safe_as_shipped():
+    """Tokens beyond loopback need TLS or an explicit trusted-network override; metrics stay on
+    loopback unless allowed. Where k8s declares the cluster network trusted, a NetworkPolicy
+    restricts who reaches each port, and compose publishes metrics on the host's loopback only."""
+    example = tomllib.loads((DEPLOY / "config.example.toml").read_text())
+    assert "tls" in example and "allow_plaintext" not in example
+    assert example["metrics_listen"].startswith("127.0.0.1:")
+    ledger = load("docker-compose.yml")["services"]["ledger"]
+    assert "127.0.0.1:9090:9090" in ledger["ports"]
+    assert not any(p.startswith("9090") for p in ledger["ports"])
+    cm = tomllib.loads(load("k8s/configmap.yaml")["data"]["config.toml"])
+    assert "tls" in cm or cm.get("allow_plaintext") is True
+    if cm.get("allow_plaintext") or cm.get("metrics_allow_remote"):
+        policy = load("k8s/networkpolicy.yaml")
+        assert policy["kind"] == "NetworkPolicy"
+        assert policy["spec"]["podSelector"] == load("k8s/statefulset.yaml")["spec"]["selector"]
+        ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert ports == {50051, 9090}
+        assert all(rule.get("from") for rule in policy["spec"]["ingress"])
+    assert cm["data_dir"].startswith("/var/lib/claims-ledger/")
