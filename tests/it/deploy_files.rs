@@ -52,14 +52,21 @@ fn the_example_config_is_safe_as_shipped() {
         std::fs::copy(repo().join("deploy").join(from), dir.path().join(to)).expect("copy");
     }
     let c = FileConfig::load(&dir.path().join("config.toml")).expect("example config");
-    assert_eq!(c.allow_plaintext, None, "no plaintext override in the example");
-    assert_eq!(c.metrics_allow_remote, None, "no metrics override in the example");
+    assert_eq!(
+        c.allow_plaintext, None,
+        "no plaintext override in the example"
+    );
+    assert_eq!(
+        c.metrics_allow_remote, None,
+        "no metrics override in the example"
+    );
     let listen = c.listen.expect("listen");
     check_plaintext(listen, !c.tokens.is_empty(), c.tls.is_some(), false)
         .expect("tokens beyond loopback come with TLS");
     check_metrics_exposure(c.metrics_listen.expect("metrics_listen"), false)
         .expect("metrics on loopback");
-    let compose = std::fs::read_to_string(repo().join("deploy/docker-compose.yml")).expect("compose");
+    let compose =
+        std::fs::read_to_string(repo().join("deploy/docker-compose.yml")).expect("compose");
     assert!(
         compose.contains("\"127.0.0.1:9090:9090\""),
         "compose publishes metrics on loopback only"

@@ -1,7 +1,9 @@
 //! Hostile input against a real server: random well-typed commands and batches, malformed protobuf
 //! bytes, and every size bound (batch, source text, spans per statement, encoded event, message size,
 //! concurrent streams per connection). Whatever comes in, the server answers with a status, never
-//! panics, and either writes exactly what its answer reports or writes nothing at all.
+//! panics, and either writes exactly what its answer reports or writes nothing at all; after the
+//! random runs the stopped server's directory passes `verify`. (`fuzz` covers the rest of the gRPC
+//! surface and the in-process decode → decide path with a committed corpus.)
 //!
 //! The random cases are reproducible: they come from a fixed seed, which `HOSTILE_INPUT_SEED` (any
 //! string) replaces; `PROPTEST_CASES` replaces each random test's number of cases. Run with
@@ -236,6 +238,15 @@ async fn expect_alive(s: &TestServer, case: &str) {
             panic!("{case}: projections did not catch up with {target} events within 30 s")
         })
         .unwrap_or_else(|_| panic!("{case}: the projector stopped"));
+}
+
+/// After a run, the stopped server's directory passes the offline check (hash chain, Merkle tree,
+/// idempotency records, snapshots).
+fn expect_verifies(dir: &std::path::Path, test: &str) {
+    match claims_ledger_log::verify::verify_dir(dir) {
+        Ok(Ok(_)) => {}
+        other => panic!("{test}: the log does not verify afterwards: {other:?}"),
+    }
 }
 
 /// A connection that accepts response headers up to 16 MiB (grpc-go's default), so that the random
@@ -1151,10 +1162,11 @@ fn run_random_calls(test: &str, cases: u32, strategy: BoxedStrategy<Call>) {
     if let Err(e) = outcome {
         panic!("{test}: {e}");
     }
-    rt.block_on(async {
+    let dir = rt.block_on(async {
         expect_alive(&s, test).await;
-        s.stop().await;
+        s.stop().await
     });
+    expect_verifies(dir.path(), test);
 }
 
 #[test]
@@ -1171,13 +1183,13 @@ fn random_batches_are_written_whole_or_not_at_all() {
 // Malformed protobuf bytes, sent with a pass-through codec.
 // ---------------------------------------------------------------------------------------------------
 
-/// Sends and receives message bodies as they are.
+/// Sends and receives message bodies as they are (also used by `fuzz`).
 #[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
+pub(crate) struct RawCodec;
 #[derive(Debug)]
-struct RawEncoder;
+pub(crate) struct RawEncoder;
 #[derive(Debug)]
-struct RawDecoder;
+pub(crate) struct RawDecoder;
 
 impl Encoder for RawEncoder {
     type Item = Vec<u8>;
@@ -1568,10 +1580,11 @@ fn malformed_protobuf_bytes_get_a_status_and_write_nothing_partly() {
     if let Err(e) = outcome {
         panic!("{TEST}: {e}");
     }
-    rt.block_on(async {
+    let dir = rt.block_on(async {
         expect_alive(&s, TEST).await;
-        s.stop().await;
+        s.stop().await
     });
+    expect_verifies(dir.path(), TEST);
 }
 
 // ---------------------------------------------------------------------------------------------------

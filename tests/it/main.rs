@@ -12,6 +12,7 @@ mod crash;
 mod demo;
 mod deploy_files;
 mod fsync_trace;
+mod fuzz;
 mod graceful_shutdown;
 mod hostile_input;
 mod ledger_api;

@@ -401,25 +401,52 @@ fn tokens_over_plaintext_off_loopback_are_refused_unless_the_network_is_declared
     let local: SocketAddr = "127.0.0.1:50051".parse().expect("addr");
     assert!(check_plaintext(public, true, false, false).is_err());
     assert!(check_plaintext(public, true, true, false).is_ok(), "TLS");
-    assert!(check_plaintext(public, true, false, true).is_ok(), "allowed");
-    assert!(check_plaintext(local, true, false, false).is_ok(), "loopback");
-    assert!(check_plaintext(public, false, false, false).is_ok(), "no token to leak");
+    assert!(
+        check_plaintext(public, true, false, true).is_ok(),
+        "allowed"
+    );
+    assert!(
+        check_plaintext(local, true, false, false).is_ok(),
+        "loopback"
+    );
+    assert!(
+        check_plaintext(public, false, false, false).is_ok(),
+        "no token to leak"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf-8");
     let config = tokens_config(dir.path(), "");
-    let base = ["--config", &config, "--data-dir", data, "--listen", "0.0.0.0:0"];
+    let base = [
+        "--config",
+        &config,
+        "--data-dir",
+        data,
+        "--listen",
+        "0.0.0.0:0",
+    ];
     let refused = spawn_serve(&base, dir.path(), None).expect_err("refused");
     assert!(refused.contains("without TLS"), "{refused}");
     assert!(refused.contains("--allow-plaintext"), "{refused}");
     // The explicit override, as a flag and as a config key.
-    let (child, _) = spawn_serve(&[&base[..], &["--allow-plaintext"]].concat(), dir.path(), None)
-        .expect("--allow-plaintext serves");
+    let (child, _) = spawn_serve(
+        &[&base[..], &["--allow-plaintext"]].concat(),
+        dir.path(),
+        None,
+    )
+    .expect("--allow-plaintext serves");
     stop(child);
     let config = tokens_config(dir.path(), "allow_plaintext = true");
     let (child, _) = spawn_serve(
-        &["--config", &config, "--data-dir", data, "--listen", "0.0.0.0:0"],
+        &[
+            "--config",
+            &config,
+            "--data-dir",
+            data,
+            "--listen",
+            "0.0.0.0:0",
+        ],
         dir.path(),
         None,
     )
@@ -450,7 +477,10 @@ fn assert_private(dir: &Path) {
         .filter(|(_, mode, _)| mode & 0o077 != 0)
         .map(|(p, mode, _)| format!("{} {mode:04o}", p.display()))
         .collect();
-    assert!(loose.is_empty(), "accessible to group or others: {loose:#?}");
+    assert!(
+        loose.is_empty(),
+        "accessible to group or others: {loose:#?}"
+    );
     for (p, mode, is_dir) in &all {
         let want = if *is_dir { 0o700 } else { 0o600 };
         assert_eq!(mode & 0o700, want, "{} {mode:04o}", p.display());
@@ -482,13 +512,16 @@ fn data_files_are_private_whatever_the_umask_and_loose_ones_are_fixed_at_start()
     stop(child);
     let names: Vec<String> = modes(&data)
         .iter()
-        .filter_map(|(p, _, _)| {
-            p.strip_prefix(&data)
-                .ok()
-                .map(|r| r.display().to_string())
-        })
+        .filter_map(|(p, _, _)| p.strip_prefix(&data).ok().map(|r| r.display().to_string()))
         .collect();
-    for expected in ["db", "conf", "projections/db", "signing.key", "streams.snap", "state.snap"] {
+    for expected in [
+        "db",
+        "conf",
+        "projections/db",
+        "signing.key",
+        "streams.snap",
+        "state.snap",
+    ] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} in {names:?}"
@@ -502,8 +535,11 @@ fn data_files_are_private_whatever_the_umask_and_loose_ones_are_fixed_at_start()
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     // The signing key is the exception: a loose one is refused (below), so keep it private here.
-    std::fs::set_permissions(data.join("signing.key"), std::fs::Permissions::from_mode(0o600))
-        .expect("chmod key");
+    std::fs::set_permissions(
+        data.join("signing.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod key");
     let (child, _) = spawn_serve(&args, dir.path(), Some("022")).expect("serves again");
     assert_private(&data);
     stop(child);

@@ -20,9 +20,9 @@ pub use record::{
     decode, sha256, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES,
 };
 pub use store::{
-    make_private, open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver, Durability,
-    EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent, INDEX_SNAPSHOT,
-    INDEX_SNAPSHOT_KIND, SLED_LOCKED,
+    make_private, open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver,
+    Durability, EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent,
+    INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND, SLED_LOCKED,
 };
 
 /// Errors of the log. Variants say what the caller should do.

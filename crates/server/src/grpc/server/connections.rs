@@ -177,36 +177,33 @@ pub(crate) fn incoming(
     listener: TcpListener,
     tracker: Arc<Tracker>,
 ) -> impl Stream<Item = Result<Limited, io::Error>> {
-    futures_util::stream::unfold(
-        (listener, tracker),
-        |(listener, tracker)| async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed; pausing");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = tracker.slots.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        %peer,
-                        max_connections = tracker.limits.max_connections,
-                        "connection refused: too many open connections"
-                    );
-                    drop(stream);
+    futures_util::stream::unfold((listener, tracker), |(listener, tracker)| async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; pausing");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
-                };
-                // Without TCP_NODELAY, small responses wait for delayed ACKs (~40 ms per request).
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
                 }
-                let limited = Limited::new(stream, peer, permit, &tracker);
-                return Some((Ok(limited), (listener, tracker)));
+            };
+            let Ok(permit) = tracker.slots.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    %peer,
+                    max_connections = tracker.limits.max_connections,
+                    "connection refused: too many open connections"
+                );
+                drop(stream);
+                continue;
+            };
+            // Without TCP_NODELAY, small responses wait for delayed ACKs (~40 ms per request).
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
             }
-        },
-    )
+            let limited = Limited::new(stream, peer, permit, &tracker);
+            return Some((Ok(limited), (listener, tracker)));
+        }
+    })
 }
 
 /// An accepted connection under the limits: holds its slot, times out its handshake and idleness.
