@@ -56,6 +56,18 @@ pub struct ServeArgs {
     /// non-loopback address needs --metrics-allow-remote.
     #[arg(long, env = "CLAIMS_LEDGER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Exposure overrides and connection limits (boxed: they would make every other subcommand's
+    /// value as large).
+    #[command(flatten)]
+    pub limits: Box<LimitArgs>,
+    /// Log format on stderr: `text` (default) or `json`.
+    #[arg(long, env = "CLAIMS_LEDGER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Flags of `serve` about exposure and connection limits (README, "Security").
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
     /// Serve metrics on a non-loopback address (plain HTTP: only on a network you trust).
     #[arg(long, env = "CLAIMS_LEDGER_METRICS_ALLOW_REMOTE")]
     pub metrics_allow_remote: bool,
@@ -82,9 +94,6 @@ pub struct ServeArgs {
     /// Default 1024.
     #[arg(long, env = "CLAIMS_LEDGER_MAX_STREAMS_PER_PEER")]
     pub max_streams_per_peer: Option<usize>,
-    /// Log format on stderr: `text` (default) or `json`.
-    #[arg(long, env = "CLAIMS_LEDGER_LOG_FORMAT")]
-    pub log_format: Option<String>,
 }
 
 impl ServeArgs {
@@ -154,18 +163,28 @@ fn connection_limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Conn
         None => Ok(default),
     };
     let limits = ConnectionLimits {
-        max_connections: args.max_connections.or(c.max).unwrap_or(d.max_connections),
+        max_connections: args
+            .limits
+            .max_connections
+            .or(c.max)
+            .unwrap_or(d.max_connections),
         handshake_timeout: secs(
-            args.handshake_timeout_secs,
+            args.limits.handshake_timeout_secs,
             c.handshake_timeout_secs,
             d.handshake_timeout,
         )?,
-        idle_timeout: secs(args.idle_timeout_secs, c.idle_timeout_secs, d.idle_timeout)?,
+        idle_timeout: secs(
+            args.limits.idle_timeout_secs,
+            c.idle_timeout_secs,
+            d.idle_timeout,
+        )?,
         max_streams_per_connection: args
+            .limits
             .max_streams
             .or(c.max_streams)
             .unwrap_or(d.max_streams_per_connection),
         max_streams_per_peer: args
+            .limits
             .max_streams_per_peer
             .or(c.max_streams_per_peer)
             .unwrap_or(d.max_streams_per_peer),
@@ -221,16 +240,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         listen,
         tokens.is_some(),
         tls.is_some(),
-        args.allow_plaintext || file.allow_plaintext.unwrap_or(false),
+        args.limits.allow_plaintext || file.allow_plaintext.unwrap_or(false),
     )?;
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if let Some(addr) = metrics_listen {
         check_metrics_exposure(
             addr,
-            args.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false),
+            args.limits.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false),
         )?;
     }
     let metrics_token = match args
+        .limits
         .metrics_token_sha256
         .as_deref()
         .or(file.metrics_token_sha256.as_deref())
