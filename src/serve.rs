@@ -270,6 +270,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         ),
         None => None,
     };
+    // Data readable past the roles is made private before anything opens it; what cannot be fixed
+    // (files of another user) stops the start.
+    claims_ledger_log::make_private(&data_dir).with_context(|| {
+        format!(
+            "the data directory {} must be accessible to its owner only",
+            data_dir.display()
+        )
+    })?;
     let app = App::open_options(
         &data_dir,
         OpenOptions {

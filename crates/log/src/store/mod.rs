@@ -229,7 +229,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// live process still fails, only later.
 ///
 /// The directory is created 0700 and, once sled has created its files, everything in it is made
-/// private with [`make_private`] (sled creates its files with the process's umask).
+/// private with [`make_private`] (sled creates its files with the process's umask). A mode that
+/// cannot be changed is only logged here, so that offline tools still open a copy they do not own;
+/// the server checks the data directory strictly before it opens anything.
 pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
     let dir = config.get_path();
     create_private_dir(&dir)?;
@@ -242,7 +244,9 @@ pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
             result => break result?,
         }
     };
-    make_private(&dir)?;
+    if let Err(e) = make_private(&dir) {
+        tracing::warn!(error = %e, "data files are accessible to group or others");
+    }
     Ok(db)
 }
 
@@ -263,8 +267,8 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Takes every permission of group and others away from `dir` and everything below it (directories
 /// end up 0700, files 0600), and logs a warning for each path it had to change: the ledger's data
 /// must not be readable past the roles. Symbolic links are neither followed nor changed. Fails when a
-/// mode cannot be changed (a file of another user, say), so that a server refuses to start on data
-/// it cannot make private. Returns the paths changed.
+/// mode cannot be changed (a file of another user, say), so that a server can refuse to start on
+/// data it cannot make private. A missing `dir` is nothing to do. Returns the paths changed.
 pub fn make_private(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::PermissionsExt as _;
     let mut changed = Vec::new();
@@ -646,6 +650,43 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("layout 1"), "{e}"),
             Ok(r) => panic!("verify read a layout-1 directory: {r:?}"),
         }
+    }
+
+    /// Whatever modes the files were created with, an open leaves the directory 0700 and its files
+    /// 0600, and says which paths it changed.
+    #[test]
+    fn opening_makes_the_data_directory_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("data");
+        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        std::fs::write(dir.join("sub/file"), b"x").expect("write");
+        for (p, mode) in [(dir.clone(), 0o755), (dir.join("sub"), 0o775)] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        std::fs::set_permissions(dir.join("sub/file"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let changed = make_private(&dir).expect("private");
+        assert_eq!(changed.len(), 3, "{changed:?}");
+        assert!(make_private(&dir).expect("again").is_empty());
+        let log = EventLog::open(&dir, LogOptions::default(), None).expect("open");
+        let mut pending = vec![dir.clone()];
+        while let Some(p) = pending.pop() {
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} {mode:o}", p.display());
+            if meta.is_dir() {
+                pending.extend(
+                    std::fs::read_dir(&p)
+                        .expect("ls")
+                        .map(|e| e.expect("e").path()),
+                );
+            }
+        }
+        drop(log);
+        assert!(make_private(&root.path().join("missing"))
+            .expect("missing")
+            .is_empty());
     }
 
     /// A reopen waits for a handle that is letting go of the directory, instead of failing the
