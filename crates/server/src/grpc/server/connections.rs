@@ -93,9 +93,37 @@ impl ConnState {
     }
 }
 
+/// Warns at most once per [`Throttled::EVERY`], with how many were suppressed since, so that a
+/// flood of refusals cannot flood the log too.
+#[derive(Default)]
+struct Throttled {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttled {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// `Some(suppressed since the last warning)` when this one should be logged.
+    fn check(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if s.0
+            .is_some_and(|last| now.duration_since(last) < Self::EVERY)
+        {
+            s.1 += 1;
+            return None;
+        }
+        let suppressed = std::mem::take(&mut s.1);
+        s.0 = Some(now);
+        Some(suppressed)
+    }
+}
+
 /// The connections and calls of one server.
 pub(crate) struct Tracker {
     limits: ConnectionLimits,
+    refused_connections: Throttled,
+    refused_calls: Throttled,
     slots: Arc<Semaphore>,
     /// By peer address: a TCP connection's (remote address) is unique while it is open.
     connections: Mutex<HashMap<SocketAddr, Arc<ConnState>>>,
@@ -107,6 +135,8 @@ impl Tracker {
     pub(crate) fn new(limits: ConnectionLimits) -> Arc<Tracker> {
         Arc::new(Tracker {
             limits,
+            refused_connections: Throttled::default(),
+            refused_calls: Throttled::default(),
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             connections: Mutex::default(),
             peers: Mutex::default(),
@@ -188,11 +218,14 @@ pub(crate) fn incoming(
                 }
             };
             let Ok(permit) = tracker.slots.clone().try_acquire_owned() else {
-                tracing::warn!(
-                    %peer,
-                    max_connections = tracker.limits.max_connections,
-                    "connection refused: too many open connections"
-                );
+                if let Some(suppressed) = tracker.refused_connections.check() {
+                    tracing::warn!(
+                        %peer,
+                        max_connections = tracker.limits.max_connections,
+                        suppressed,
+                        "connection refused: too many open connections"
+                    );
+                }
                 drop(stream);
                 continue;
             };
@@ -430,12 +463,15 @@ where
             Some(peer) => match self.tracker.open_call(peer) {
                 Some(g) => Some(g),
                 None => {
-                    tracing::warn!(
-                        %peer,
-                        method = req.uri().path(),
-                        limit = self.tracker.limits.max_streams_per_peer,
-                        "call refused: too many concurrent calls from this address"
-                    );
+                    if let Some(suppressed) = self.tracker.refused_calls.check() {
+                        tracing::warn!(
+                            %peer,
+                            method = req.uri().path(),
+                            limit = self.tracker.limits.max_streams_per_peer,
+                            suppressed,
+                            "call refused: too many concurrent calls from this address"
+                        );
+                    }
                     let status = tonic::Status::resource_exhausted(format!(
                         "too many concurrent calls from {}: at most {}",
                         peer.ip(),
