@@ -57,7 +57,8 @@ pub struct Failed {
 }
 
 impl Failed {
-    fn new(reason: impl Into<String>) -> Self {
+    /// A failure for `reason`, for checks a program adds of its own (e.g. on a saved note).
+    pub fn new(reason: impl Into<String>) -> Self {
         Failed {
             reason: reason.into(),
         }
