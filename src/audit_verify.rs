@@ -11,8 +11,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use claims_ledger_client::audit::{merkle, AuditError, Auditor, Verifier};
 pub use claims_ledger_client::audit::{check_consistency, check_inclusion, Failed};
+use claims_ledger_client::audit::{merkle, AuditError, Auditor, Verifier};
 
 use super::connect::{call_error, connection};
 
@@ -161,10 +161,7 @@ pub async fn run(args: AuditArgs<'_>) -> anyhow::Result<i32> {
         }
         Err(f) => {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "reason": f.reason()})
-                );
+                println!("{}", serde_json::json!({"ok": false, "reason": f.reason()}));
             } else {
                 eprintln!("VERIFICATION FAILED: {}", f.reason());
             }

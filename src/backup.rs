@@ -60,12 +60,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use claims_ledger_client::events::Events;
+use claims_ledger_client::{pb, Code};
 use claims_ledger_core::merkle::{self, Frontier};
 use claims_ledger_log::import::Importer;
 use claims_ledger_log::verify::verify_dir;
 use claims_ledger_log::{self as log, Hash, LogError, RecordedEvent, GENESIS_HASH};
-use claims_ledger_client::events::Events;
-use claims_ledger_client::{pb, Code};
 
 use super::connect::connection;
 
@@ -232,7 +232,10 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
             Ok(r) => {
                 let root = r.checkpoint.map(|c| c.root_hash).unwrap_or_default();
                 let root: Hash = root.as_slice().try_into().map_err(|_| {
-                    anyhow::anyhow!("Audit.GetCheckpoint returned a root of {} bytes", root.len())
+                    anyhow::anyhow!(
+                        "Audit.GetCheckpoint returned a root of {} bytes",
+                        root.len()
+                    )
                 })?;
                 anyhow::ensure!(
                     root == frontier.root(),

@@ -198,9 +198,9 @@ impl Auditor {
         answer: &'a pb::GetEventWithProofResponse,
     ) -> Result<&'a pb::EventEnvelope, Failed> {
         let note = answer.checkpoint.as_ref().map_or("", |c| c.note.as_str());
-        let cp = self.open(note).map_err(|e| {
-            Failed::new(format!("the event's checkpoint does not verify: {e}"))
-        })?;
+        let cp = self
+            .open(note)
+            .map_err(|e| Failed::new(format!("the event's checkpoint does not verify: {e}")))?;
         if cp.size != trusted.size || cp.root != trusted.root {
             return Err(Failed::new(format!(
                 "the event was proven against a tree of {} events with another root than the checkpoint just verified",
@@ -230,9 +230,9 @@ impl Auditor {
             .checkpoint
             .map(|c| c.note)
             .unwrap_or_default();
-        let checkpoint = self.open(&note).map_err(|e| {
-            Failed::new(format!("the server's checkpoint does not verify: {e}"))
-        })?;
+        let checkpoint = self
+            .open(&note)
+            .map_err(|e| Failed::new(format!("the server's checkpoint does not verify: {e}")))?;
         Ok(Verified { checkpoint, note })
     }
 
@@ -264,7 +264,9 @@ impl Auditor {
         trusted: &Checkpoint,
         position: u64,
     ) -> Result<pb::EventEnvelope, AuditError> {
-        let answer = audit.get_event_with_proof(position, Some(trusted.size)).await?;
+        let answer = audit
+            .get_event_with_proof(position, Some(trusted.size))
+            .await?;
         let event = self.verify_event(trusted, position, &answer)?;
         Ok(event.clone())
     }
@@ -472,20 +474,24 @@ mod tests {
         if let Some(p) = a.proof.as_mut() {
             p.hashes.pop();
         }
-        auditor().verify_event(&trusted, 3, &a).expect_err("short path");
+        auditor()
+            .verify_event(&trusted, 3, &a)
+            .expect_err("short path");
 
         // Another position's record passed off as position 3.
         let mut a = honest.clone();
         if let Some(e) = a.event.as_mut() {
             e.stored_bytes = record(4);
         }
-        let f = auditor().verify_event(&trusted, 3, &a).expect_err("position");
+        let f = auditor()
+            .verify_event(&trusted, 3, &a)
+            .expect_err("position");
         assert!(f.reason().contains("not a record of that position"), "{f}");
 
         // A checkpoint signed by another key.
         let other = Signer::from_seed(ORIGIN, &[1; 32]).expect("signer");
-        let cp = Checkpoint::new(ORIGIN, 7, merkle::root(&leaves(7)), chrono::Utc::now())
-            .expect("cp");
+        let cp =
+            Checkpoint::new(ORIGIN, 7, merkle::root(&leaves(7)), chrono::Utc::now()).expect("cp");
         let mut a = honest.clone();
         a.checkpoint = Some(pb::SignedCheckpoint {
             note: cp.sign(&other).expect("sign"),

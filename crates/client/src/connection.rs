@@ -141,10 +141,12 @@ impl ConnectOptions {
             let pem = match &self.ca {
                 None => return Err(Error::MissingCaCertificate),
                 Some(Ca::Pem(pem)) => pem.clone(),
-                Some(Ca::File(path)) => std::fs::read(path).map_err(|source| Error::CaCertificate {
-                    path: path.clone(),
-                    source,
-                })?,
+                Some(Ca::File(path)) => {
+                    std::fs::read(path).map_err(|source| Error::CaCertificate {
+                        path: path.clone(),
+                        source,
+                    })?
+                }
             };
             let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
             if let Some(name) = &self.domain_name {
@@ -160,13 +162,10 @@ impl ConnectOptions {
             ),
             None => None,
         };
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| Error::Connect {
-                address: self.address.clone(),
-                source,
-            })?;
+        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
+            address: self.address.clone(),
+            source,
+        })?;
         // Erased to the `Transport` type: one body type and one error type, whatever the stack.
         let service = InterceptedService::new(channel, Bearer(token))
             .map_response(|r| r.map(Body::new))

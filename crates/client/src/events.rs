@@ -44,14 +44,20 @@ impl Events {
 
     /// `Events.GetHead`: the event count and the last hash.
     pub async fn get_head(&self) -> Result<pb::GetHeadResponse, Error> {
-        unary(&self.retry, &self.client, &pb::GetHeadRequest {}, |mut c, r| async move {
-            c.get_head(r).await
-        })
+        unary(
+            &self.retry,
+            &self.client,
+            &pb::GetHeadRequest {},
+            |mut c, r| async move { c.get_head(r).await },
+        )
         .await
     }
 
     /// `Events.ReadAll`: a page of the whole log.
-    pub async fn read_all(&self, request: pb::ReadAllRequest) -> Result<pb::ReadAllResponse, Error> {
+    pub async fn read_all(
+        &self,
+        request: pb::ReadAllRequest,
+    ) -> Result<pb::ReadAllResponse, Error> {
         unary(&self.retry, &self.client, &request, |mut c, r| async move {
             c.read_all(r).await
         })

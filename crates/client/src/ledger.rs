@@ -122,9 +122,7 @@ impl<R: WriteResponse> Written<R> {
     /// Whether the server answered with an earlier write of the same key: nothing new was
     /// written. Expected after a retry whose first attempt was applied but not answered.
     pub fn deduplicated(&self) -> bool {
-        self.response
-            .write_result()
-            .is_some_and(|r| r.deduplicated)
+        self.response.write_result().is_some_and(|r| r.deduplicated)
     }
 
     /// The events the write appended (or, when deduplicated, appended earlier).
@@ -205,7 +203,11 @@ impl Ledger {
     }
 
     /// Sends `request` with a key, retrying transient failures with the very same request.
-    async fn write<Req, Resp, F, Fut>(&self, mut request: Req, send: F) -> Result<Written<Resp>, Error>
+    async fn write<Req, Resp, F, Fut>(
+        &self,
+        mut request: Req,
+        send: F,
+    ) -> Result<Written<Resp>, Error>
     where
         Req: WriteRequest,
         F: Fn(LedgerClient<Transport>, tonic::Request<Req>) -> Fut,
@@ -245,7 +247,11 @@ mod tests {
         let key = ensure_idempotency_key(&mut req);
         assert_eq!(key.len(), 36);
         assert!(key.bytes().all(|b| b.is_ascii_graphic()));
-        assert_eq!(ensure_idempotency_key(&mut req), key, "stable across attempts");
+        assert_eq!(
+            ensure_idempotency_key(&mut req),
+            key,
+            "stable across attempts"
+        );
     }
 
     #[test]

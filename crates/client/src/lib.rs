@@ -96,12 +96,12 @@
 //! check that could not be made ([`audit::AuditError`]).
 
 pub use claims_ledger_proto as pb;
+/// Encoding and decoding of [`pb`] messages (`encode_to_vec`, `decode`, `encoded_len`).
+pub use prost::Message;
 /// The gRPC library the contract is generated for, to match status codes ([`Code`]) or add
 /// metadata without depending on it directly.
 pub use tonic;
 pub use tonic::{Code, Status};
-/// Encoding and decoding of [`pb`] messages (`encode_to_vec`, `decode`, `encoded_len`).
-pub use prost::Message;
 
 pub mod admin;
 pub mod audit;

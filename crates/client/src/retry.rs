@@ -60,7 +60,9 @@ impl RetryPolicy {
     /// "equal jitter" (a random point in the upper half) so that clients cut off together do not
     /// come back together.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         let full = self
             .initial_backoff
             .saturating_mul(factor)

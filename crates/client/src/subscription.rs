@@ -121,10 +121,7 @@ impl Subscription {
             reconnects: 0,
         };
         // Opened now so that a bad request (filters, a position past the end) fails here.
-        let stream = sub
-            .retry
-            .run(|| sub.open_once())
-            .await?;
+        let stream = sub.retry.run(|| sub.open_once()).await?;
         sub.stream = Some(stream);
         Ok(sub)
     }
@@ -269,9 +266,11 @@ mod tests {
         // A client that is never called: `take` is pure bookkeeping.
         let conn_transport: Transport = tower::util::BoxCloneSyncService::new(tower::service_fn(
             |_req: tonic::codegen::http::Request<tonic::body::Body>| async {
-                Err::<tonic::codegen::http::Response<tonic::body::Body>, _>(
-                    Box::<dyn std::error::Error + Send + Sync>::from("unused"),
-                )
+                Err::<tonic::codegen::http::Response<tonic::body::Body>, _>(Box::<
+                    dyn std::error::Error + Send + Sync,
+                >::from(
+                    "unused"
+                ))
             },
         ));
         let retry = RetryPolicy::default();
@@ -322,7 +321,10 @@ mod tests {
     #[test]
     fn repeats_below_the_resume_point_are_dropped() {
         let mut sub = sub_at(0);
-        assert_eq!(positions(&mut sub, vec![event(0), event(1), event(3)]), [0, 1, 3]);
+        assert_eq!(
+            positions(&mut sub, vec![event(0), event(1), event(3)]),
+            [0, 1, 3]
+        );
         assert_eq!(sub.resume_position(), 4);
         // A named subscription restarted at its acknowledged position 1.
         assert_eq!(
@@ -372,7 +374,10 @@ mod tests {
         };
         assert!(sub.broke(Status::unavailable("x")).await.is_ok());
         assert!(sub.broke(Status::unavailable("x")).await.is_ok());
-        let err = sub.broke(Status::unavailable("x")).await.expect_err("third");
+        let err = sub
+            .broke(Status::unavailable("x"))
+            .await
+            .expect_err("third");
         assert_eq!(err.code(), Some(Code::Unavailable));
         // The count starts again: a later `next` may try again.
         assert!(sub.broke(Status::unavailable("x")).await.is_ok());

@@ -14,7 +14,9 @@ use std::time::Duration;
 use claims_ledger_client::audit::{check_consistency, Auditor};
 use claims_ledger_client::tonic::body::Body;
 use claims_ledger_client::tonic::codegen::http;
-use claims_ledger_client::{pb, Code, Connection, Item, RetryPolicy, Status, Subscription, Transport};
+use claims_ledger_client::{
+    pb, Code, Connection, Item, RetryPolicy, Status, Subscription, Transport,
+};
 use claims_ledger_log::LogOptions;
 use claims_ledger_server::app::App;
 use tempfile::TempDir;
@@ -222,7 +224,11 @@ async fn a_write_whose_answer_is_lost_is_retried_with_its_key_and_deduplicated()
         .register_party(party("ukraine"))
         .await
         .expect("written in the end");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "two answers lost, then one");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "two answers lost, then one"
+    );
     assert_eq!(written.attempts, 3);
     assert!(
         written.deduplicated(),
@@ -256,15 +262,13 @@ async fn a_batch_keeps_the_callers_key_across_retries() {
             .into_iter()
             .map(|id| pb::BatchCommand {
                 expected_revision: None,
-                command: party(id).command.map(pb::batch_command::Command::RegisterParty),
+                command: party(id)
+                    .command
+                    .map(pb::batch_command::Command::RegisterParty),
             })
             .collect(),
     };
-    let written = conn
-        .ledger()
-        .submit_batch(request)
-        .await
-        .expect("batch");
+    let written = conn.ledger().submit_batch(request).await.expect("batch");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(written.idempotency_key, "import-42");
     assert!(written.deduplicated());
@@ -310,7 +314,11 @@ async fn take_events(sub: &mut Subscription, n: usize, seen: &mut Vec<u64>) {
     while got < n {
         if let Item::Event(e) = sub.next().await.expect("next") {
             if let Some(last) = seen.last() {
-                assert_eq!(e.position, last + 1, "in order, no gap, no repeat: {seen:?}");
+                assert_eq!(
+                    e.position,
+                    last + 1,
+                    "in order, no gap, no repeat: {seen:?}"
+                );
             }
             seen.push(e.position);
             got += 1;
@@ -509,7 +517,10 @@ async fn the_auditor_accepts_the_real_log_and_rejects_tampering() {
     if let Some(e) = forged.event.as_mut() {
         let text = String::from_utf8(e.stored_bytes.clone()).expect("utf-8");
         e.stored_bytes = text.replacen("p-2", "p-X", 1).into_bytes();
-        assert_ne!(e.stored_bytes, answer.event.as_ref().expect("event").stored_bytes);
+        assert_ne!(
+            e.stored_bytes,
+            answer.event.as_ref().expect("event").stored_bytes
+        );
     }
     let f = auditor
         .verify_event(&new.checkpoint, 2, &forged)
@@ -534,11 +545,9 @@ async fn the_auditor_accepts_the_real_log_and_rejects_tampering() {
     assert!(f.reason().contains("does not verify"), "{f}");
 
     // Another log's key does not open this log's notes.
-    let other = claims_ledger_client::audit::checkpoint::Signer::from_seed(
-        saved.origin.as_str(),
-        &[9; 32],
-    )
-    .expect("signer");
+    let other =
+        claims_ledger_client::audit::checkpoint::Signer::from_seed(saved.origin.as_str(), &[9; 32])
+            .expect("signer");
     let stranger = Auditor::new(other.verifier());
     stranger.latest(&audit).await.expect_err("wrong key");
 
