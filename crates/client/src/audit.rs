@@ -18,27 +18,27 @@
 //! use claims_ledger_client::audit::checkpoint::Signer;
 //! use claims_ledger_client::pb;
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // A log of two events, signed by its operator (here: a key made for the example).
-//! let signer = Signer::from_seed("example.org/ledger", &[7; 32]).unwrap();
+//! let signer = Signer::from_seed("example.org/ledger", &[7; 32])?;
 //! let (a, b) = (br#"{"position":0}"#, br#"{"position":1}"#);
 //! let root = merkle::node_hash(&merkle::leaf_hash(a), &merkle::leaf_hash(b));
-//! let note = Checkpoint::new("example.org/ledger", 2, root, chrono::Utc::now())
-//!     .unwrap()
-//!     .sign(&signer)
-//!     .unwrap();
+//! let note = Checkpoint::new("example.org/ledger", 2, root, chrono::Utc::now())?.sign(&signer)?;
 //!
 //! // The auditor knows only the pinned verifier key, and trusts nothing else it is sent.
-//! let auditor = Auditor::from_key(&signer.verifier().public_key_string()).unwrap();
-//! let cp = auditor.open(&note).expect("signed by the pinned key");
+//! let auditor = Auditor::from_key(&signer.verifier().public_key_string())?;
+//! let cp = auditor.open(&note)?;
 //! let proof = pb::InclusionProof {
 //!     position: 0,
 //!     tree_size: 2,
 //!     hashes: vec![merkle::leaf_hash(b).to_vec()],
 //! };
-//! assert!(check_inclusion(&cp, 0, a, &proof).is_ok());
+//! check_inclusion(&cp, 0, a, &proof)?;
 //! // One byte changed in the event, or in the note, and the check fails.
 //! assert!(check_inclusion(&cp, 0, br#"{"position":9}"#, &proof).is_err());
 //! assert!(auditor.open(&note.replacen("\n2\n", "\n3\n", 1)).is_err());
+//! # Ok(())
+//! # }
 //! ```
 pub use claims_ledger_core::checkpoint::{self, Checkpoint, CheckpointError, Verifier};
 pub use claims_ledger_core::merkle;
@@ -506,7 +506,7 @@ mod tests {
         assert!(f.reason().contains("another root"), "{f}");
 
         // The note's body edited after signing.
-        let forged = note.replacen(&format!("\n7\n"), "\n8\n", 1);
+        let forged = note.replacen("\n7\n", "\n8\n", 1);
         assert_ne!(forged, note);
         auditor().open(&forged).expect_err("edited note");
     }
