@@ -2,8 +2,8 @@
 //! which every event has been delivered to the caller or skipped by the filters. Events move it
 //! past themselves; checkpoints, heartbeats and the caught-up mark move it over filtered-out
 //! stretches. When the stream breaks (the server restarts, the connection drops, the server ends it
-//! with `UNAVAILABLE` at shutdown) it subscribes again from exactly that point, with the same
-//! filters, after a backoff. Positions are gap-free and a subscription delivers in position order,
+//! with `UNAVAILABLE` at shutdown, or stays silent for three heartbeat intervals) it subscribes
+//! again from exactly that point, with the same filters, after a backoff. Positions are gap-free and a subscription delivers in position order,
 //! so dropping anything below the resume point removes the only repeats there can be (a named
 //! subscription restarts at its acknowledged position, which may lie behind). The caller gets every
 //! matching event once, in order.
@@ -37,6 +37,8 @@
 //! }
 //! # }
 //! ```
+use std::time::Duration;
+
 use tonic::{Code, Status};
 
 use crate::connection::Transport;
@@ -46,6 +48,9 @@ use crate::pb::events_client::EventsClient;
 use crate::pb::subscribe_response::Kind;
 use crate::retry::RetryPolicy;
 use crate::Error;
+
+/// The server's heartbeat interval when the request leaves `heartbeat_ms` at 0 (events.proto).
+const DEFAULT_HEARTBEAT_MS: u32 = 10_000;
 
 /// What a subscription delivers. Heartbeats only move the resume point and are not passed on.
 #[derive(Debug, Clone, PartialEq)]
@@ -168,19 +173,31 @@ impl Subscription {
                     }
                 }
             }
+            let idle = self.idle_limit();
             let Some(stream) = self.stream.as_mut() else {
                 continue;
             };
-            let message = match stream.message().await {
-                Ok(Some(m)) => m,
+            let message = match tokio::time::timeout(idle, stream.message()).await {
+                // A connection that died without a word (a peer gone from the network) is
+                // noticed by the missing heartbeats, and treated like any other break.
+                Err(_) => {
+                    self.stream = None;
+                    self.broke(Status::unavailable(format!(
+                        "nothing from the server for {} ms, not even a heartbeat",
+                        idle.as_millis()
+                    )))
+                    .await?;
+                    continue;
+                }
+                Ok(Ok(Some(m))) => m,
                 // Subscribe never ends by itself: an end is a break like any other.
-                Ok(None) => {
+                Ok(Ok(None)) => {
                     self.stream = None;
                     self.broke(Status::unavailable("the server ended the subscription"))
                         .await?;
                     continue;
                 }
-                Err(status) => {
+                Ok(Err(status)) => {
                     self.stream = None;
                     self.broke(status).await?;
                     continue;
@@ -191,6 +208,16 @@ impl Subscription {
                 return Ok(item);
             }
         }
+    }
+
+    /// How long the stream may stay silent: three heartbeat intervals. The server sends a
+    /// heartbeat after `heartbeat_ms` (default 10 s) without any other message.
+    fn idle_limit(&self) -> Duration {
+        let heartbeat = match self.request.heartbeat_ms {
+            0 => DEFAULT_HEARTBEAT_MS,
+            ms => ms,
+        };
+        Duration::from_millis(u64::from(heartbeat) * 3)
     }
 
     /// Applies one message to the resume point; what to pass on, if anything.
@@ -357,6 +384,14 @@ mod tests {
         assert_eq!(sub.resume_position(), 6);
     }
 
+    #[test]
+    fn silence_is_tolerated_for_three_heartbeats() {
+        let mut sub = sub_at(0);
+        assert_eq!(sub.idle_limit(), Duration::from_secs(30));
+        sub.request.heartbeat_ms = 200;
+        assert_eq!(sub.idle_limit(), Duration::from_millis(600));
+    }
+
     #[tokio::test]
     async fn ack_needs_a_name() {
         let sub = sub_at(0);
@@ -368,8 +403,8 @@ mod tests {
         let mut sub = sub_at(0);
         sub.retry = RetryPolicy {
             max_attempts: 3,
-            initial_backoff: std::time::Duration::ZERO,
-            max_backoff: std::time::Duration::ZERO,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
             retry_resource_exhausted: true,
         };
         assert!(sub.broke(Status::unavailable("x")).await.is_ok());

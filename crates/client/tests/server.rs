@@ -193,6 +193,75 @@ impl tower::Service<http::Request<Body>> for LoseAnswers {
     }
 }
 
+/// Lets the first `cuts` `Subscribe` calls deliver `frames` data frames each, then breaks their
+/// response bodies off with UNAVAILABLE, as a dropped connection would.
+#[derive(Clone)]
+struct CutSubscriptions {
+    inner: Transport,
+    cuts: Arc<AtomicU32>,
+    frames: usize,
+}
+
+impl tower::Service<http::Request<Body>> for CutSubscriptions {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let cut = req.uri().path() == "/claimsledger.v1.Events/Subscribe"
+            && self
+                .cuts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        let frames = self.frames;
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let answer = inner.oneshot(req).await?;
+            if !cut {
+                return Ok(answer);
+            }
+            Ok(answer.map(|body| {
+                Body::new(CutBody {
+                    inner: body,
+                    frames_left: frames,
+                })
+            }))
+        })
+    }
+}
+
+struct CutBody {
+    inner: Body,
+    frames_left: usize,
+}
+
+impl http_body::Body for CutBody {
+    type Data = claims_ledger_client::tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Status>>> {
+        if self.frames_left == 0 {
+            return Poll::Ready(Some(Err(Status::unavailable("the connection dropped"))));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.is_data() {
+                    self.frames_left -= 1;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+}
+
 fn losing(conn: Connection, path: &'static str, lose: u32) -> (Connection, Arc<AtomicU32>) {
     let calls = Arc::new(AtomicU32::new(0));
     let counted = calls.clone();
@@ -364,6 +433,37 @@ async fn a_subscription_resumes_across_a_server_restart_exactly_once() {
     register(&conn, ids("last", 1)).await;
     take_events(&mut sub, 1, &mut seen).await;
     assert_eq!(seen.last(), Some(&10));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_resumes_after_its_stream_breaks_mid_way() {
+    let server = TestServer::start().await;
+    let cuts = Arc::new(AtomicU32::new(4));
+    let conn = connect(&server).await.map_transport(|inner| {
+        Transport::new(CutSubscriptions {
+            inner,
+            cuts: cuts.clone(),
+            frames: 2,
+        })
+    });
+    register(&conn, ids("early", 6)).await;
+    let mut sub = conn
+        .events()
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    take_events(&mut sub, 6, &mut seen).await;
+    for round in 0..4 {
+        register(&conn, ids(&format!("round{round}"), 3)).await;
+        take_events(&mut sub, 3, &mut seen).await;
+    }
+    assert_eq!(seen, (0..18).collect::<Vec<_>>());
+    // Each round's events are written only after the previous round was read, so they travel in
+    // frames of their own: five rounds need at least three streams of two frames each.
+    assert!(sub.reconnects() >= 2, "{sub:?}");
+    assert!(cuts.load(Ordering::SeqCst) <= 2);
     server.stop().await;
 }
 
