@@ -662,3 +662,74 @@ async fn the_auditor_accepts_the_real_log_and_rejects_tampering() {
     check_consistency(&saved, &new.checkpoint, &proof).expect_err("forged");
     server.stop().await;
 }
+
+// ---- the other handles -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_handle_reaches_its_service() {
+    let server = TestServer::start().await;
+    let conn = connect(&server).await;
+    let written = conn
+        .ledger()
+        .recorded_by("importer")
+        .expect("header value")
+        .register_party(party("moldova"))
+        .await
+        .expect("write");
+    let events = all_events(&conn).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].recorded_by, "importer",
+        "the header reached the server"
+    );
+
+    let after = written.events()[0].position + 1;
+    let view = conn
+        .query()
+        .get_party(pb::GetPartyRequest {
+            party_id: "moldova".into(),
+            consistency: Some(pb::ReadConsistency {
+                min_position: after,
+            }),
+        })
+        .await
+        .expect("GetParty");
+    let name = view
+        .party
+        .and_then(|v| v.party)
+        .map(|p| p.name)
+        .unwrap_or_default();
+    assert_eq!(name, "moldova");
+    let err = conn
+        .query()
+        .get_party(pb::GetPartyRequest {
+            party_id: "atlantis".into(),
+            consistency: None,
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+
+    let status = conn.admin().get_projection_status().await.expect("status");
+    assert_eq!(status.log_count, 1);
+
+    let head = conn.events().get_head().await.expect("head");
+    assert_eq!(head.event_count, 1);
+    assert_eq!(head.hash, events[0].hash);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_server_is_a_connect_error() {
+    // Bound, then closed: nothing listens on this port any more.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let err = Connection::connect(format!("http://{addr}"))
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(err, claims_ledger_client::Error::Connect { .. }),
+        "{err:?}"
+    );
+}
