@@ -60,11 +60,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use claims_ledger_client::events::Events;
+use claims_ledger_client::{pb, Code};
 use claims_ledger_core::merkle::{self, Frontier};
 use claims_ledger_log::import::Importer;
 use claims_ledger_log::verify::verify_dir;
 use claims_ledger_log::{self as log, Hash, LogError, RecordedEvent, GENESIS_HASH};
-use claims_ledger_proto as pb;
+
+use super::connect::connection;
 
 /// The format name in the header of the exports this version writes.
 pub const FORMAT: &str = "claims-ledger/export/v2";
@@ -202,15 +205,13 @@ pub async fn export(server: &str, out: &Path, json: bool) -> anyhow::Result<i32>
 /// Writes the export and returns what it wrote; `out` is replaced only once the new file is
 /// complete and synced.
 pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary> {
-    let channel = super::connect::connect(server).await?;
-    let mut events = pb::events_client::EventsClient::new(channel.clone())
-        .max_decoding_message_size(MAX_MESSAGE);
-    let mut audit = pb::audit_client::AuditClient::new(channel.clone());
+    let conn = connection(server).await?;
+    let events = conn.events().max_decoding_message_size(MAX_MESSAGE);
+    let audit = conn.audit();
     let head = events
-        .get_head(pb::GetHeadRequest {})
+        .get_head()
         .await
-        .map_err(|s| anyhow::anyhow!("Events.GetHead: {}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(|e| anyhow::anyhow!("Events.GetHead: {}", call_text(&e)))?;
     let head_hash = parse_hash(&head.hash)
         .map_err(|e| anyhow::anyhow!("Events.GetHead returned a bad hash: {e}"))?;
     let count = head.event_count;
@@ -226,21 +227,15 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
         };
         serde_json::to_writer(&mut w, &header)?;
         w.write_all(b"\n")?;
-        let frontier = write_events(&mut events, &mut w, count, &head_hash).await?;
-        let merkle_root = match audit
-            .get_checkpoint(pb::GetCheckpointRequest {
-                tree_size: Some(count),
-            })
-            .await
-        {
+        let frontier = write_events(&events, &mut w, count, &head_hash).await?;
+        let merkle_root = match audit.get_checkpoint(Some(count)).await {
             Ok(r) => {
-                let root = r
-                    .into_inner()
-                    .checkpoint
-                    .map(|c| c.root_hash)
-                    .unwrap_or_default();
+                let root = r.checkpoint.map(|c| c.root_hash).unwrap_or_default();
                 let root: Hash = root.as_slice().try_into().map_err(|_| {
-                    anyhow::anyhow!("Audit.GetCheckpoint returned a root of {} bytes", root.len())
+                    anyhow::anyhow!(
+                        "Audit.GetCheckpoint returned a root of {} bytes",
+                        root.len()
+                    )
                 })?;
                 anyhow::ensure!(
                     root == frontier.root(),
@@ -250,16 +245,15 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
                 );
                 Some(root)
             }
-            Err(s) => {
+            Err(e) => {
                 eprintln!(
-                    "warning: Audit.GetCheckpoint failed ({}: {}); the export carries no Merkle root",
-                    s.code(),
-                    s.message()
+                    "warning: Audit.GetCheckpoint failed ({}); the export carries no Merkle root",
+                    call_text(&e)
                 );
                 None
             }
         };
-        let (cursors, lowered) = write_cursors(&mut events, &mut w, count).await?;
+        let (cursors, lowered) = write_cursors(&events, &mut w, count).await?;
         let trailer = Trailer {
             end: End {
                 event_count: count,
@@ -306,7 +300,7 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
 /// Writes every named subscriber's cursor, in name order, lowered to `count`; returns how many were
 /// written and how many lowered.
 async fn write_cursors(
-    events: &mut pb::events_client::EventsClient<super::connect::Conn>,
+    events: &Events,
     w: &mut impl std::io::Write,
     count: u64,
 ) -> anyhow::Result<(u64, u64)> {
@@ -320,15 +314,15 @@ async fn write_cursors(
             })
             .await
         {
-            Ok(page) => page.into_inner(),
+            Ok(page) => page,
             // A server from before named subscribers could be listed: its events still export.
-            Err(s) if s.code() == tonic::Code::Unimplemented && written == 0 => {
+            Err(e) if e.code() == Some(Code::Unimplemented) && written == 0 => {
                 eprintln!(
                     "warning: the server cannot list subscriptions; the export carries no cursors"
                 );
                 return Ok((0, 0));
             }
-            Err(s) => anyhow::bail!("Events.ListSubscriptions: {}: {}", s.code(), s.message()),
+            Err(e) => anyhow::bail!("Events.ListSubscriptions: {}", call_text(&e)),
         };
         for sub in page.subscriptions {
             let position = sub.acknowledged_position.min(count);
@@ -353,7 +347,7 @@ async fn write_cursors(
 /// Pages through positions `[0, count)`, checking each event's hash and chain link, writing one line
 /// each. Returns the Merkle frontier over them; fails unless the last hash is `head_hash`.
 async fn write_events(
-    events: &mut pb::events_client::EventsClient<super::connect::Conn>,
+    events: &Events,
     w: &mut impl std::io::Write,
     count: u64,
     head_hash: &Hash,
@@ -377,31 +371,26 @@ async fn write_events(
             })
             .await
         {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             // A page too large for one message: ask for fewer events at once.
-            Err(s)
+            Err(e)
                 if want > 1
-                    && matches!(
-                        s.code(),
-                        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-                    )
-                    && s.message().contains("too large") =>
+                    && e.status().is_some_and(|s| {
+                        matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted)
+                            && s.message().contains("too large")
+                    }) =>
             {
                 cap = want / 2;
                 continue;
             }
-            Err(s) => anyhow::bail!(
-                "Events.ReadAll from position {pos}: {}: {}",
-                s.code(),
-                s.message()
-            ),
+            Err(e) => anyhow::bail!("Events.ReadAll from position {pos}: {}", call_text(&e)),
         };
         anyhow::ensure!(
             !resp.events.is_empty(),
             "Events.ReadAll returned nothing at position {pos}, below the head's {count} events"
         );
         for env in resp.events.into_iter().take((count - pos) as usize) {
-            largest = largest.max(prost::Message::encoded_len(&env));
+            largest = largest.max(claims_ledger_client::Message::encoded_len(&env));
             anyhow::ensure!(
                 env.position == pos,
                 "Events.ReadAll returned position {} where {pos} was expected",
@@ -1090,6 +1079,14 @@ fn describe_bad_line(
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// A failed call as `code: message`, as the export has always named them.
+fn call_text(e: &claims_ledger_client::Error) -> String {
+    match e.status() {
+        Some(s) => format!("{}: {}", s.code(), s.message()),
+        None => e.to_string(),
+    }
+}
 
 /// At most 200 characters of `s`, for messages.
 fn shorten(s: &str) -> String {
