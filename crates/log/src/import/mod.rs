@@ -26,6 +26,8 @@
 //!
 //! The projections (a separate database) are not imported either; they are rebuilt from the log on
 //! the first start.
+pub mod file;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
