@@ -105,7 +105,12 @@ async fn undecodable_session_messages_are_invalid_argument_not_internal() {
     // A later one: the appends before it stand, nothing after it is read.
     let (answers, end) = session(
         &s,
-        vec![append_of(0), append_of(1), UNDECODABLE.to_vec(), append_of(3)],
+        vec![
+            append_of(0),
+            append_of(1),
+            UNDECODABLE.to_vec(),
+            append_of(3),
+        ],
     )
     .await;
     assert_eq!(answers.len(), 2);

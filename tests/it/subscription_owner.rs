@@ -127,14 +127,24 @@ impl Client {
             subscription_name: name.into(),
             position,
         });
-        Ok(self.events().ack(r).await?.into_inner().acknowledged_position)
+        Ok(self
+            .events()
+            .ack(r)
+            .await?
+            .into_inner()
+            .acknowledged_position)
     }
 
     async fn delete(&self, name: &str) -> Result<bool, tonic::Status> {
         let r = self.req(pb::DeleteSubscriptionRequest {
             subscription_name: name.into(),
         });
-        Ok(self.events().delete_subscription(r).await?.into_inner().existed)
+        Ok(self
+            .events()
+            .delete_subscription(r)
+            .await?
+            .into_inner()
+            .existed)
     }
 
     async fn get(&self, name: &str) -> pb::GetSubscriptionResponse {
@@ -193,7 +203,12 @@ fn denied(r: Result<impl std::fmt::Debug, tonic::Status>, what: &str) -> tonic::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owner_or_an_admin_may_ack_delete_or_resume() {
-    let s = start(tempfile::tempdir().expect("tempdir"), true, CursorLimits::default()).await;
+    let s = start(
+        tempfile::tempdir().expect("tempdir"),
+        true,
+        CursorLimits::default(),
+    )
+    .await;
     let owner = s.as_identity(Some("indexer-desk")).await;
     let intruder = s.as_identity(Some("intruder")).await;
     let admin = s.as_identity(Some("ops")).await;
@@ -202,7 +217,10 @@ async fn only_the_owner_or_an_admin_may_ack_delete_or_resume() {
     // The first acknowledgement creates the subscription and binds it to its caller.
     assert_eq!(owner.ack("indexer", 5).await.expect("owner acks"), 5);
     let state = owner.get("indexer").await;
-    assert_eq!((state.acknowledged_position, state.owner.as_str()), (5, "indexer-desk"));
+    assert_eq!(
+        (state.acknowledged_position, state.owner.as_str()),
+        (5, "indexer-desk")
+    );
 
     // The audit's reproduction: another reader moving it to 63 is refused, and nothing moves.
     denied(intruder.ack("indexer", 63).await, "another reader's Ack");
@@ -256,7 +274,12 @@ async fn only_the_owner_or_an_admin_may_ack_delete_or_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unowned_subscriptions_are_claimed_by_their_first_acknowledging_identity() {
     // Open mode: every caller is the same anonymous caller, and stores no owner.
-    let s = start(tempfile::tempdir().expect("tempdir"), false, CursorLimits::default()).await;
+    let s = start(
+        tempfile::tempdir().expect("tempdir"),
+        false,
+        CursorLimits::default(),
+    )
+    .await;
     let anyone = s.as_identity(None).await;
     anyone.write(0..10).await;
     assert_eq!(anyone.ack("legacy", 3).await.expect("open ack"), 3);
@@ -307,11 +330,19 @@ async fn per_identity_and_overall_limits_are_resource_exhausted() {
 
     a.ack("a1", 1).await.expect("first");
     a.ack("a2", 1).await.expect("second");
-    exhausted(a.ack("a3", 1).await, "a third for a", "this identity already has 2");
+    exhausted(
+        a.ack("a3", 1).await,
+        "a third for a",
+        "this identity already has 2",
+    );
     // Moving one it has is not a new one.
     assert_eq!(a.ack("a1", 2).await.expect("existing"), 2);
     b.ack("b1", 1).await.expect("b's first");
-    exhausted(b.ack("b2", 1).await, "a fourth overall", "the server already holds 3");
+    exhausted(
+        b.ack("b2", 1).await,
+        "a fourth overall",
+        "the server already holds 3",
+    );
 
     // Nothing refused was stored.
     let list = a
@@ -330,5 +361,30 @@ async fn per_identity_and_overall_limits_are_resource_exhausted() {
     // Deleting one makes room again.
     assert!(a.delete("a1").await.expect("delete"));
     a.ack("a3", 1).await.expect("room again");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_acknowledgements_cannot_pass_a_limit_together() {
+    let limits = CursorLimits {
+        per_owner: 5,
+        total: 100,
+    };
+    let s = start(tempfile::tempdir().expect("tempdir"), true, limits).await;
+    let a = Arc::new(s.as_identity(Some("indexer-desk")).await);
+    let acks: Vec<_> = (0..20)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.ack(&format!("n{i:02}"), 0).await })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for t in acks {
+        codes.push(t.await.expect("task").map_err(|s| s.code()));
+    }
+    assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 5, "{codes:?}");
+    assert!(codes
+        .iter()
+        .all(|c| matches!(c, Ok(0) | Err(Code::ResourceExhausted))));
     s.stop().await;
 }
