@@ -34,9 +34,9 @@ pub struct CursorActor<'a> {
 }
 
 impl CursorActor<'_> {
-    /// Whether this caller may act on a cursor owned by `owner`: its own, or anyone's when
-    /// privileged. An unowned cursor is open to whoever claims it by moving it (see `claims`).
-    fn may_change(&self, owner: Option<&str>) -> bool {
+    /// Whether this caller may move or resume a cursor owned by `owner`: its own, anyone's when
+    /// privileged, and an unowned one (moving it claims it).
+    pub fn may_use(&self, owner: Option<&str>) -> bool {
         self.privileged || owner.is_none() || owner == self.identity
     }
 }
@@ -218,7 +218,7 @@ impl EventLog {
                         check_room(&shared.db, actor.identity, guard.limits)?;
                         (position, actor.identity.map(str::to_string))
                     }
-                    Some((_, owner)) if !actor.may_change(owner.as_deref()) => {
+                    Some((_, owner)) if !actor.may_use(owner.as_deref()) => {
                         return Err(LogError::CursorNotOwned { name: owned_name });
                     }
                     Some((old, None)) if !actor.privileged && actor.identity.is_some() => {

@@ -336,11 +336,7 @@ impl App {
         options.check()?;
         if let Some(name) = &options.name {
             if let Some(cursor) = self.log.cursor_entry(name)? {
-                let actor = actor(options.caller.as_ref());
-                let theirs = cursor
-                    .owner
-                    .is_some_and(|o| Some(o.as_str()) != actor.identity);
-                if theirs && !actor.privileged {
+                if !actor(options.caller.as_ref()).may_use(cursor.owner.as_deref()) {
                     return Err(
                         claims_ledger_log::LogError::CursorNotOwned { name: name.clone() }.into(),
                     );

@@ -195,7 +195,8 @@ where
         let started = std::time::Instant::now();
         let _entered = span.enter();
         let peer = peer(&req);
-        let method = req.uri().path().to_string();
+        // Shares the request's bytes; read only if the call is refused.
+        let uri = req.uri().clone();
         let mut identity_name = None;
         if let Some(tokens) = &self.tokens {
             let header = req
@@ -214,7 +215,7 @@ where
                     let known = bearer(header)
                         .and_then(|t| tokens.identify(t))
                         .map(|i| i.name.as_str());
-                    log_refusal(peer, &method, known, &status);
+                    log_refusal(peer, uri.path(), known, &status);
                     let resp = status.into_http::<R>();
                     return Box::pin(async move { Ok(resp) });
                 }
@@ -232,7 +233,7 @@ where
                 // A service's refusal is a trailers-only response: its status is in the headers.
                 if let Some(status) = Status::from_header_map(resp.headers()) {
                     if is_refusal(status.code()) {
-                        log_refusal(peer, &method, identity_name.as_deref(), &status);
+                        log_refusal(peer, uri.path(), identity_name.as_deref(), &status);
                     }
                 }
                 let status = resp
