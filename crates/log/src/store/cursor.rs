@@ -108,9 +108,15 @@ fn stored(
     }
 }
 
-/// Refuses a cursor for `owner` beyond the limits: counts every stored cursor, since new names are
-/// rare and bounded by `limits.total`.
-fn check_room(db: &sled::Db, owner: Option<&str>, limits: CursorLimits) -> Result<(), LogError> {
+/// Refuses one more cursor for `owner` beyond the limits; `adds` says whether it is a new one (a claim
+/// of an unowned cursor only counts against the owner's limit). Counts every stored cursor, since new
+/// names are rare and bounded by `limits.total`.
+fn check_room(
+    db: &sled::Db,
+    owner: Option<&str>,
+    limits: CursorLimits,
+    adds: bool,
+) -> Result<(), LogError> {
     let (mut total, mut owned) = (0usize, 0usize);
     for item in db.scan_prefix([CURSOR]) {
         let (_, v) = item?;
@@ -118,7 +124,7 @@ fn check_room(db: &sled::Db, owner: Option<&str>, limits: CursorLimits) -> Resul
         let stored_owner = v.get(8..).unwrap_or_default();
         owned += usize::from(stored_owner == owner.unwrap_or("").as_bytes());
     }
-    if total >= limits.total {
+    if adds && total >= limits.total {
         return Err(LogError::TooManyCursors {
             per_owner: false,
             limit: limits.total,
@@ -215,7 +221,7 @@ impl EventLog {
                 let _held = guard.lock.lock().unwrap_or_else(|p| p.into_inner());
                 let (p, owner) = match stored(&shared.db, &owned_name, &key)? {
                     None => {
-                        check_room(&shared.db, actor.identity, guard.limits)?;
+                        check_room(&shared.db, actor.identity, guard.limits, true)?;
                         (position, actor.identity.map(str::to_string))
                     }
                     Some((_, owner)) if !actor.may_use(owner.as_deref()) => {
@@ -223,7 +229,7 @@ impl EventLog {
                     }
                     Some((old, None)) if !actor.privileged && actor.identity.is_some() => {
                         // Claiming an unowned cursor gives the actor one more.
-                        check_room(&shared.db, actor.identity, guard.limits)?;
+                        check_room(&shared.db, actor.identity, guard.limits, false)?;
                         (old.max(position), actor.identity.map(str::to_string))
                     }
                     Some((old, owner)) => (old.max(position), owner),
@@ -231,7 +237,7 @@ impl EventLog {
                 shared.db.insert(&key, encode(p, owner.as_deref()))?;
                 p
             };
-            // Outside the lock: a later change's sync covers this one too.
+            // No lock needed: this sync makes this write durable whatever was written since.
             shared.db.flush()?;
             shared.data_file.sync_data()?;
             Ok(p)

@@ -101,7 +101,17 @@ async fn cursors_belong_to_their_writer_within_limits() {
             limit: 3
         })
     ));
+    // Claiming an unowned one adds none, so the limit in all does not stop it.
+    log.store_cursor("u2", 0, anonymous)
+        .await
+        .expect_err("full");
     assert!(log.delete_cursor("u", as_("bob")).await.expect("own"));
+    log.store_cursor("u2", 0, anonymous).await.expect("room");
+    log.store_cursor("u2", 0, as_("carol"))
+        .await
+        .expect("claim when full");
+    assert_eq!(owner(&log, "u2").as_deref(), Some("carol"));
+    assert!(log.delete_cursor("u2", as_("carol")).await.expect("own"));
     assert!(matches!(
         log.store_cursor("d", 0, as_("alice")).await,
         Err(LogError::TooManyCursors {
