@@ -20,11 +20,16 @@
 //! name = "desk-editor"          # the identity recorded as "recorded by"
 //! sha256 = "<hex SHA-256 of the token>"
 //! roles = ["writer"]
+//!
+//! [subscriptions]               # bounds on named subscriptions (these are the defaults)
+//! max_per_identity = 100        # without tokens, the one anonymous caller's
+//! max_total = 10000
 //! ```
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use claims_ledger_log::CursorLimits;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -54,7 +59,7 @@ pub enum Role {
     Writer,
     /// Reader, plus Merkle proofs.
     Auditor,
-    /// Reader, plus projection rebuilds and named-subscription management.
+    /// Reader, plus projection rebuilds, and acting on anyone's named subscriptions.
     Admin,
 }
 
@@ -93,6 +98,30 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
+    pub subscriptions: Option<SubscriptionLimits>,
+}
+
+/// `[subscriptions]`: how many named subscriptions may exist, so that no caller can fill the disk
+/// (and the metrics) with cursors. A first acknowledgement past either is RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionLimits {
+    /// Named subscriptions one identity may own (without tokens, the one anonymous caller).
+    pub max_per_identity: Option<usize>,
+    /// Named subscriptions in all.
+    pub max_total: Option<usize>,
+}
+
+impl FileConfig {
+    /// The limits on subscriber cursors the log enforces: the file's, else the defaults.
+    pub fn cursor_limits(&self) -> CursorLimits {
+        let default = CursorLimits::default();
+        let file = self.subscriptions.unwrap_or_default();
+        CursorLimits {
+            per_owner: file.max_per_identity.unwrap_or(default.per_owner),
+            total: file.max_total.unwrap_or(default.total),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -130,6 +159,13 @@ impl FileConfig {
             path: path.to_path_buf(),
             reason,
         })?;
+        let limits = c.cursor_limits();
+        if limits.per_owner == 0 || limits.total == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason: "subscriptions: max_per_identity and max_total must be at least 1".into(),
+            });
+        }
         Ok(c)
     }
 }
@@ -225,6 +261,32 @@ mod tests {
         let mut bad = entry("a", "x");
         bad.sha256 = "abc".into();
         assert!(Tokens::from_entries(&[bad]).is_err());
+    }
+
+    #[test]
+    fn subscription_limits_come_from_the_file_or_the_defaults() {
+        let c: FileConfig =
+            toml::from_str("[subscriptions]\nmax_per_identity = 3\n").expect("parse");
+        assert_eq!(
+            c.cursor_limits(),
+            CursorLimits {
+                per_owner: 3,
+                total: CursorLimits::default().total
+            }
+        );
+        assert_eq!(
+            FileConfig::default().cursor_limits(),
+            CursorLimits::default()
+        );
+        let r: Result<FileConfig, _> = toml::from_str("[subscriptions]\nmax_per_owner = 3\n");
+        assert!(r.is_err(), "unknown keys are refused here too");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[subscriptions]\nmax_total = 0\n").expect("write");
+        assert!(matches!(
+            FileConfig::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]
