@@ -35,11 +35,12 @@
 //! link, a stream revision out of sequence, time going backwards, a cursor line before the last
 //! event, out of name order, with an invalid name or beyond the events, a missing trailer (a
 //! truncated export) or one that disagrees with the count, the head hash, the recomputed Merkle
-//! root or the number of cursor lines. It
-//! writes through `log::import::Importer` into a temporary directory beside the target, fsyncs it,
-//! runs `verify` on the result, compares its head hash and Merkle root with the export's, and only
-//! then renames it into place (an existing empty directory is replaced, so a crash mid-restore
-//! never leaves a partial log there). On any failure nothing is left behind.
+//! root or the number of cursor lines. The reading and these checks live beside the importer, in
+//! `claims_ledger_log::import::file`; this module adds the rules the log does not know (payloads the
+//! domain reads, the server's subscription names). The restore writes into a temporary directory
+//! beside the target, fsyncs it, runs `verify` on the result, compares its head hash and Merkle root
+//! with the export's, and only then renames it into place (an existing empty directory is replaced,
+//! so a crash mid-restore never leaves a partial log there). On any failure nothing is left behind.
 //!
 //! Idempotency survives a restore: the first event of an append made under an idempotency key
 //! records the key in its stored bytes, and the import rebuilds the idempotency records from those
@@ -51,25 +52,23 @@
 //! signing key (copy `signing.key` into the restored
 //! directory to keep signing as the same log).
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Write as _};
+use std::path::Path;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use uuid::Uuid;
 
+use claims_ledger_client::events::Events;
+use claims_ledger_client::{pb, Code};
 use claims_ledger_core::merkle::{self, Frontier};
-use claims_ledger_log::import::Importer;
-use claims_ledger_log::verify::verify_dir;
-use claims_ledger_log::{self as log, Hash, LogError, RecordedEvent, GENESIS_HASH};
-use claims_ledger_proto as pb;
+use claims_ledger_log::{self as log, Hash, RecordedEvent, GENESIS_HASH};
 
-/// The format name in the header of the exports this version writes.
-pub const FORMAT: &str = "claims-ledger/export/v2";
-/// The earlier format, without subscription cursors, which restore still reads.
-pub const FORMAT_V1: &str = "claims-ledger/export/v1";
+use super::connect::connection;
+
+use claims_ledger_log::import::file::{
+    parse_hash, sync_parent, temp_path, Cursor, CursorLine, End, EventOut, Header, RestoreChecks,
+    Trailer,
+};
+pub use claims_ledger_log::import::file::{RestoreError, Restored, FORMAT, FORMAT_V1};
 
 /// Most events `Events.ReadAll` returns at once.
 const MAX_PAGE: u32 = 1000;
@@ -78,84 +77,6 @@ const MAX_PAGE: u32 = 1000;
 /// `MAX_RECORD_BYTES` plus its typed payload). Pages are sized to a quarter of it by the largest
 /// envelope seen; a page refused as too large anyway is asked for in halves.
 const MAX_MESSAGE: usize = 16 << 20;
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Header {
-    format: String,
-    event_count: u64,
-    head_hash: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Trailer {
-    end: End,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct End {
-    event_count: u64,
-    head_hash: String,
-    merkle_root: Option<String>,
-    /// Cursor lines before the trailer (v2 only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cursors: Option<u64>,
-}
-
-/// A named subscriber's acknowledged position.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CursorLine {
-    cursor: Cursor,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Cursor {
-    name: String,
-    position: u64,
-}
-
-/// An event line as written.
-#[derive(Serialize)]
-struct EventOut<'a> {
-    position: u64,
-    event_id: Uuid,
-    stream: &'a str,
-    stream_revision: u64,
-    event_type: &'a str,
-    schema_version: u32,
-    recorded_at: DateTime<Utc>,
-    recorded_by: &'a str,
-    correlation_id: Option<&'a str>,
-    causation_id: Option<&'a str>,
-    prev_hash: String,
-    hash: String,
-    payload: &'a RawValue,
-    stored: &'a str,
-}
-
-/// An event line as read back.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventIn {
-    position: u64,
-    event_id: Uuid,
-    stream: String,
-    stream_revision: u64,
-    event_type: String,
-    schema_version: u32,
-    recorded_at: DateTime<Utc>,
-    recorded_by: String,
-    correlation_id: Option<String>,
-    causation_id: Option<String>,
-    prev_hash: String,
-    hash: String,
-    payload: Box<RawValue>,
-    stored: String,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Export
@@ -202,15 +123,13 @@ pub async fn export(server: &str, out: &Path, json: bool) -> anyhow::Result<i32>
 /// Writes the export and returns what it wrote; `out` is replaced only once the new file is
 /// complete and synced.
 pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary> {
-    let channel = super::connect::connect(server).await?;
-    let mut events = pb::events_client::EventsClient::new(channel.clone())
-        .max_decoding_message_size(MAX_MESSAGE);
-    let mut audit = pb::audit_client::AuditClient::new(channel.clone());
+    let conn = connection(server).await?;
+    let events = conn.events().max_decoding_message_size(MAX_MESSAGE);
+    let audit = conn.audit();
     let head = events
-        .get_head(pb::GetHeadRequest {})
+        .get_head()
         .await
-        .map_err(|s| anyhow::anyhow!("Events.GetHead: {}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(|e| anyhow::anyhow!("Events.GetHead: {}", call_text(&e)))?;
     let head_hash = parse_hash(&head.hash)
         .map_err(|e| anyhow::anyhow!("Events.GetHead returned a bad hash: {e}"))?;
     let count = head.event_count;
@@ -226,21 +145,15 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
         };
         serde_json::to_writer(&mut w, &header)?;
         w.write_all(b"\n")?;
-        let frontier = write_events(&mut events, &mut w, count, &head_hash).await?;
-        let merkle_root = match audit
-            .get_checkpoint(pb::GetCheckpointRequest {
-                tree_size: Some(count),
-            })
-            .await
-        {
+        let frontier = write_events(&events, &mut w, count, &head_hash).await?;
+        let merkle_root = match audit.get_checkpoint(Some(count)).await {
             Ok(r) => {
-                let root = r
-                    .into_inner()
-                    .checkpoint
-                    .map(|c| c.root_hash)
-                    .unwrap_or_default();
+                let root = r.checkpoint.map(|c| c.root_hash).unwrap_or_default();
                 let root: Hash = root.as_slice().try_into().map_err(|_| {
-                    anyhow::anyhow!("Audit.GetCheckpoint returned a root of {} bytes", root.len())
+                    anyhow::anyhow!(
+                        "Audit.GetCheckpoint returned a root of {} bytes",
+                        root.len()
+                    )
                 })?;
                 anyhow::ensure!(
                     root == frontier.root(),
@@ -250,16 +163,15 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
                 );
                 Some(root)
             }
-            Err(s) => {
+            Err(e) => {
                 eprintln!(
-                    "warning: Audit.GetCheckpoint failed ({}: {}); the export carries no Merkle root",
-                    s.code(),
-                    s.message()
+                    "warning: Audit.GetCheckpoint failed ({}); the export carries no Merkle root",
+                    call_text(&e)
                 );
                 None
             }
         };
-        let (cursors, lowered) = write_cursors(&mut events, &mut w, count).await?;
+        let (cursors, lowered) = write_cursors(&events, &mut w, count).await?;
         let trailer = Trailer {
             end: End {
                 event_count: count,
@@ -306,7 +218,7 @@ pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary
 /// Writes every named subscriber's cursor, in name order, lowered to `count`; returns how many were
 /// written and how many lowered.
 async fn write_cursors(
-    events: &mut pb::events_client::EventsClient<super::connect::Conn>,
+    events: &Events,
     w: &mut impl std::io::Write,
     count: u64,
 ) -> anyhow::Result<(u64, u64)> {
@@ -320,15 +232,15 @@ async fn write_cursors(
             })
             .await
         {
-            Ok(page) => page.into_inner(),
+            Ok(page) => page,
             // A server from before named subscribers could be listed: its events still export.
-            Err(s) if s.code() == tonic::Code::Unimplemented && written == 0 => {
+            Err(e) if e.code() == Some(Code::Unimplemented) && written == 0 => {
                 eprintln!(
                     "warning: the server cannot list subscriptions; the export carries no cursors"
                 );
                 return Ok((0, 0));
             }
-            Err(s) => anyhow::bail!("Events.ListSubscriptions: {}: {}", s.code(), s.message()),
+            Err(e) => anyhow::bail!("Events.ListSubscriptions: {}", call_text(&e)),
         };
         for sub in page.subscriptions {
             let position = sub.acknowledged_position.min(count);
@@ -353,7 +265,7 @@ async fn write_cursors(
 /// Pages through positions `[0, count)`, checking each event's hash and chain link, writing one line
 /// each. Returns the Merkle frontier over them; fails unless the last hash is `head_hash`.
 async fn write_events(
-    events: &mut pb::events_client::EventsClient<super::connect::Conn>,
+    events: &Events,
     w: &mut impl std::io::Write,
     count: u64,
     head_hash: &Hash,
@@ -377,31 +289,26 @@ async fn write_events(
             })
             .await
         {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             // A page too large for one message: ask for fewer events at once.
-            Err(s)
+            Err(e)
                 if want > 1
-                    && matches!(
-                        s.code(),
-                        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-                    )
-                    && s.message().contains("too large") =>
+                    && e.status().is_some_and(|s| {
+                        matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted)
+                            && s.message().contains("too large")
+                    }) =>
             {
                 cap = want / 2;
                 continue;
             }
-            Err(s) => anyhow::bail!(
-                "Events.ReadAll from position {pos}: {}: {}",
-                s.code(),
-                s.message()
-            ),
+            Err(e) => anyhow::bail!("Events.ReadAll from position {pos}: {}", call_text(&e)),
         };
         anyhow::ensure!(
             !resp.events.is_empty(),
             "Events.ReadAll returned nothing at position {pos}, below the head's {count} events"
         );
         for env in resp.events.into_iter().take((count - pos) as usize) {
-            largest = largest.max(prost::Message::encoded_len(&env));
+            largest = largest.max(claims_ledger_client::Message::encoded_len(&env));
             anyhow::ensure!(
                 env.position == pos,
                 "Events.ReadAll returned position {} where {pos} was expected",
@@ -459,51 +366,6 @@ async fn write_events(
 // Restore
 // ---------------------------------------------------------------------------------------------
 
-/// What a restore wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Restored {
-    pub events: u64,
-    pub streams: usize,
-    pub head_hash: Hash,
-    pub merkle_root: Hash,
-    /// Whether the export carried a Merkle root to compare with (it did, and it matched).
-    pub merkle_root_checked: bool,
-    /// Idempotency records rebuilt from the events.
-    pub idempotency_records: u64,
-    /// Named subscribers' cursors restored.
-    pub cursors: u64,
-}
-
-/// Why a restore failed: the 1-based line of the export at fault, when there is one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct RestoreError {
-    pub line: Option<u64>,
-    pub reason: String,
-}
-
-impl std::fmt::Display for RestoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "line {line}: {}", self.reason),
-            None => f.write_str(&self.reason),
-        }
-    }
-}
-
-fn at(line: u64, reason: impl Into<String>) -> RestoreError {
-    RestoreError {
-        line: Some(line),
-        reason: reason.into(),
-    }
-}
-
-fn general(reason: impl Into<String>) -> RestoreError {
-    RestoreError {
-        line: None,
-        reason: reason.into(),
-    }
-}
-
 /// `claims-ledger restore --from FILE --data-dir DIR`: see the module documentation. Exit code 0,
 /// or 1 with the line at fault (and nothing written).
 pub fn restore(from: &Path, data_dir: &Path, json: bool) -> anyhow::Result<i32> {
@@ -547,588 +409,29 @@ pub fn restore(from: &Path, data_dir: &Path, json: bool) -> anyhow::Result<i32> 
     }
 }
 
-/// Restores `from` into `data_dir` (absent or empty); see the module documentation. On failure
-/// nothing is written to `data_dir` and nothing is left beside it.
+/// Restores `from` into `data_dir` (absent or empty) with the server's rules for payloads and
+/// subscription names; see `claims_ledger_log::import::file`.
 pub fn restore_file(from: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
-    let file =
-        File::open(from).map_err(|e| general(format!("cannot open {}: {e}", from.display())))?;
-    let target = Target::prepare(data_dir)?;
-    let result = import(file, &target.work).and_then(|restored| {
-        target.commit()?;
-        Ok(restored)
-    });
-    if result.is_err() {
-        target.discard();
-    }
-    result
-}
-
-/// Where a restore writes: a temporary directory beside the target, renamed onto it (absent, or an
-/// empty directory, which `rename` replaces atomically) only once the log is complete, synced and
-/// verified. A crash mid-restore therefore never leaves a partial log at the target.
-struct Target {
-    work: PathBuf,
-    to: PathBuf,
-}
-
-impl Target {
-    fn prepare(data_dir: &Path) -> Result<Target, RestoreError> {
-        match std::fs::read_dir(data_dir) {
-            Ok(mut entries) => {
-                if let Some(entry) = entries.next() {
-                    let name = entry
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let what = if data_dir.join("db").exists() {
-                        "already holds a log (a `db` file)".to_string()
-                    } else {
-                        format!("is not empty (it holds {name:?})")
-                    };
-                    return Err(general(format!(
-                        "refusing to restore into {}: it {what}; restore into a new directory",
-                        data_dir.display()
-                    )));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(general(format!("cannot read {}: {e}", data_dir.display()))),
-        }
-        let work = temp_path(data_dir, "restoring").map_err(|e| general(e.to_string()))?;
-        if work.exists() {
-            std::fs::remove_dir_all(&work)
-                .map_err(|e| general(format!("cannot remove the stale {}: {e}", work.display())))?;
-        }
-        std::fs::create_dir_all(&work)
-            .map_err(|e| general(format!("cannot create {}: {e}", work.display())))?;
-        Ok(Target {
-            work,
-            to: data_dir.to_path_buf(),
-        })
-    }
-
-    fn commit(&self) -> Result<(), RestoreError> {
-        std::fs::rename(&self.work, &self.to).map_err(|e| {
-            general(format!(
-                "cannot rename {} to {}: {e} (a mount point cannot be replaced: restore into a \
-                 directory below it)",
-                self.work.display(),
-                self.to.display()
-            ))
-        })?;
-        sync_parent(&self.to).map_err(|e| general(e.to_string()))
-    }
-
-    /// Removes everything the restore wrote. sled's threads may still write a file for a moment
-    /// after the database is dropped, so this tries again until the directory is gone.
-    fn discard(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::remove_dir_all(&self.work).is_err()
-            && self.work.exists()
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-/// Reads and checks the export line by line, imports it into `dir`, and verifies the result.
-fn import(file: File, dir: &Path) -> Result<Restored, RestoreError> {
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut buf = Vec::new();
-    let mut line_no = 0u64;
-    // Reads the next line into `buf` (without its newline): `None` at the end of the file, else
-    // whether the line ended with a newline (the last one of a truncated file does not).
-    let mut next_line =
-        |buf: &mut Vec<u8>, line_no: &mut u64| -> Result<Option<bool>, RestoreError> {
-            buf.clear();
-            let n = reader
-                .read_until(b'\n', buf)
-                .map_err(|e| at(*line_no + 1, format!("cannot read: {e}")))?;
-            if n == 0 {
-                return Ok(None);
-            }
-            *line_no += 1;
-            let complete = buf.last() == Some(&b'\n');
-            if complete {
-                buf.pop();
-            }
-            Ok(Some(complete))
-        };
-
-    if next_line(&mut buf, &mut line_no)?.is_none() {
-        return Err(at(1, "the file is empty: no header"));
-    }
-    let header: Header =
-        serde_json::from_slice(&buf).map_err(|e| at(1, format!("not an export header: {e}")))?;
-    let with_cursors = match header.format.as_str() {
-        FORMAT => true,
-        FORMAT_V1 => false,
-        other => {
-            return Err(at(
-                1,
-                format!(
-                    "unknown format {other:?} (this version reads {FORMAT:?} and {FORMAT_V1:?})"
-                ),
-            ))
-        }
+    let payload = |rec: &RecordedEvent| {
+        claims_ledger_server::app::decode_event(rec)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
-    let header_head =
-        parse_hash(&header.head_hash).map_err(|e| at(1, format!("head_hash: {e}")))?;
-
-    let mut importer = Importer::create(dir)
-        .map_err(|e| general(format!("cannot create a log in {}: {e}", dir.display())))?;
-    let mut cursors = Cursors::default();
-    let trailer = loop {
-        let Some(complete) = next_line(&mut buf, &mut line_no)? else {
-            return Err(at(
-                line_no,
-                format!(
-                    "truncated export: the trailer is missing; this was the last line, after {} \
-                     of the {} events the header announces",
-                    importer.count(),
-                    header.event_count
-                ),
-            ));
-        };
-        let event: EventIn = match serde_json::from_slice(&buf) {
-            Ok(e) => e,
-            Err(event_err) => {
-                if let Ok(CursorLine { cursor }) = serde_json::from_slice(&buf) {
-                    if !with_cursors {
-                        return Err(at(
-                            line_no,
-                            format!("a cursor line in a {FORMAT_V1} export"),
-                        ));
-                    }
-                    cursors
-                        .push(&mut importer, cursor, header.event_count)
-                        .map_err(|reason| at(line_no, reason))?;
-                    continue;
-                }
-                match serde_json::from_slice::<Trailer>(&buf) {
-                    Ok(t) => break t.end,
-                    Err(trailer_err) => {
-                        return Err(at(
-                            line_no,
-                            describe_bad_line(&buf, event_err, trailer_err, complete),
-                        ));
-                    }
-                }
-            }
-        };
-        if let Some(name) = &cursors.last {
-            return Err(at(
-                line_no,
-                format!(
-                    "an event after the cursor line of {name:?}; cursors follow the last event"
-                ),
-            ));
-        }
-        let expected = importer.count();
-        if expected >= header.event_count {
-            return Err(at(
-                line_no,
-                format!(
-                    "an event (position {}) beyond the {} events the header announces",
-                    event.position, header.event_count
-                ),
-            ));
-        }
-        let rec = check_event(event, expected).map_err(|reason| at(line_no, reason))?;
-        importer
-            .push(&rec)
-            .map_err(|e| at(line_no, import_reason(e)))?;
+    let checks = RestoreChecks {
+        cursor_name: &claims_ledger_server::app::valid_subscription_name,
+        payload: &payload,
     };
-
-    // The trailer.
-    let count = importer.count();
-    if trailer.event_count != header.event_count || count != header.event_count {
-        return Err(at(
-            line_no,
-            format!(
-                "the trailer says {} events and the header {}, but {count} event lines came before it",
-                trailer.event_count, header.event_count
-            ),
-        ));
-    }
-    let expected_cursors = with_cursors.then_some(cursors.count);
-    if trailer.cursors != expected_cursors {
-        return Err(at(
-            line_no,
-            format!(
-                "the trailer counts {:?} cursor lines, the export holds {:?}",
-                trailer.cursors, expected_cursors
-            ),
-        ));
-    }
-    let trailer_head = parse_hash(&trailer.head_hash)
-        .map_err(|e| at(line_no, format!("trailer head_hash: {e}")))?;
-    if trailer_head != header_head || importer.head_hash() != header_head {
-        return Err(at(
-            line_no,
-            format!(
-                "the last event's hash is {}, the header says {} and the trailer {}",
-                hex::encode(importer.head_hash()),
-                header.head_hash,
-                trailer.head_hash
-            ),
-        ));
-    }
-    let trailer_root = match &trailer.merkle_root {
-        Some(r) => Some(parse_hash(r).map_err(|e| at(line_no, format!("merkle_root: {e}")))?),
-        None => None,
-    };
-    if let Some(root) = trailer_root {
-        if root != importer.merkle_root() {
-            return Err(at(
-                line_no,
-                format!(
-                    "the events' Merkle root is {}, but the server's, in the trailer, is {}",
-                    hex::encode(importer.merkle_root()),
-                    hex::encode(root)
-                ),
-            ));
-        }
-    }
-    let trailer_line = line_no;
-    while next_line(&mut buf, &mut line_no)?.is_some() {
-        if !buf.iter().all(u8::is_ascii_whitespace) {
-            return Err(at(
-                line_no,
-                format!("data after the trailer (line {trailer_line})"),
-            ));
-        }
-    }
-
-    let summary = importer.finish().map_err(|e| match e {
-        // The events ended inside an append: the trailer came too early.
-        LogError::Corrupt { reason, .. } => at(trailer_line, reason),
-        e => general(format!("writing {}: {e}", dir.display())),
-    })?;
-    // Read the written directory back from disk as `verify` does, and compare.
-    let report = match verify_dir(dir) {
-        Ok(Ok(r)) => r,
-        Ok(Err(m)) => {
-            return Err(at(
-                m.position + 2,
-                format!(
-                    "the restored log does not verify at position {}: {}",
-                    m.position, m.reason
-                ),
-            ))
-        }
-        Err(e) => return Err(general(format!("verifying {}: {e}", dir.display()))),
-    };
-    if report.events != count
-        || report.head_hash != header_head
-        || report.merkle_root != Some(summary.merkle_root)
-    {
-        return Err(general(format!(
-            "the restored log verifies as {} events, head {}, root {}, not the export's {count}, {}, {}",
-            report.events,
-            hex::encode(report.head_hash),
-            report.merkle_root.map_or("none".into(), hex::encode),
-            header.head_hash,
-            hex::encode(summary.merkle_root)
-        )));
-    }
-    Ok(Restored {
-        events: count,
-        streams: report.streams,
-        head_hash: report.head_hash,
-        merkle_root: summary.merkle_root,
-        merkle_root_checked: trailer_root.is_some(),
-        idempotency_records: summary.idempotency_records,
-        cursors: cursors.count,
-    })
-}
-
-/// The cursor lines read so far.
-#[derive(Default)]
-struct Cursors {
-    count: u64,
-    /// The last name, to keep names in strictly increasing order.
-    last: Option<String>,
-}
-
-impl Cursors {
-    /// Checks a cursor line read after `importer`'s events and stores it.
-    fn push(&mut self, importer: &mut Importer, c: Cursor, events: u64) -> Result<(), String> {
-        if importer.count() != events {
-            return Err(format!(
-                "a cursor line after {} of the {events} events; cursors follow the last event",
-                importer.count()
-            ));
-        }
-        if !claims_ledger_server::app::valid_subscription_name(&c.name) {
-            return Err(format!(
-                "cursor name {:?} is not a valid subscription name",
-                c.name
-            ));
-        }
-        if self.last.as_ref().is_some_and(|last| *last >= c.name) {
-            return Err(format!(
-                "cursor {:?} is out of name order (or repeated)",
-                c.name
-            ));
-        }
-        importer
-            .put_cursor(&c.name, c.position)
-            .map_err(|e| format!("cursor {:?}: {e}", c.name))?;
-        self.count += 1;
-        self.last = Some(c.name);
-        Ok(())
-    }
-}
-
-/// Checks one event line against its own stored record; returns the record to import.
-fn check_event(e: EventIn, expected: u64) -> Result<RecordedEvent, String> {
-    if e.position != expected {
-        return Err(if e.position == expected + 1 {
-            format!(
-                "position {} where {expected} was expected: the line of position {expected} is missing",
-                e.position
-            )
-        } else if e.position > expected {
-            format!(
-                "position {} where {expected} was expected: the lines of positions {expected}..={} are missing",
-                e.position,
-                e.position - 1
-            )
-        } else {
-            format!(
-                "position {} where {expected} was expected: a repeated or out-of-order line",
-                e.position
-            )
-        });
-    }
-    let hash = parse_hash(&e.hash).map_err(|r| format!("hash: {r}"))?;
-    let stored = e.stored.into_bytes();
-    let mismatch = |actual: &Hash| {
-        format!(
-            "the stored bytes do not match the hash: they hash to {}, the line says {}",
-            hex::encode(actual),
-            e.hash
-        )
-    };
-    // `decode` hashes the bytes; only a record that does not decode is hashed here, to say which
-    // is wrong.
-    let rec = match log::decode(expected, stored.clone()) {
-        Ok(rec) if rec.hash == hash => rec,
-        Ok(rec) => return Err(mismatch(&rec.hash)),
-        Err(err) => {
-            let actual = log::sha256(&stored);
-            return Err(if actual != hash {
-                mismatch(&actual)
-            } else {
-                format!("the stored record does not decode: {err}")
-            });
-        }
-    };
-    let differs = |field: &str, line: String, stored: String| {
-        Err(format!(
-            "{field} is {} on the line but {} in the stored record",
-            shorten(&line),
-            shorten(&stored)
-        ))
-    };
-    if rec.position != e.position {
-        return differs("position", e.position.to_string(), rec.position.to_string());
-    }
-    if rec.event_id != e.event_id {
-        return differs("event_id", e.event_id.to_string(), rec.event_id.to_string());
-    }
-    if rec.stream != e.stream {
-        return differs(
-            "stream",
-            format!("{:?}", e.stream),
-            format!("{:?}", rec.stream),
-        );
-    }
-    if rec.stream_revision != e.stream_revision {
-        return differs(
-            "stream_revision",
-            e.stream_revision.to_string(),
-            rec.stream_revision.to_string(),
-        );
-    }
-    if rec.event_type != e.event_type {
-        return differs(
-            "event_type",
-            format!("{:?}", e.event_type),
-            format!("{:?}", rec.event_type),
-        );
-    }
-    if rec.schema_version != e.schema_version {
-        return differs(
-            "schema_version",
-            e.schema_version.to_string(),
-            rec.schema_version.to_string(),
-        );
-    }
-    if rec.recorded_at != e.recorded_at {
-        return differs(
-            "recorded_at",
-            e.recorded_at.to_rfc3339(),
-            rec.recorded_at.to_rfc3339(),
-        );
-    }
-    if rec.recorded_by != e.recorded_by {
-        return differs(
-            "recorded_by",
-            format!("{:?}", e.recorded_by),
-            format!("{:?}", rec.recorded_by),
-        );
-    }
-    if rec.correlation_id != e.correlation_id {
-        return differs(
-            "correlation_id",
-            format!("{:?}", e.correlation_id),
-            format!("{:?}", rec.correlation_id),
-        );
-    }
-    if rec.causation_id != e.causation_id {
-        return differs(
-            "causation_id",
-            format!("{:?}", e.causation_id),
-            format!("{:?}", rec.causation_id),
-        );
-    }
-    if hex::encode(rec.prev_hash) != e.prev_hash {
-        return differs("prev_hash", e.prev_hash, hex::encode(rec.prev_hash));
-    }
-    // The same text (as exported) is the same payload; otherwise compare the JSON values, so that a
-    // reformatted but equal payload passes.
-    if rec.payload.get() != e.payload.get() {
-        let value = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get());
-        let stored =
-            value(&rec.payload).map_err(|err| format!("the stored payload is not JSON: {err}"))?;
-        let line = value(&e.payload).map_err(|err| format!("payload: {err}"))?;
-        if let Some((path, ours, theirs)) = first_difference(&line, &stored) {
-            return differs(&format!("payload{path}"), ours, theirs);
-        }
-    }
-    claims_ledger_server::app::decode_event(&rec).map_err(|err| {
-        format!(
-            "the payload is not a valid {} v{} event: {err}",
-            rec.event_type, rec.schema_version
-        )
-    })?;
-    Ok(rec)
-}
-
-/// The first place where two JSON values differ: its path (`.key`, `[index]`) and both sides
-/// there (`absent` where one side has nothing).
-fn first_difference(
-    a: &serde_json::Value,
-    b: &serde_json::Value,
-) -> Option<(String, String, String)> {
-    use serde_json::Value;
-    let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), Value::to_string);
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
-                (Some(p), Some(q)) => {
-                    first_difference(p, q).map(|(path, l, r)| (format!(".{k}{path}"), l, r))
-                }
-                (p, q) => Some((format!(".{k}"), show(p), show(q))),
-            })
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            (0..x.len().max(y.len())).find_map(|i| match (x.get(i), y.get(i)) {
-                (Some(p), Some(q)) => {
-                    first_difference(p, q).map(|(path, l, r)| (format!("[{i}]{path}"), l, r))
-                }
-                (p, q) => Some((format!("[{i}]"), show(p), show(q))),
-            })
-        }
-        _ if a == b => None,
-        _ => Some((String::new(), a.to_string(), b.to_string())),
-    }
-}
-
-/// An importer refusal, without the position the line number already says.
-fn import_reason(e: LogError) -> String {
-    match e {
-        LogError::Corrupt { reason, .. } => reason,
-        other => other.to_string(),
-    }
-}
-
-fn describe_bad_line(
-    buf: &[u8],
-    event_err: serde_json::Error,
-    trailer_err: serde_json::Error,
-    complete: bool,
-) -> String {
-    // The last line of a file cut short: no newline, and the JSON ends early.
-    if !complete && event_err.is_eof() {
-        return format!(
-            "truncated export: the line ends in the middle of a JSON document ({event_err})"
-        );
-    }
-    if buf.iter().all(u8::is_ascii_whitespace) {
-        return "an empty line where an event or the trailer was expected".into();
-    }
-    if event_err.is_syntax() || event_err.is_eof() {
-        return format!("not valid JSON: {event_err}");
-    }
-    // Valid JSON that is neither an event nor the trailer: say what it resembles more.
-    let looks_like_trailer = serde_json::from_slice::<serde_json::Value>(buf)
-        .ok()
-        .is_some_and(|v| v.get("end").is_some());
-    if looks_like_trailer {
-        format!("not a valid trailer: {trailer_err}")
-    } else {
-        format!("not a valid event line: {event_err}")
-    }
+    claims_ledger_log::import::file::restore_file(from, data_dir, &checks)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// At most 200 characters of `s`, for messages.
-fn shorten(s: &str) -> String {
-    const MAX: usize = 200;
-    match s.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}… ({} bytes)", &s[..cut], s.len()),
-        None => s.to_string(),
+/// A failed call as `code: message`, as the export has always named them.
+fn call_text(e: &claims_ledger_client::Error) -> String {
+    match e.status() {
+        Some(s) => format!("{}: {}", s.code(), s.message()),
+        None => e.to_string(),
     }
-}
-
-/// A 64-digit lowercase hex SHA-256.
-fn parse_hash(s: &str) -> Result<Hash, String> {
-    let mut h = [0u8; 32];
-    if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!("{s:?} is not 64 lowercase hex digits"));
-    }
-    hex::decode_to_slice(s, &mut h).map_err(|e| format!("{s:?}: {e}"))?;
-    Ok(h)
-}
-
-/// A hidden sibling of `path`: `.<name>.<what>-<pid>`.
-fn temp_path(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} does not name a file", path.display()))?;
-    Ok(path.with_file_name(format!(
-        ".{}.{what}-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
-/// fsyncs the directory holding `path`, so a rename into it survives a crash.
-fn sync_parent(path: &Path) -> anyhow::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", parent.display()))
 }

@@ -1,22 +1,24 @@
-//! Client subcommands for people and scripts: `load`, `head`, and the offline `verify`.
+//! Client subcommands for people and scripts: `load`, `head`, `subscriptions`, `tail`, and the
+//! offline `verify`. The network side goes through the client library: `load` writes under the
+//! dataset's idempotency keys with its safe retries, and `tail` follows with its resumable
+//! subscription.
 use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::connect::{connect, Conn};
+use super::connect::{call_error, connection};
+use claims_ledger_client::{pb, Item};
 use claims_ledger_log::verify::verify_dir;
-use claims_ledger_proto as pb;
 use claims_ledger_server::grpc::convert::command_pb;
-
-async fn connect_ledger(server: &str) -> anyhow::Result<pb::ledger_client::LedgerClient<Conn>> {
-    Ok(pb::ledger_client::LedgerClient::new(connect(server).await?))
-}
 
 pub async fn load(file: &Path, server: &str, json: bool) -> anyhow::Result<i32> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let dataset = claims_ledger_domain::dataset::parse(&text)?;
-    let mut client = connect_ledger(server).await?;
+    let ledger = connection(server)
+        .await?
+        .ledger()
+        .recorded_by("claims-ledger-load")?;
     let (mut written, mut present) = (0usize, 0usize);
     for (i, entry) in dataset.commands.iter().enumerate() {
         let req = pb::SubmitBatchRequest {
@@ -30,23 +32,19 @@ pub async fn load(file: &Path, server: &str, json: bool) -> anyhow::Result<i32> 
                 command: Some(command_pb(&entry.command)),
             }],
         };
-        let mut req = tonic::Request::new(req);
-        req.metadata_mut().insert(
-            claims_ledger_server::grpc::RECORDED_BY_HEADER,
-            tonic::metadata::MetadataValue::from_static("claims-ledger-load"),
-        );
-        let resp = client
+        let resp = ledger
             .submit_batch(req)
             .await
-            .map_err(|s| {
-                anyhow::anyhow!(
+            .map_err(|e| match e.status() {
+                Some(s) => anyhow::anyhow!(
                     "command {i} ({}): {}: {}",
                     entry.idempotency_key,
                     s.code(),
                     s.message()
-                )
+                ),
+                None => anyhow::anyhow!("command {i} ({}): {e}", entry.idempotency_key),
             })?
-            .into_inner();
+            .response;
         if resp.result.is_some_and(|r| r.deduplicated) {
             present += 1;
         } else {
@@ -69,12 +67,12 @@ pub async fn load(file: &Path, server: &str, json: bool) -> anyhow::Result<i32> 
 }
 
 pub async fn head(server: &str, json: bool) -> anyhow::Result<i32> {
-    let mut client = pb::events_client::EventsClient::new(connect(server).await?);
-    let h = client
-        .get_head(pb::GetHeadRequest {})
+    let h = connection(server)
+        .await?
+        .events()
+        .get_head()
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(call_error)?;
     if json {
         println!(
             "{}",
@@ -92,7 +90,7 @@ pub async fn head(server: &str, json: bool) -> anyhow::Result<i32> {
 /// Every named subscriber, a page of `ListSubscriptions` at a time: one line (or JSON document)
 /// each, in name order, then a summary line.
 pub async fn subscriptions(server: &str, json: bool) -> anyhow::Result<i32> {
-    let mut client = pb::events_client::EventsClient::new(connect(server).await?);
+    let events = connection(server).await?.events();
     let mut token = String::new();
     let (mut count, mut worst) = (0u64, 0u64);
     if !json {
@@ -102,14 +100,13 @@ pub async fn subscriptions(server: &str, json: bool) -> anyhow::Result<i32> {
         );
     }
     loop {
-        let page = client
+        let page = events
             .list_subscriptions(pb::ListSubscriptionsRequest {
                 page_size: 1000,
                 page_token: token,
             })
             .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-            .into_inner();
+            .map_err(call_error)?;
         for s in &page.subscriptions {
             count += 1;
             worst = worst.max(s.lag);
@@ -229,7 +226,7 @@ fn event_line(e: &pb::EventEnvelope) -> String {
     let at = e
         .recorded_at
         .as_ref()
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
+        .and_then(claims_ledger_client::time::from_timestamp)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
     format!(
@@ -269,8 +266,11 @@ pub async fn tail(
             false,
         ),
     };
-    let mut client = pb::events_client::EventsClient::new(connect(server).await?);
-    let mut stream = client
+    // The library's subscription: `--from end` is fixed to a position before the first event, and
+    // a dropped connection is resumed from the last event printed, without a gap or a repeat.
+    let mut sub = connection(server)
+        .await?
+        .events()
         .subscribe(pb::SubscribeRequest {
             from_position,
             from_end,
@@ -279,15 +279,10 @@ pub async fn tail(
             ..Default::default()
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(call_error)?;
     let mut seen = 0u64;
-    while let Some(msg) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-    {
-        if let Some(pb::subscribe_response::Kind::Event(e)) = msg.kind {
+    loop {
+        if let Item::Event(e) = sub.next().await.map_err(call_error)? {
             if json {
                 println!("{}", event_json(&e));
             } else {
@@ -295,9 +290,8 @@ pub async fn tail(
             }
             seen += 1;
             if limit > 0 && seen >= limit {
-                break;
+                return Ok(0);
             }
         }
     }
-    Ok(0)
 }

@@ -1,52 +1,48 @@
 //! How every client subcommand reaches a server: `http://` in plaintext, `https://` over TLS with the
 //! CA certificate in `CLAIMS_LEDGER_CA_CERT` (a PEM file), and the bearer token in
 //! `CLAIMS_LEDGER_TOKEN` sent on every call. Both come from the environment, not flags, so a token
-//! never shows in a process list.
+//! never shows in a process list. The connection itself, the token, timeouts and retries are the
+//! client library's (`claims_ledger_client`); this module only reads the environment and words the
+//! errors as the command line always has.
 use anyhow::Context as _;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-/// The token sent with every call, if any.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
+use claims_ledger_client::{Connection, Error};
 
 /// A connection every generated client can be built on.
-pub type Conn = InterceptedService<Channel, Bearer>;
+pub type Conn = claims_ledger_client::Transport;
 
-/// Connects to `server` as the environment says.
-pub async fn connect(server: &str) -> anyhow::Result<Conn> {
-    let mut endpoint = Endpoint::from_shared(server.to_string())
-        .with_context(|| format!("bad server address {server:?}"))?;
+/// The library's connection to `server`, configured from the environment.
+pub async fn connection(server: &str) -> anyhow::Result<Connection> {
+    let mut options = Connection::builder(server)
+        // A command runs as long as its job takes (`tail` follows forever, `export` pages through
+        // the whole log): no per-call deadline, as before the library existed.
+        .request_timeout(None);
     if server.starts_with("https://") {
         let ca_path = std::env::var_os("CLAIMS_LEDGER_CA_CERT").context(
             "an https:// server needs CLAIMS_LEDGER_CA_CERT: the PEM certificate of its CA",
         )?;
-        let ca = std::fs::read(&ca_path)
-            .with_context(|| format!("reading {}", std::path::Path::new(&ca_path).display()))?;
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?;
+        options = options.ca_certificate_file(ca_path);
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
-    let token = match std::env::var("CLAIMS_LEDGER_TOKEN") {
-        Ok(t) if !t.trim().is_empty() => Some(
-            format!("Bearer {}", t.trim())
-                .parse()
-                .context("CLAIMS_LEDGER_TOKEN is not a valid header value")?,
-        ),
-        _ => None,
-    };
-    Ok(InterceptedService::new(channel, Bearer(token)))
+    // An unset or non-UTF-8 variable means no token, as does a blank one (the library skips it).
+    if let Ok(token) = std::env::var("CLAIMS_LEDGER_TOKEN") {
+        options = options.bearer_token(token);
+    }
+    options.connect().await.map_err(|e| match e {
+        Error::InvalidToken(source) => {
+            anyhow::Error::new(source).context("CLAIMS_LEDGER_TOKEN is not a valid header value")
+        }
+        other => anyhow::Error::new(other),
+    })
+}
+
+/// Connects to `server` as the environment says.
+pub async fn connect(server: &str) -> anyhow::Result<Conn> {
+    Ok(connection(server).await?.transport())
+}
+
+/// A failed call as every client command prints it: the status's `code: message`.
+pub fn call_error(e: Error) -> anyhow::Error {
+    match e.status() {
+        Some(s) => anyhow::anyhow!("{}: {}", s.code(), s.message()),
+        None => anyhow::Error::new(e),
+    }
 }

@@ -8,11 +8,11 @@ use std::fmt::Write as _;
 
 use super::connect::Conn;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use prost_types::Timestamp;
+use claims_ledger_client::time::Timestamp;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use claims_ledger_proto as pb;
+use claims_ledger_client::pb;
 use pb::json::enum_name;
 
 /// Readable output is wrapped at this many columns.
@@ -665,7 +665,7 @@ async fn connect(
 }
 
 /// The same `code: message` the other client commands print.
-fn status_error(s: tonic::Status) -> anyhow::Error {
+fn status_error(s: claims_ledger_client::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", s.code(), s.message())
 }
 
@@ -849,7 +849,7 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
             emit(&out)?;
             return Ok(0);
         }
-        Err(s) if s.code() == tonic::Code::NotFound => {}
+        Err(s) if s.code() == claims_ledger_client::Code::NotFound => {}
         Err(s) => return Err(status_error(s)),
     }
     match client
@@ -888,7 +888,7 @@ pub async fn provenance(server: &str, id: &str, context: u32, json: bool) -> any
             emit(&out)?;
             Ok(0)
         }
-        Err(s) if s.code() == tonic::Code::NotFound => {
+        Err(s) if s.code() == claims_ledger_client::Code::NotFound => {
             eprintln!("no claim or statement with id {id}");
             Ok(1)
         }

@@ -8,7 +8,8 @@
   ``BIN serve --data-dir DIR --listen 127.0.0.1:0 --addr-file ADDR_FILE`` and yields its address
   (``127.0.0.1:PORT``, as written to the addr file).
 * ``fresh_server`` (function scope) is the same on an empty data directory, for tests that need their
-  own log; ``start_server`` is the underlying factory (also used to restart on an existing data dir).
+  own log; ``start_server`` is the underlying factory (also used to restart on an existing data dir,
+  and, with ``extra_args``, to pass further ``serve`` flags such as ``--config``).
 * ``demo_server`` (session scope) is a server started with ``serve --demo`` (the built-in Istanbul
   dataset loaded before serving) on its own data dir, yielding its address. Tests must not write to it,
   so that its log stays exactly the demo dataset. ``fresh_demo_server`` (function scope) is a
@@ -119,11 +120,19 @@ def ledger_binary() -> Path:
 class ServerProcess:
     """One running `claims-ledger serve`."""
 
-    def __init__(self, binary: Path, data_dir: Path, work_dir: Path, demo: bool = False):
+    def __init__(
+        self,
+        binary: Path,
+        data_dir: Path,
+        work_dir: Path,
+        demo: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.binary = binary
         self.data_dir = data_dir
         self.work_dir = work_dir
         self.demo = demo
+        self.extra_args = tuple(extra_args)
         self.addr_file = work_dir / "addr"
         self.stdout_path = work_dir / "stdout.log"
         self.stderr_path = work_dir / "stderr.log"
@@ -142,6 +151,7 @@ class ServerProcess:
             "--addr-file",
             str(self.addr_file),
             *(["--demo"] if self.demo else []),
+            *self.extra_args,
         ]
 
     def output(self, limit: int = 8000) -> str:
@@ -250,15 +260,20 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory):
-    """Factory: `start_server(data_dir=None, demo=False)` starts a server (on a new empty data dir by
-    default; with `demo=True` as `serve --demo`, which loads the built-in dataset before serving)."""
+    """Factory: `start_server(data_dir=None, demo=False, extra_args=())` starts a server (on a new
+    empty data dir by default; with `demo=True` as `serve --demo`, which loads the built-in dataset
+    before serving; `extra_args` are appended to the `serve` command line)."""
     started: list[ServerProcess] = []
 
-    def start(data_dir: Path | None = None, demo: bool = False) -> ServerProcess:
+    def start(
+        data_dir: Path | None = None, demo: bool = False, extra_args: tuple[str, ...] = ()
+    ) -> ServerProcess:
         work_dir = tmp_path_factory.mktemp("ledger-demo" if demo else "ledger")
         if data_dir is None:
             data_dir = work_dir / "data"
-        server = ServerProcess(_binary(), Path(data_dir), work_dir, demo=demo)
+        server = ServerProcess(
+            _binary(), Path(data_dir), work_dir, demo=demo, extra_args=extra_args
+        )
         started.append(server)
         server.start()
         return server

@@ -14,7 +14,7 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KNOWN_KEYS = {
     "data_dir", "listen", "metrics_listen", "durability", "signing_key", "log_format",
-    "allow_unauthenticated", "tls", "tokens_file", "tokens", "allow_plaintext",
+    "allow_unauthenticated", "tls", "tokens_file", "tokens", "subscriptions", "allow_plaintext",
     "metrics_allow_remote", "metrics_token_sha256", "connections",
 }
 

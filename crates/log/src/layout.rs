@@ -15,7 +15,8 @@
 //! - `mhead` → event count (u64 BE) ‖ hash of the last event.
 //! - `mtree` → the Merkle frontier (size ‖ right-edge subtree hashes) after the last event.
 //! - `mlayout` → [`LAYOUT_VERSION`] (u32 BE), so a binary never misreads another layout.
-//! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE).
+//! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE)
+//!   ‖ the name of the identity that owns it (UTF-8; empty, or absent as written before owners: none).
 //!
 //! There is no stream index on disk: the writer keeps each stream's positions in memory and rebuilds
 //! them from the records' own `stream` and `stream_revision` when the log opens.

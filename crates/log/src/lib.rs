@@ -21,8 +21,8 @@ pub use record::{
 };
 pub use store::{
     make_private, open_db, open_sled, AppendOutcome, AppendRequest, Appended, CommitObserver,
-    Durability, EventLog, ExpectedRevision, Head, Idempotency, LogOptions, NewEvent,
-    INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND, SLED_LOCKED,
+    Cursor, CursorActor, CursorLimits, Durability, EventLog, ExpectedRevision, Head, Idempotency,
+    LogOptions, NewEvent, INDEX_SNAPSHOT, INDEX_SNAPSHOT_KIND, SLED_LOCKED,
 };
 
 /// Errors of the log. Variants say what the caller should do.
@@ -47,6 +47,17 @@ pub enum LogError {
     /// delivered.
     #[error("position {position} is beyond the end of the log ({durable} events)")]
     CursorBeyondHead { position: u64, durable: u64 },
+    /// A subscriber cursor belongs to another identity. Use a name of your own.
+    #[error("subscription {name:?} belongs to another identity")]
+    CursorNotOwned { name: String },
+    /// A new subscriber cursor would pass a limit: the owner's (`per_owner`) or the log's. Delete
+    /// cursors that are no longer needed.
+    #[error("{}", if *.per_owner {
+        format!("this identity already has {limit} named subscriptions, its limit; delete one it no longer needs", limit = .limit)
+    } else {
+        format!("the server already holds {limit} named subscriptions, its limit; an administrator can delete unused ones", limit = .limit)
+    })]
+    TooManyCursors { per_owner: bool, limit: usize },
     /// A proof was asked for a tree size, position or pair of sizes the log cannot prove.
     #[error("{0}")]
     ProofRequest(String),

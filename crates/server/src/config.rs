@@ -30,11 +30,16 @@
 //! name = "desk-editor"          # the identity recorded as "recorded by"
 //! sha256 = "<hex SHA-256 of the token>"
 //! roles = ["writer"]
+//!
+//! [subscriptions]               # bounds on named subscriptions (these are the defaults)
+//! max_per_identity = 100        # without tokens, the one anonymous caller's
+//! max_total = 10000
 //! ```
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use claims_ledger_log::CursorLimits;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -64,7 +69,7 @@ pub enum Role {
     Writer,
     /// Reader, plus Merkle proofs.
     Auditor,
-    /// Reader, plus projection rebuilds and named-subscription management.
+    /// Reader, plus projection rebuilds, and acting on anyone's named subscriptions.
     Admin,
 }
 
@@ -103,6 +108,7 @@ pub struct FileConfig {
     pub tokens_file: Option<PathBuf>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
+    pub subscriptions: Option<SubscriptionLimits>,
     // Exposure and connection limits (README, "Security").
     /// Serve tokens over plaintext on a non-loopback address (for a network that is trusted, such as
     /// behind a TLS-terminating proxy). Refused otherwise.
@@ -113,6 +119,29 @@ pub struct FileConfig {
     pub metrics_token_sha256: Option<String>,
     /// Connection cap, timeouts and concurrent calls; every key optional.
     pub connections: Option<ConnectionsConfig>,
+}
+
+/// `[subscriptions]`: how many named subscriptions may exist, so that no caller can fill the disk
+/// (and the metrics) with cursors. A first acknowledgement past either is RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionLimits {
+    /// Named subscriptions one identity may own (without tokens, the one anonymous caller).
+    pub max_per_identity: Option<usize>,
+    /// Named subscriptions in all.
+    pub max_total: Option<usize>,
+}
+
+impl FileConfig {
+    /// The limits on subscriber cursors the log enforces: the file's, else the defaults.
+    pub fn cursor_limits(&self) -> CursorLimits {
+        let default = CursorLimits::default();
+        let file = self.subscriptions.unwrap_or_default();
+        CursorLimits {
+            per_owner: file.max_per_identity.unwrap_or(default.per_owner),
+            total: file.max_total.unwrap_or(default.total),
+        }
+    }
 }
 
 /// `[connections]`: limits on what a client may hold open (defaults in
@@ -174,6 +203,13 @@ impl FileConfig {
             path: path.to_path_buf(),
             reason,
         })?;
+        let limits = c.cursor_limits();
+        if limits.per_owner == 0 || limits.total == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason: "subscriptions: max_per_identity and max_total must be at least 1".into(),
+            });
+        }
         if let Some(h) = &c.metrics_token_sha256 {
             if parse_sha256(h).is_none() {
                 return Err(ConfigError::Invalid {
@@ -277,6 +313,32 @@ mod tests {
         let mut bad = entry("a", "x");
         bad.sha256 = "abc".into();
         assert!(Tokens::from_entries(&[bad]).is_err());
+    }
+
+    #[test]
+    fn subscription_limits_come_from_the_file_or_the_defaults() {
+        let c: FileConfig =
+            toml::from_str("[subscriptions]\nmax_per_identity = 3\n").expect("parse");
+        assert_eq!(
+            c.cursor_limits(),
+            CursorLimits {
+                per_owner: 3,
+                total: CursorLimits::default().total
+            }
+        );
+        assert_eq!(
+            FileConfig::default().cursor_limits(),
+            CursorLimits::default()
+        );
+        let r: Result<FileConfig, _> = toml::from_str("[subscriptions]\nmax_per_owner = 3\n");
+        assert!(r.is_err(), "unknown keys are refused here too");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[subscriptions]\nmax_total = 0\n").expect("write");
+        assert!(matches!(
+            FileConfig::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -44,6 +44,8 @@ use crate::snapshot::{self, Snapshot};
 use crate::tiles::Tiles;
 use crate::LogError;
 use claims_ledger_core::merkle::Frontier;
+pub(crate) use cursor::encode as cursor_value;
+pub use cursor::{Cursor, CursorActor, CursorLimits};
 use derived::matching_snapshot;
 use index::{index_snapshot, index_streams};
 pub(crate) use index::{read_index_snapshot, StreamIndex};
@@ -196,6 +198,8 @@ pub struct LogOptions {
     pub max_group: usize,
     /// Where the log reports its work (see [`LogMetrics`]).
     pub metrics: Arc<dyn LogMetrics>,
+    /// How many subscriber cursors may exist.
+    pub cursor_limits: CursorLimits,
 }
 
 impl Default for LogOptions {
@@ -204,6 +208,7 @@ impl Default for LogOptions {
             durability: Durability::Fsync,
             max_group: 1024,
             metrics: Arc::new(NoMetrics),
+            cursor_limits: CursorLimits::default(),
         }
     }
 }
@@ -404,6 +409,8 @@ struct Shared {
     /// readers drop those. Only the writer changes it.
     streams: RwLock<StreamIndex>,
     metrics: Arc<dyn LogMetrics>,
+    /// Serializes cursor changes, with their limits.
+    cursors: cursor::CursorGuard,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -463,6 +470,7 @@ impl EventLog {
             index_from_snapshot: from,
             streams: RwLock::new(streams),
             metrics: options.metrics.clone(),
+            cursors: cursor::CursorGuard::new(options.cursor_limits),
         });
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
@@ -522,6 +530,7 @@ impl EventLog {
             index_from_snapshot: from,
             streams: RwLock::new(streams),
             metrics: Arc::new(NoMetrics),
+            cursors: cursor::CursorGuard::new(CursorLimits::default()),
         });
         Ok(EventLog { shared, tx: None })
     }

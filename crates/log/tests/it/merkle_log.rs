@@ -160,7 +160,15 @@ async fn a_read_only_log_serves_reads_and_refuses_writes() {
         Err(LogError::ReadOnly)
     ));
     assert!(matches!(
-        log.store_cursor("reader", 1).await,
+        log.store_cursor(
+            "reader",
+            1,
+            claims_ledger_log::CursorActor {
+                identity: None,
+                privileged: true
+            }
+        )
+        .await,
         Err(LogError::ReadOnly)
     ));
     assert!(matches!(log.save_index_snapshot(), Err(LogError::ReadOnly)));

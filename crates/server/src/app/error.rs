@@ -30,6 +30,13 @@ pub enum AppError {
     /// The requested stream or event does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// The caller's identity may not act on this resource (another identity's subscription). Use
+    /// your own.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit on what the caller (or everyone) may hold was reached. Free something first.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server is shutting down. Reconnect and resume: a subscription from the last position
     /// received, an append session from its first append without an answer.
     #[error("the server is shutting down; reconnect and resume (a subscription from the last position received, an append session from its first append without an answer, which was not applied)")]
@@ -78,6 +85,8 @@ impl From<LogError> for AppError {
                 "position",
                 format!("{position} is beyond the end of the log ({durable} events)"),
             ),
+            e @ LogError::CursorNotOwned { .. } => AppError::PermissionDenied(e.to_string()),
+            e @ LogError::TooManyCursors { .. } => AppError::ResourceExhausted(e.to_string()),
             LogError::ProofRequest(m) => AppError::OutOfRange(m),
             LogError::Poisoned | LogError::Closed => AppError::Unavailable,
             other => AppError::Internal(other.to_string()),

@@ -4,6 +4,13 @@
 //! from catch-up to live cannot lose, repeat or reorder an event; the durable-count watch only says
 //! *when* to read. A slow consumer fills its own bounded channel and then its reader simply pauses: writers
 //! never wait for subscribers, and a lagging subscriber is by construction reading from the log.
+//!
+//! A named subscription belongs to the identity whose first acknowledgement stored it: only that
+//! identity, or an admin, may acknowledge it, delete it or resume it by name (the log checks and
+//! stores the owner with the cursor, under its limits). Without tokens every caller is one anonymous
+//! caller who may act on every subscription, and what it stores has no owner. A subscription stored
+//! without an owner (before owners existed, or in open mode) is claimed by the first identity other
+//! than an admin that acknowledges it; until then anyone may resume it, and only an admin delete it.
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +20,9 @@ use tokio::time::Instant;
 
 use super::query::{bad_token, Page};
 use super::{App, AppError};
+use crate::config::{Identity, Role};
 use claims_ledger_domain::FieldViolation;
-use claims_ledger_log::RecordedEvent;
+use claims_ledger_log::{CursorActor, RecordedEvent};
 
 /// Events read from the log per step.
 const PAGE: usize = 256;
@@ -40,6 +48,9 @@ pub struct SubscribeOptions {
     pub start: Start,
     /// A named durable subscription: start at its acknowledged position if it has one.
     pub name: Option<String>,
+    /// Who subscribes (`None`: nobody authenticates); resuming another identity's named subscription
+    /// is refused.
+    pub caller: Option<Identity>,
     pub stream_prefixes: Vec<String>,
     pub event_types: Vec<String>,
     pub checkpoint_every_events: u64,
@@ -52,6 +63,7 @@ impl Default for SubscribeOptions {
         SubscribeOptions {
             start: Start::Position(0),
             name: None,
+            caller: None,
             stream_prefixes: Vec::new(),
             event_types: Vec::new(),
             checkpoint_every_events: 1000,
@@ -178,10 +190,27 @@ fn check_name(name: &str) -> Result<(), FieldViolation> {
 }
 
 /// A named subscription's stored position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionState {
     pub acknowledged: u64,
     pub lag: u64,
+    /// The identity it belongs to; `None` when stored without one.
+    pub owner: Option<String>,
+}
+
+/// How `caller` acts on cursors: an identity as itself (an admin on anyone's), and without tokens
+/// the one anonymous caller, on every cursor.
+fn actor(caller: Option<&Identity>) -> CursorActor<'_> {
+    match caller {
+        None => CursorActor {
+            identity: None,
+            privileged: true,
+        },
+        Some(i) => CursorActor {
+            identity: Some(&i.name),
+            privileged: i.has(Role::Admin),
+        },
+    }
 }
 
 /// A subscription's outgoing side: where it is, and when it last said something.
@@ -212,23 +241,30 @@ impl Outbox {
 }
 
 impl App {
-    /// Records that the named subscriber processed everything before `position`; returns the stored
+    /// Records that the named subscriber processed everything before `position`, for `caller`, who
+    /// must own it (or be an admin) and, for a new name, have room for one more; returns the stored
     /// position (never lower than before).
-    pub async fn ack(&self, name: &str, position: u64) -> Result<u64, AppError> {
+    pub async fn ack(
+        &self,
+        caller: Option<&Identity>,
+        name: &str,
+        position: u64,
+    ) -> Result<u64, AppError> {
         check_name(name).map_err(|v| AppError::Invalid(vec![v]))?;
-        Ok(self.log.store_cursor(name, position).await?)
+        Ok(self.log.store_cursor(name, position, actor(caller)).await?)
     }
 
     /// The named subscriber's acknowledged position and lag.
     pub fn subscription(&self, name: &str) -> Result<SubscriptionState, AppError> {
         check_name(name).map_err(|v| AppError::Invalid(vec![v]))?;
-        let acknowledged = self
+        let cursor = self
             .log
-            .cursor(name)?
+            .cursor_entry(name)?
             .ok_or_else(|| AppError::NotFound(format!("subscription {name:?}")))?;
         Ok(SubscriptionState {
-            acknowledged,
-            lag: self.log.durable_count().saturating_sub(acknowledged),
+            acknowledged: cursor.position,
+            lag: self.log.durable_count().saturating_sub(cursor.position),
+            owner: cursor.owner,
         })
     }
 
@@ -256,16 +292,20 @@ impl App {
             found.truncate(page_size);
             found
                 .last()
-                .map(|(n, _)| hex::encode(n.as_bytes()))
+                .map(|c| hex::encode(c.name.as_bytes()))
                 .unwrap_or_default()
         } else {
             String::new()
         };
         let items = found
             .into_iter()
-            .map(|(name, acknowledged)| {
-                let lag = durable.saturating_sub(acknowledged);
-                (name, SubscriptionState { acknowledged, lag })
+            .map(|c| {
+                let state = SubscriptionState {
+                    acknowledged: c.position,
+                    lag: durable.saturating_sub(c.position),
+                    owner: c.owner,
+                };
+                (c.name, state)
             })
             .collect();
         let page = Page {
@@ -275,10 +315,15 @@ impl App {
         Ok((page, durable))
     }
 
-    /// Forgets a named subscriber's position; returns whether it existed.
-    pub async fn delete_subscription(&self, name: &str) -> Result<bool, AppError> {
+    /// Forgets a named subscriber's position, for `caller`, who must own it or be an admin; returns
+    /// whether it existed.
+    pub async fn delete_subscription(
+        &self,
+        caller: Option<&Identity>,
+        name: &str,
+    ) -> Result<bool, AppError> {
         check_name(name).map_err(|v| AppError::Invalid(vec![v]))?;
-        Ok(self.log.delete_cursor(name).await?)
+        Ok(self.log.delete_cursor(name, actor(caller)).await?)
     }
 
     /// Starts a subscription; its messages arrive on the returned channel until the receiver is
@@ -290,8 +335,13 @@ impl App {
         let mut options = options;
         options.check()?;
         if let Some(name) = &options.name {
-            if let Some(acked) = self.log.cursor(name)? {
-                options.start = Start::Position(acked);
+            if let Some(cursor) = self.log.cursor_entry(name)? {
+                if !actor(options.caller.as_ref()).may_use(cursor.owner.as_deref()) {
+                    return Err(
+                        claims_ledger_log::LogError::CursorNotOwned { name: name.clone() }.into(),
+                    );
+                }
+                options.start = Start::Position(cursor.position);
             }
         }
         // A position past the end (a checkpoint from another or a newer copy of the log) would

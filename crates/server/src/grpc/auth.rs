@@ -3,6 +3,10 @@
 //! needs. A missing or unknown token gets UNAUTHENTICATED, a token without the role
 //! PERMISSION_DENIED, both before the request reaches a service, so nothing is written. The caller's
 //! identity travels in the request's extensions; the Ledger records it as "recorded by".
+//!
+//! Every refusal an operator may want to act on (UNAUTHENTICATED, PERMISSION_DENIED,
+//! RESOURCE_EXHAUSTED, whether from this layer or from a service) is logged at WARN with the peer's
+//! address, the method, the identity when known, and the code; never with the token.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,14 +34,25 @@ pub fn need(path: &str) -> Need {
         | "grpc.reflection.v1alpha.ServerReflection" => Need::Open,
         "claimsledger.v1.Ledger" => Need::Role(Role::Writer),
         "claimsledger.v1.Admin" => Need::Role(Role::Admin),
-        "claimsledger.v1.Events" if method == "DeleteSubscription" => Need::Role(Role::Admin),
         "claimsledger.v1.Audit" if !matches!(method, "GetPublicKey" | "GetCheckpoint") => {
             Need::Role(Role::Auditor)
         }
-        // Query, Events, Audit's key and checkpoints, and anything unknown (answered UNIMPLEMENTED,
-        // but only to a caller who is at least a reader).
+        // Query, Events (a named subscription's owner or an admin may delete it: the service checks
+        // which), Audit's key and checkpoints, and anything unknown (answered UNIMPLEMENTED, but only
+        // to a caller who is at least a reader).
         _ => Need::Role(Role::Reader),
     }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Checks a request's `authorization` header against the tokens and the method's need.
@@ -49,16 +64,9 @@ pub fn authorize<'t>(
     let Need::Role(role) = need(path) else {
         return Ok(None);
     };
-    let token = authorization
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Status::unauthenticated("a bearer token is required (authorization: Bearer <token>)")
-        })?;
+    let token = bearer(authorization).ok_or_else(|| {
+        Status::unauthenticated("a bearer token is required (authorization: Bearer <token>)")
+    })?;
     let identity = tokens
         .identify(token)
         .ok_or_else(|| Status::unauthenticated("unknown token"))?;
@@ -113,6 +121,46 @@ fn undecodable_is_invalid_argument<R>(resp: &mut http::Response<R>) {
     }
 }
 
+/// The address of the peer that sent `req`, when the transport recorded it.
+fn peer<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+}
+
+/// Whether a refusal with `code` is worth an operator's attention: someone without a valid token,
+/// beyond their rights, or against a limit.
+fn is_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::ResourceExhausted
+    )
+}
+
+/// Logs a refused request. The reason is the status message, which never quotes a token.
+fn log_refusal(
+    peer: Option<std::net::SocketAddr>,
+    method: &str,
+    identity: Option<&str>,
+    status: &Status,
+) {
+    tracing::warn!(
+        peer = %peer.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
+        method,
+        identity = identity.unwrap_or("-"),
+        code = ?status.code(),
+        reason = status.message(),
+        "request refused"
+    );
+}
+
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
@@ -146,6 +194,10 @@ where
         );
         let started = std::time::Instant::now();
         let _entered = span.enter();
+        let peer = peer(&req);
+        // Shares the request's bytes; read only if the call is refused.
+        let uri = req.uri().clone();
+        let mut identity_name = None;
         if let Some(tokens) = &self.tokens {
             let header = req
                 .headers()
@@ -153,12 +205,17 @@ where
                 .and_then(|v| v.to_str().ok());
             match authorize(tokens, req.uri().path(), header) {
                 Ok(Some(identity)) => {
+                    identity_name = Some(identity.name.clone());
                     req.extensions_mut().insert(identity.clone());
                 }
                 Ok(None) => {}
                 Err(status) => {
                     span.record("status", format!("{:?}", status.code()).as_str());
-                    tracing::info!("request refused");
+                    // A token without the role still names who it is.
+                    let known = bearer(header)
+                        .and_then(|t| tokens.identify(t))
+                        .map(|i| i.name.as_str());
+                    log_refusal(peer, uri.path(), known, &status);
                     let resp = status.into_http::<R>();
                     return Box::pin(async move { Ok(resp) });
                 }
@@ -173,6 +230,12 @@ where
             async move {
                 let mut resp = call.await?;
                 undecodable_is_invalid_argument(&mut resp);
+                // A service's refusal is a trailers-only response: its status is in the headers.
+                if let Some(status) = Status::from_header_map(resp.headers()) {
+                    if is_refusal(status.code()) {
+                        log_refusal(peer, uri.path(), identity_name.as_deref(), &status);
+                    }
+                }
                 let status = resp
                     .headers()
                     .get("grpc-status")
@@ -227,9 +290,10 @@ mod tests {
             need("/claimsledger.v1.Audit/GetInclusionProof"),
             Need::Role(Role::Auditor)
         );
+        // Its owner may delete a subscription too; the service checks ownership.
         assert_eq!(
             need("/claimsledger.v1.Events/DeleteSubscription"),
-            Need::Role(Role::Admin)
+            Need::Role(Role::Reader)
         );
         assert_eq!(
             need("/claimsledger.v1.Admin/RebuildProjections"),

@@ -1,6 +1,7 @@
 //! `claimsledger.v1.Events`: reads of the log itself (head, whole log, one stream) and subscriptions
 //! (`Subscribe`, and the cursors of named ones), with typed payloads and the exact stored bytes so
-//! that clients can recompute every hash. The subscription logic itself is `app::subscribe`.
+//! that clients can recompute every hash. The subscription logic itself is `app::subscribe`; the
+//! caller's identity (from the auth layer, absent without tokens) decides who owns a named one.
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::convert::envelope_pb;
 use super::pb;
 use crate::app::{App, AppError, Start, SubscribeOptions, SubscriptionItem, SubscriptionState};
+use crate::config::Identity;
 use claims_ledger_log::RecordedEvent;
 
 const DEFAULT_PAGE: u32 = 100;
@@ -100,12 +102,18 @@ fn subscription_message(
     Ok(pb::SubscribeResponse { kind: Some(kind) })
 }
 
-fn subscription_pb(name: String, s: &SubscriptionState) -> pb::GetSubscriptionResponse {
+fn subscription_pb(name: String, s: SubscriptionState) -> pb::GetSubscriptionResponse {
     pb::GetSubscriptionResponse {
         subscription_name: name,
         acknowledged_position: s.acknowledged,
         lag: s.lag,
+        owner: s.owner.unwrap_or_default(),
     }
+}
+
+/// The authenticated caller; `None` without tokens.
+fn caller<T>(req: &Request<T>) -> Option<Identity> {
+    req.extensions().get::<Identity>().cloned()
 }
 
 fn or_default(v: u32, default: u32) -> u32 {
@@ -123,8 +131,12 @@ impl pb::events_server::Events for EventsService {
     type SubscribeStream = SubscribeStream;
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let caller = caller(&req);
         let r = req.into_inner();
-        let acknowledged_position = self.app.ack(&r.subscription_name, r.position).await?;
+        let acknowledged_position = self
+            .app
+            .ack(caller.as_ref(), &r.subscription_name, r.position)
+            .await?;
         Ok(Response::new(pb::AckResponse {
             acknowledged_position,
         }))
@@ -136,7 +148,7 @@ impl pb::events_server::Events for EventsService {
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
         let r = req.into_inner();
         let s = self.app.subscription(&r.subscription_name)?;
-        Ok(Response::new(subscription_pb(r.subscription_name, &s)))
+        Ok(Response::new(subscription_pb(r.subscription_name, s)))
     }
 
     async fn list_subscriptions(
@@ -150,7 +162,7 @@ impl pb::events_server::Events for EventsService {
             subscriptions: page
                 .items
                 .into_iter()
-                .map(|(name, s)| subscription_pb(name, &s))
+                .map(|(name, s)| subscription_pb(name, s))
                 .collect(),
             next_page_token: page.next_page_token,
             event_count,
@@ -161,8 +173,12 @@ impl pb::events_server::Events for EventsService {
         &self,
         req: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let caller = caller(&req);
         let r = req.into_inner();
-        let existed = self.app.delete_subscription(&r.subscription_name).await?;
+        let existed = self
+            .app
+            .delete_subscription(caller.as_ref(), &r.subscription_name)
+            .await?;
         Ok(Response::new(pb::DeleteSubscriptionResponse { existed }))
     }
 
@@ -170,8 +186,10 @@ impl pb::events_server::Events for EventsService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller(&req);
         let r = req.into_inner();
         let options = SubscribeOptions {
+            caller,
             start: if r.from_end {
                 Start::End
             } else {

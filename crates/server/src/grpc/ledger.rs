@@ -206,11 +206,14 @@ impl pb::ledger_server::Ledger for LedgerService {
             futures_util::StreamExt::take_until(req.into_inner(), self.app.shutting_down());
         // `then` runs one append at a time, in arrival order: the next is read and decided only once
         // this one is answered, which is what makes later appends see earlier ones.
+        let mut received = 0u64;
         let answers = requests.then(move |message| {
             let (app, ctx) = (app.clone(), ctx.clone());
+            received += 1;
+            let index = received;
             async move {
                 // A framing or decoding error ends the session with its status.
-                let message = message?;
+                let message = message.map_err(|s| super::status::unreadable_message(s, index))?;
                 let arrived = std::time::Instant::now();
                 let request_id = message.request_id;
                 let result = match message.append {

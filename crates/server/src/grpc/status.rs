@@ -49,6 +49,21 @@ fn bad_request(message: String, v: Vec<claims_ledger_domain::FieldViolation>) ->
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// The status for a message of a client stream that could not be read. tonic reports an undecodable
+/// message as INTERNAL; that is the client's mistake, so it becomes INVALID_ARGUMENT naming the
+/// message (1 is the first). Other errors (too large, transport) keep their status.
+pub(crate) fn unreadable_message(status: Status, index: u64) -> Status {
+    if status.code() == Code::Internal && status.message().starts_with("failed to decode Protobuf")
+    {
+        Status::invalid_argument(clip(
+            format!("message {index} of the stream: {}", status.message()),
+            MAX_MESSAGE_CHARS,
+        ))
+    } else {
+        status
+    }
+}
+
 impl From<AppError> for Status {
     fn from(e: AppError) -> Status {
         let message = clip(e.to_string(), MAX_MESSAGE_CHARS);
@@ -121,6 +136,12 @@ impl From<AppError> for Status {
                 ),
             ),
             AppError::NotFound(_) => Status::not_found(message),
+            AppError::PermissionDenied(_) => Status::permission_denied(message),
+            AppError::ResourceExhausted(_) => Status::with_error_details(
+                Code::ResourceExhausted,
+                message.clone(),
+                ErrorDetails::with_quota_failure_violation("named subscriptions", message),
+            ),
             AppError::OutOfRange(_) => Status::out_of_range(message),
             AppError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             AppError::Unavailable | AppError::ShuttingDown => Status::unavailable(message),

@@ -21,11 +21,13 @@
 //! `recorded_at`, a key seen twice, and a log that ends inside an append. Appends made before marks
 //! existed carry none and get no `i` key.
 //!
-//! Subscription cursors (`c` keys) are written as the caller gives them ([`Importer::put_cursor`]),
-//! never beyond the events pushed.
+//! Subscription cursors (`c` keys) and their owners are written as the caller gives them
+//! ([`Importer::put_owned_cursor`]), never beyond the events pushed.
 //!
 //! The projections (a separate database) are not imported either; they are rebuilt from the log on
 //! the first start.
+pub mod file;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -204,16 +206,31 @@ impl Importer {
         Ok(())
     }
 
-    /// Stores a named subscriber's acknowledged position; it may not lie beyond the events pushed.
+    /// Stores a named subscriber's acknowledged position, without an owner (an export from before
+    /// owners); it may not lie beyond the events pushed.
     pub fn put_cursor(&mut self, name: &str, position: u64) -> Result<(), LogError> {
+        self.put_owned_cursor(name, position, None)
+    }
+
+    /// Stores a named subscriber's acknowledged position and the identity that owns it (`None`:
+    /// unowned); the position may not lie beyond the events pushed. Limits are not applied: a
+    /// restore keeps what the exported server held.
+    pub fn put_owned_cursor(
+        &mut self,
+        name: &str,
+        position: u64,
+        owner: Option<&str>,
+    ) -> Result<(), LogError> {
         if position > self.count {
             return Err(LogError::CursorBeyondHead {
                 position,
                 durable: self.count,
             });
         }
-        self.batch
-            .insert(cursor_key(name), position.to_be_bytes().to_vec());
+        self.batch.insert(
+            cursor_key(name),
+            crate::store::cursor_value(position, owner),
+        );
         Ok(())
     }
 
