@@ -313,8 +313,52 @@ async fn calls_beyond_the_per_peer_limit_get_resource_exhausted() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_per_connection_limit_wait_for_a_free_stream() {
+    const PER_CONNECTION: u32 = 2;
+    let s = start(ConnectionLimits {
+        max_streams_per_connection: PER_CONNECTION,
+        ..limits()
+    })
+    .await;
+    let events = pb::events_client::EventsClient::new(channel(s.addr).await);
+    // One call first, so that the server's SETTINGS (with the limit) have arrived.
+    events
+        .clone()
+        .get_head(pb::GetHeadRequest {})
+        .await
+        .expect("first call");
+    let mut held = Vec::new();
+    for _ in 0..PER_CONNECTION {
+        let sub = events
+            .clone()
+            .subscribe(pb::SubscribeRequest {
+                from_end: true,
+                heartbeat_ms: 60_000,
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        held.push(sub);
+    }
+    let mut e = events.clone();
+    let waiting = tokio::spawn(async move { e.get_head(pb::GetHeadRequest {}).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a call beyond {PER_CONNECTION} streams on one connection should wait"
+    );
+    held.pop();
+    tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiting call runs once a stream is free")
+        .expect("task")
+        .expect("the waiting call succeeds");
+}
+
 // ---------------------------------------------------------------------------------------------------
-// The binary's refusals.
+// The binary's refusals and configuration.
 // ---------------------------------------------------------------------------------------------------
 
 /// Runs `serve` with `args` (which must include `--listen`); returns the child once it listens, or
@@ -452,6 +496,64 @@ fn tokens_over_plaintext_off_loopback_are_refused_unless_the_network_is_declared
     )
     .expect("allow_plaintext = true serves");
     stop(child);
+}
+
+#[test]
+fn connection_limits_come_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[connections]\nhandshake_timeout_secs = 1\nidle_timeout_secs = 600\nmax = 2\n",
+    )
+    .expect("write config");
+    let data = dir.path().join("data");
+    let (child, addr) = spawn_serve(
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+        None,
+    )
+    .expect("serves");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let addr: SocketAddr = addr.trim().parse().expect("addr");
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        closed_by_server(&mut silent)
+            .await
+            .expect("the file's handshake timeout closes a silent connection");
+        let _held = [
+            TcpStream::connect(addr).await.expect("connect"),
+            TcpStream::connect(addr).await.expect("connect"),
+        ];
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        closed_by_server(&mut third)
+            .await
+            .expect("the file's cap of 2 refuses a third connection");
+    });
+    stop(child);
+    // A zero timeout is refused rather than taken literally.
+    std::fs::write(&config, "[connections]\nidle_timeout_secs = 0\n").expect("write config");
+    let refused = spawn_serve(
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+        None,
+    )
+    .expect_err("a zero timeout is refused");
+    assert!(refused.contains("at least one second"), "{refused}");
 }
 
 /// Every directory and file below `dir`, with its mode.

@@ -241,12 +241,14 @@ pub(crate) fn incoming(
 
 /// An accepted connection under the limits: holds its slot, times out its handshake and idleness.
 pub(crate) struct Limited {
+    // First, so it is dropped (and the slot freed) before the socket closes: a client that saw the
+    // close and connects again finds the slot free.
+    _slot: OwnedSemaphorePermit,
     io: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     state: Arc<ConnState>,
     tracker: Arc<Tracker>,
-    _slot: OwnedSemaphorePermit,
     read: usize,
     /// Until [`PREFACE_LEN`] bytes have come in.
     handshake: Option<Pin<Box<Sleep>>>,
