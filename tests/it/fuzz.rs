@@ -10,8 +10,9 @@
 //!   here) gets random bytes and random well-formed protobuf fields over the wire against a real
 //!   server, and the corpus is replayed over the wire to `Ledger`: no panic, no `INTERNAL` or
 //!   `UNKNOWN`, the log unchanged by anything that is not a write, and afterwards the stopped
-//!   server's directory passes `verify`. (`AppendSession`, a bidirectional stream, is left to
-//!   `append_session`; `hostile_input` covers malformed bodies of each write RPC.)
+//!   server's directory passes `verify`. `AppendSession` gets sessions of one to three messages,
+//!   each a mutated corpus batch or random bytes: neither the session's status nor any append's
+//!   refusal may be `INTERNAL`. (`hostile_input` covers malformed bodies of each write RPC.)
 //!
 //! Counts are small so CI stays fast; `FUZZ_CASES` raises them (each test's count), and `FUZZ_SEED`
 //! (any string) replays a run: every test prints the seed it used, random unless given.
@@ -768,6 +769,7 @@ fn the_grpc_surface_survives_raw_protobuf_and_the_log_verifies_afterwards() {
     if let Err(e) = result {
         panic!("{TEST}: {e}");
     }
+    session_fuzz(&rt, &channel);
     let dir = rt.block_on(async {
         s.events()
             .await
@@ -779,5 +781,91 @@ fn the_grpc_surface_survives_raw_protobuf_and_the_log_verifies_afterwards() {
     match claims_ledger_log::verify::verify_dir(dir.path()) {
         Ok(Ok(report)) => assert!(report.events >= 5, "{report:?}"),
         other => panic!("the log does not verify after the fuzz: {other:?}"),
+    }
+}
+
+/// Sessions of mutated appends and random bytes on `Ledger.AppendSession`.
+fn session_fuzz(rt: &tokio::runtime::Runtime, channel: &tonic::transport::Channel) {
+    const TEST: &str = "fuzz append session";
+    let seeds: Vec<Vec<u8>> = corpus(Req::SubmitBatch)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    let message = (
+        any::<bool>(),
+        prop::sample::select(seeds.clone()),
+        prop::sample::select(seeds),
+        prop::sample::select(MANGLES.to_vec()),
+        prop::collection::vec(any::<u8>(), 0..120),
+        any::<Index>(),
+        1u8..=255,
+        any::<u64>(),
+    )
+        .prop_map(|(raw, base, other, m, random, at, mask, id)| {
+            if raw {
+                return random;
+            }
+            let append = mangle(&base, &other, m, random, at, mask);
+            // `append` (field 2) as a length-delimited field, whatever its bytes.
+            let mut out = vec![0x08];
+            out.extend(encode_varint(id));
+            out.push(0x12);
+            out.extend(encode_varint(append.len() as u64));
+            out.extend(append);
+            out
+        });
+    let codes = std::cell::RefCell::new(std::collections::BTreeMap::<String, usize>::new());
+    let strategy = prop::collection::vec(message, 1..4);
+    let result = runner(TEST, 100).run(&strategy, |messages| {
+        rt.block_on(async {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready()
+                .await
+                .map_err(|e| TestCaseError::fail(format!("not ready: {e}")))?;
+            let path =
+                http::uri::PathAndQuery::from_static("/claimsledger.v1.Ledger/AppendSession");
+            let outgoing = tokio_stream::iter(messages);
+            let mut req = tonic::Request::new(outgoing);
+            req.set_timeout(Duration::from_secs(10));
+            let status = match grpc.streaming(req, path, RawCodec).await {
+                Err(s) => s,
+                Ok(r) => {
+                    let mut answers = r.into_inner();
+                    loop {
+                        match answers.message().await {
+                            Ok(Some(bytes)) => {
+                                let a = pb::AppendSessionResponse::decode(bytes.as_slice())
+                                    .map_err(|e| TestCaseError::fail(format!("answer: {e}")))?;
+                                if let Some(pb::append_session_response::Result::Refused(r)) =
+                                    a.result
+                                {
+                                    prop_assert!(
+                                        !server_fault(Code::from(r.code)),
+                                        "an append refused with {:?}",
+                                        r
+                                    );
+                                }
+                            }
+                            Ok(None) => break tonic::Status::ok(""),
+                            Err(s) => break s,
+                        }
+                    }
+                }
+            };
+            *codes
+                .borrow_mut()
+                .entry(format!("{:?}", status.code()))
+                .or_default() += 1;
+            prop_assert!(
+                !server_fault(status.code()),
+                "the session ended with {:?}",
+                status
+            );
+            Ok(())
+        })
+    });
+    eprintln!("{TEST}: {:?}", codes.borrow());
+    if let Err(e) = result {
+        panic!("{TEST}: {e}");
     }
 }
