@@ -91,7 +91,7 @@ pub struct LimitArgs {
     #[arg(long, env = "CLAIMS_LEDGER_MAX_STREAMS")]
     pub max_streams: Option<u32>,
     /// Concurrent calls per peer IP address; further calls get RESOURCE_EXHAUSTED. 0: no limit.
-    /// Default 1024.
+    /// Default 2048.
     #[arg(long, env = "CLAIMS_LEDGER_MAX_STREAMS_PER_PEER")]
     pub max_streams_per_peer: Option<usize>,
 }

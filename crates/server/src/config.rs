@@ -20,7 +20,7 @@
 //! handshake_timeout_secs = 10
 //! idle_timeout_secs = 300
 //! max_streams = 256
-//! max_streams_per_peer = 1024
+//! max_streams_per_peer = 2048
 //!
 //! [tls]
 //! cert = "/etc/claims-ledger/tls/tls.crt"

@@ -62,8 +62,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of [`ConnectionLimits::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default of [`ConnectionLimits::max_streams_per_peer`].
-pub const DEFAULT_MAX_STREAMS_PER_PEER: usize = 1024;
+/// Default of [`ConnectionLimits::max_streams_per_peer`]: room for a thousand live subscribers from
+/// one host (as `claims-ledger-bench subscribe` runs) and their writers.
+pub const DEFAULT_MAX_STREAMS_PER_PEER: usize = 2048;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
