@@ -9,14 +9,15 @@
 //! written beside `--out` under a temporary name, fsynced, and renamed, so `--out` is either the old
 //! file or a complete new one.
 //!
-//! The format (`claims-ledger/export/v2`), one JSON document per line:
-//! - line 1, the header: `{"format":"claims-ledger/export/v2","event_count":N,"head_hash":"<hex>"}`;
+//! The format (`claims-ledger/export/v3`), one JSON document per line:
+//! - line 1, the header: `{"format":"claims-ledger/export/v3","event_count":N,"head_hash":"<hex>"}`;
 //! - lines 2 ..= N+1, one event each, in position order: the envelope (`position`, `event_id`,
 //!   `stream`, `stream_revision`, `event_type`, `schema_version`, `recorded_at` (RFC 3339),
 //!   `recorded_by`, `correlation_id`, `causation_id` (null when absent), `prev_hash`, `hash`), the
 //!   `payload` as JSON, and `stored`: the exact stored record as a JSON string. `stored` is what is
 //!   restored, byte for byte; everything else must agree with it;
-//! - then one line per named subscriber, in name order: `{"cursor":{"name":"…","position":P}}`, its
+//! - then one line per named subscriber, in name order:
+//!   `{"cursor":{"name":"…","position":P,"owner":"…"}}` (`owner` absent when it has none), its
 //!   acknowledged position from `Events.ListSubscriptions`, read after the events and lowered to N
 //!   if the subscriber had acknowledged events beyond the export (after a restore those positions
 //!   belong to new events, which it must receive);
@@ -24,8 +25,8 @@
 //!   "cursors":K}}` (`merkle_root` null if the server would not give one; `cursors` the number of
 //!   cursor lines).
 //!
-//! Restore also reads `claims-ledger/export/v1` files: the same without cursor lines and without
-//! `cursors` in the trailer.
+//! Restore also reads `claims-ledger/export/v2` files (cursors without owners) and
+//! `claims-ledger/export/v1` files (no cursor lines, and no `cursors` in the trailer).
 //!
 //! **Restore** is offline: it refuses a data directory that already holds anything, reads the
 //! export line by line, and stops at the first line that is wrong, naming it (1-based): not JSON,
@@ -68,7 +69,7 @@ use claims_ledger_log::import::file::{
     parse_hash, sync_parent, temp_path, Cursor, CursorLine, End, EventOut, Header, RestoreChecks,
     Trailer,
 };
-pub use claims_ledger_log::import::file::{RestoreError, Restored, FORMAT, FORMAT_V1};
+pub use claims_ledger_log::import::file::{RestoreError, Restored, FORMAT, FORMAT_V1, FORMAT_V2};
 
 /// Most events `Events.ReadAll` returns at once.
 const MAX_PAGE: u32 = 1000;
@@ -123,7 +124,14 @@ pub async fn export(server: &str, out: &Path, json: bool) -> anyhow::Result<i32>
 /// Writes the export and returns what it wrote; `out` is replaced only once the new file is
 /// complete and synced.
 pub async fn export_to(server: &str, out: &Path) -> anyhow::Result<ExportSummary> {
-    let conn = connection(server).await?;
+    export_with(&connection(server).await?, out).await
+}
+
+/// [`export_to`] over a connection the caller made (with its own token, CA and timeouts).
+pub async fn export_with(
+    conn: &claims_ledger_client::Connection,
+    out: &Path,
+) -> anyhow::Result<ExportSummary> {
     let events = conn.events().max_decoding_message_size(MAX_MESSAGE);
     let audit = conn.audit();
     let head = events
@@ -249,6 +257,7 @@ async fn write_cursors(
                 cursor: Cursor {
                     name: sub.subscription_name,
                     position,
+                    owner: (!sub.owner.is_empty()).then_some(sub.owner),
                 },
             };
             serde_json::to_writer(&mut *w, &line)?;

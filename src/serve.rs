@@ -283,6 +283,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         OpenOptions {
             log: LogOptions {
                 durability,
+                cursor_limits: file.cursor_limits(),
                 ..LogOptions::default()
             },
             signer,

@@ -388,3 +388,88 @@ async fn concurrent_first_acknowledgements_cannot_pass_a_limit_together() {
         .all(|c| matches!(c, Ok(0) | Err(Code::ResourceExhausted))));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_survive_export_and_restore() {
+    use claims_ledger_cli::backup::{export_with, restore_file};
+    let s = start(
+        tempfile::tempdir().expect("tempdir"),
+        true,
+        CursorLimits::default(),
+    )
+    .await;
+    let desk = s.as_identity(Some("indexer-desk")).await;
+    desk.ack("indexer", 0).await.expect("the desk creates it");
+    // The export runs as an admin, who may list every subscription.
+    let conn = claims_ledger_client::Connection::builder(s.addr.clone())
+        .bearer_token("token-of-ops")
+        .connect()
+        .await
+        .expect("connect");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("ledger.ndjson");
+    export_with(&conn, &out).await.expect("export");
+    let text = std::fs::read_to_string(&out).expect("read");
+    let cursor_line = text
+        .lines()
+        .find(|l| l.starts_with("{\"cursor\""))
+        .expect("a cursor line");
+    assert!(
+        cursor_line.contains("\"owner\":\"indexer-desk\""),
+        "{cursor_line}"
+    );
+    s.stop().await;
+
+    // The same file labelled v2 (which had no owners) is refused at that line.
+    let v2 = tmp.path().join("v2.ndjson");
+    std::fs::write(
+        &v2,
+        text.replacen("claims-ledger/export/v3", "claims-ledger/export/v2", 1),
+    )
+    .expect("write");
+    let err = restore_file(&v2, &tmp.path().join("from-v2")).expect_err("an owner in v2");
+    assert!(err.reason.contains("owner"), "{err}");
+
+    let restored = tmp.path().join("restored");
+    restore_file(&out, &restored).expect("restore");
+    let dir = tempfile::TempDir::new_in(tmp.path()).expect("tempdir");
+    std::fs::remove_dir(dir.path()).expect("empty");
+    std::fs::rename(&restored, dir.path()).expect("move");
+    let r = start(dir, true, CursorLimits::default()).await;
+    let intruder = r.as_identity(Some("intruder")).await;
+    denied(intruder.ack("indexer", 0).await, "another reader's ack");
+    let desk = r.as_identity(Some("indexer-desk")).await;
+    assert_eq!(desk.get("indexer").await.owner, "indexer-desk");
+    desk.ack("indexer", 0).await.expect("the owner still may");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_its_limits_from_the_config_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, "[subscriptions]\nmax_per_identity = 1\n").expect("config");
+    let mut server = ChildServer::start(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().expect("utf-8 path")],
+    );
+    let channel = Endpoint::from_shared(server.addr.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let served = Client {
+        channel,
+        token: None,
+    };
+    served
+        .ack("first", 0)
+        .await
+        .expect("the first is within the limit");
+    exhausted(
+        served.ack("second", 0).await,
+        "a second name over max_per_identity = 1",
+        "",
+    );
+    server.terminate();
+}

@@ -21,10 +21,17 @@ use super::Importer;
 use crate::verify::verify_dir;
 use crate::{Hash, LogError, RecordedEvent};
 
-/// The format name in the header of the exports this version writes.
-pub const FORMAT: &str = "claims-ledger/export/v2";
-/// The earlier format, without subscription cursors, which restore still reads.
+/// The format name in the header of the exports this version writes. v3 added each cursor's owner;
+/// an older binary refuses v3 files (its cursor lines allow no unknown field), which the new name
+/// makes plain instead of a puzzling line error.
+pub const FORMAT: &str = "claims-ledger/export/v3";
+/// The format before cursor owners, which restore still reads.
+pub const FORMAT_V2: &str = "claims-ledger/export/v2";
+/// The earliest format, without subscription cursors, which restore still reads.
 pub const FORMAT_V1: &str = "claims-ledger/export/v1";
+
+/// Longest owner identity a cursor line may name (token names are shorter).
+const MAX_OWNER: usize = 128;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +70,9 @@ pub struct CursorLine {
 pub struct Cursor {
     pub name: String,
     pub position: u64,
+    /// The identity that owns the subscription (v3); absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// An event line as written.
@@ -274,14 +284,16 @@ fn import(file: File, dir: &Path, checks: &RestoreChecks<'_>) -> Result<Restored
     }
     let header: Header =
         serde_json::from_slice(&buf).map_err(|e| at(1, format!("not an export header: {e}")))?;
-    let with_cursors = match header.format.as_str() {
-        FORMAT => true,
-        FORMAT_V1 => false,
+    let (with_cursors, with_owners) = match header.format.as_str() {
+        FORMAT => (true, true),
+        FORMAT_V2 => (true, false),
+        FORMAT_V1 => (false, false),
         other => {
             return Err(at(
                 1,
                 format!(
-                    "unknown format {other:?} (this version reads {FORMAT:?} and {FORMAT_V1:?})"
+                    "unknown format {other:?} (this version reads {FORMAT:?}, {FORMAT_V2:?} and \
+                     {FORMAT_V1:?})"
                 ),
             ))
         }
@@ -312,6 +324,12 @@ fn import(file: File, dir: &Path, checks: &RestoreChecks<'_>) -> Result<Restored
                         return Err(at(
                             line_no,
                             format!("a cursor line in a {FORMAT_V1} export"),
+                        ));
+                    }
+                    if cursor.owner.is_some() && !with_owners {
+                        return Err(at(
+                            line_no,
+                            format!("a cursor owner in a {FORMAT_V2} export"),
                         ));
                     }
                     cursors
@@ -492,8 +510,16 @@ impl Cursors {
                 c.name
             ));
         }
+        if let Some(owner) = &c.owner {
+            if owner.is_empty() || owner.chars().count() > MAX_OWNER {
+                return Err(format!(
+                    "cursor {:?}: its owner must be 1 to {MAX_OWNER} characters",
+                    c.name
+                ));
+            }
+        }
         importer
-            .put_cursor(&c.name, c.position)
+            .put_owned_cursor(&c.name, c.position, c.owner.as_deref())
             .map_err(|e| format!("cursor {:?}: {e}", c.name))?;
         self.count += 1;
         self.last = Some(c.name);
