@@ -1,7 +1,8 @@
 //! How every client subcommand reaches a server: `http://` in plaintext, `https://` over TLS with the
 //! CA certificate in `CLAIMS_LEDGER_CA_CERT` (a PEM file), and the bearer token in
 //! `CLAIMS_LEDGER_TOKEN` sent on every call. Both come from the environment, not flags, so a token
-//! never shows in a process list. The connection itself, the token, timeouts and retries are the
+//! never shows in a process list. A token is never sent over `http://` to a host other than
+//! loopback unless `CLAIMS_LEDGER_ALLOW_PLAINTEXT=1` says the network is trusted. The connection itself, the token, timeouts and retries are the
 //! client library's (`claims_ledger_client`); this module only reads the environment and words the
 //! errors as the command line always has.
 use anyhow::Context as _;
@@ -25,6 +26,17 @@ pub async fn connection(server: &str) -> anyhow::Result<Connection> {
     // An unset or non-UTF-8 variable means no token, as does a blank one (the library skips it).
     if let Ok(token) = std::env::var("CLAIMS_LEDGER_TOKEN") {
         options = options.bearer_token(token);
+    }
+    // The same switch as `serve --allow-plaintext`: the network itself is trusted.
+    // Read as clap reads `serve`'s flag from the environment: anything but a false-like value is on.
+    let allow = std::env::var("CLAIMS_LEDGER_ALLOW_PLAINTEXT").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off" | "n" | "f"
+        )
+    });
+    if allow {
+        options = options.allow_plaintext_token(true);
     }
     options.connect().await.map_err(|e| match e {
         Error::InvalidToken(source) => {

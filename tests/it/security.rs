@@ -767,3 +767,36 @@ fn metrics_stay_on_loopback_unless_allowed_and_can_require_a_token() {
     });
     stop(child);
 }
+
+#[test]
+fn the_cli_sends_no_token_in_plaintext_off_loopback() {
+    // `.invalid` never resolves, so nothing leaves the machine whatever happens.
+    let run = |allow: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["head", "--server", "http://ledger.invalid:50051"])
+            .env("CLAIMS_LEDGER_TOKEN", "s3cret-token")
+            .env_remove("CLAIMS_LEDGER_ALLOW_PLAINTEXT");
+        if let Some(v) = allow {
+            cmd.env("CLAIMS_LEDGER_ALLOW_PLAINTEXT", v);
+        }
+        let out = cmd.output().expect("run the CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(None);
+    assert!(!ok);
+    assert!(err.contains("plaintext"), "{err}");
+    assert!(
+        !err.contains("s3cret-token"),
+        "the token is never printed: {err}"
+    );
+    // Explicitly trusted: it tries to connect (and fails on the name instead).
+    let (ok, err) = run(Some("1"));
+    assert!(!ok);
+    assert!(!err.contains("plaintext"), "{err}");
+    // A false-like value keeps the refusal.
+    let (_, err) = run(Some("false"));
+    assert!(err.contains("plaintext"), "{err}");
+}

@@ -53,6 +53,7 @@ pub struct ConnectOptions {
     ca: Option<Ca>,
     domain_name: Option<String>,
     token: Option<String>,
+    allow_plaintext_token: bool,
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
@@ -66,6 +67,7 @@ impl fmt::Debug for ConnectOptions {
             .field("ca", &self.ca.as_ref().map(|_| "set"))
             .field("domain_name", &self.domain_name)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allow_plaintext_token", &self.allow_plaintext_token)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
@@ -123,6 +125,14 @@ impl ConnectOptions {
         self
     }
 
+    /// Sends the token over plain `http://` to a host that is not loopback. Off by default: anyone
+    /// on the path could read the token and act with its roles. Turn it on only where the network
+    /// itself is trusted (a private link, or a proxy beside the client that adds TLS).
+    pub fn allow_plaintext_token(mut self, allow: bool) -> Self {
+        self.allow_plaintext_token = allow;
+        self
+    }
+
     /// Connects now, so that a wrong address or certificate shows here rather than at the first
     /// call. The channel reconnects by itself after the connection drops.
     pub async fn connect(self) -> Result<Connection, Error> {
@@ -131,6 +141,16 @@ impl ConnectOptions {
             source,
         };
         let mut endpoint = Endpoint::from_shared(self.address.clone()).map_err(invalid)?;
+        // Checked before any connection is made, so a refused token never leaves the process.
+        if self.token.is_some()
+            && !self.allow_plaintext_token
+            && endpoint.uri().scheme_str() != Some("https")
+            && !endpoint.uri().host().is_some_and(is_loopback)
+        {
+            return Err(Error::PlaintextToken {
+                address: self.address.clone(),
+            });
+        }
         if let Some(t) = self.connect_timeout {
             endpoint = endpoint.connect_timeout(t);
         }
@@ -221,6 +241,7 @@ impl Connection {
             ca: None,
             domain_name: None,
             token: None,
+            allow_plaintext_token: false,
             connect_timeout: Some(Duration::from_secs(10)),
             request_timeout: Some(Duration::from_secs(30)),
             retry: RetryPolicy::default(),
@@ -281,6 +302,15 @@ impl Connection {
     }
 }
 
+/// Whether a URI host names this machine: `localhost`, or an address in 127.0.0.0/8 or `::1`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +363,51 @@ mod tests {
             matches!(&err, Error::CaCertificate { path, .. } if path.ends_with("ca.pem")),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_over_plaintext_off_loopback_is_refused_before_connecting() {
+        // `.invalid` never resolves: if the check failed, the connect would fail differently.
+        let err = Connection::builder("http://ledger.invalid:50051")
+            .bearer_token("s3cret")
+            .connect()
+            .await
+            .expect_err("plaintext token");
+        assert!(matches!(err, Error::PlaintextToken { .. }), "{err:?}");
+        let allowed = Connection::builder("http://ledger.invalid:50051")
+            .bearer_token("s3cret")
+            .allow_plaintext_token(true)
+            .connect()
+            .await
+            .expect_err("the name does not resolve");
+        assert!(matches!(allowed, Error::Connect { .. }), "{allowed:?}");
+        // Without a token there is nothing to protect.
+        let no_token = Connection::connect("http://ledger.invalid:50051")
+            .await
+            .expect_err("the name does not resolve");
+        assert!(matches!(no_token, Error::Connect { .. }), "{no_token:?}");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.1",
+            "[::1]",
+            "::1",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "ledger.example.org",
+            "10.0.0.1",
+            "[::2]",
+            "0.0.0.0",
+            "localhost.evil",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 }

@@ -33,6 +33,12 @@ pub enum Error {
     /// The bearer token cannot be sent as an HTTP header value.
     #[error("the bearer token is not a valid header value")]
     InvalidToken(#[source] tonic::metadata::errors::InvalidMetadataValue),
+    /// A bearer token would travel in plaintext (`http://`) to a host that is not loopback.
+    /// Use `https://`, or [`ConnectOptions::allow_plaintext_token`] where the network is trusted.
+    ///
+    /// [`ConnectOptions::allow_plaintext_token`]: crate::ConnectOptions::allow_plaintext_token
+    #[error("refusing to send a token in plaintext to {address}: use https://, or allow it explicitly where the network is trusted")]
+    PlaintextToken { address: String },
     /// The `x-recorded-by` name cannot be sent as an HTTP header value.
     #[error("the recorded-by name {0:?} is not a valid header value")]
     InvalidRecordedBy(String),
