@@ -280,6 +280,27 @@ pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError>
     )))
 }
 
+/// Checks the write-ahead log of a directory opened without replaying it (read-only opens and
+/// `verify`): its frames must agree with sled, and none may be missing from sled, because a reader
+/// that cannot replay them would see a shorter log.
+pub(crate) fn check_wal(dir: &Path, db: &sled::Db) -> Result<(), LogError> {
+    let scan = wal::scan(&wal::wal_dir(dir))?;
+    let head = stored_head(db)?;
+    let logged = recover::replay(db, &scan, false)?;
+    if logged.count > head.count {
+        return Err(LogError::Corrupt {
+            position: head.count,
+            reason: format!(
+                "events {}..{} are in the write-ahead log but not yet in the store (the server \
+                 stopped without closing the log); start the server once to replay them, then \
+                 check again",
+                head.count, logged.count
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The stored head: the event count and the hash of the last event.
 fn stored_head(db: &sled::Db) -> Result<Head, LogError> {
     match db.get(HEAD_KEY)? {
@@ -463,20 +484,8 @@ impl EventLog {
             });
         }
         let data_file = File::open(dir.join("db"))?;
-        let scan = wal::scan(&wal::wal_dir(dir))?;
+        check_wal(dir, &db)?;
         let head = stored_head(&db)?;
-        let logged = recover::replay(&db, &scan, false)?;
-        if logged.count > head.count {
-            return Err(LogError::Corrupt {
-                position: head.count,
-                reason: format!(
-                    "events {}..{} are in the write-ahead log but not yet in the store (the server \
-                     stopped without closing the log); start the server once to replay them, then \
-                     check again",
-                    head.count, logged.count
-                ),
-            });
-        }
         let leaves = stored_frontier(&db)?.size().min(head.count);
         let (streams, from) = load_index(dir, &db, head.count)?;
         let (durable_tx, _) = watch::channel(head.count);
@@ -595,7 +604,7 @@ impl EventLog {
         let pool = self.shared.wal_pool.clone().ok_or(LogError::ReadOnly)?;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            pool.recycle_retired(&|| {
+            pool.recycle_retired(true, &|| {
                 make_sled_durable(&shared.db, &shared.data_file, &shared.dir)
             })
         })

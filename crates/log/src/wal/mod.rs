@@ -522,14 +522,20 @@ impl Pool {
     }
 
     /// Recycles every retired segment, after `make_durable` has made sled durable past them.
-    /// Segments retired while `make_durable` runs wait for the next call.
+    /// Segments retired while `make_durable` runs wait for the next call. With none retired,
+    /// `make_durable` runs only if `always`.
     pub(crate) fn recycle_retired(
         &self,
+        always: bool,
         make_durable: &dyn Fn() -> Result<(), LogError>,
     ) -> Result<usize, LogError> {
         let retired = std::mem::take(&mut self.lock().retired);
         if retired.is_empty() {
-            return Ok(0);
+            return if always {
+                make_durable().map(|()| 0)
+            } else {
+                Ok(0)
+            };
         }
         // Every frame of a retired segment was applied to sled before it was retired, so this
         // flush covers them all.
@@ -571,7 +577,7 @@ impl Pool {
                     return;
                 }
             }
-            if let Err(e) = self.recycle_retired(make_durable) {
+            if let Err(e) = self.recycle_retired(false, make_durable) {
                 tracing::error!(error = %e, "background flush of the store failed; segments kept");
             }
         }
@@ -635,7 +641,7 @@ impl Wal {
     /// empty write-ahead log.
     pub(crate) fn close(mut self) -> Result<(), LogError> {
         self.pool.stop();
-        self.pool.recycle_retired(&|| Ok(()))?;
+        self.pool.recycle_retired(false, &|| Ok(()))?;
         self.active.recycle()
     }
 }

@@ -3,3 +3,4 @@
 mod log_model;
 mod merkle_log;
 mod verify_tamper;
+mod wal_recovery;
