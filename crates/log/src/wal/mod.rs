@@ -497,6 +497,11 @@ fn read_all(segment: &Segment) -> Result<Vec<u8>, LogError> {
 pub(crate) struct Pool {
     inner: Mutex<PoolInner>,
     wake: Condvar,
+    /// Held while a segment file is created, so two threads never pick the same name.
+    creating: Mutex<()>,
+    /// Where new segments go, and their size.
+    dir: PathBuf,
+    segment_bytes: u64,
 }
 
 #[derive(Default)]
@@ -580,7 +585,23 @@ impl Pool {
             if let Err(e) = self.recycle_retired(false, make_durable) {
                 tracing::error!(error = %e, "background flush of the store failed; segments kept");
             }
+            // A spare, so the writer rarely has to zero a new file while appends wait.
+            if self.lock().free.is_empty() {
+                match self.create() {
+                    Ok(s) => self.lock().free.push(s),
+                    Err(e) => tracing::warn!(error = %e, "cannot create a spare segment"),
+                }
+            }
         }
+    }
+
+    fn create(&self) -> Result<Segment, LogError> {
+        self.create_sized(self.segment_bytes)
+    }
+
+    fn create_sized(&self, len: u64) -> Result<Segment, LogError> {
+        let _one_at_a_time = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        Segment::create(&self.dir, len)
     }
 
     pub(crate) fn stop(&self) {
@@ -591,8 +612,6 @@ impl Pool {
 
 /// The writer's side of the write-ahead log: the active segment.
 pub(crate) struct Wal {
-    dir: PathBuf,
-    segment_bytes: u64,
     active: Segment,
     seq: u64,
     pub(crate) pool: Arc<Pool>,
@@ -608,12 +627,14 @@ impl Wal {
         base: u64,
         free: Vec<Segment>,
     ) -> Result<Wal, LogError> {
-        let pool = Arc::new(Pool::default());
-        pool.lock().free = free;
-        let active = take_free(dir, &pool, segment_bytes, 0)?;
-        let mut wal = Wal {
+        let pool = Arc::new(Pool {
             dir: dir.to_path_buf(),
             segment_bytes,
+            ..Pool::default()
+        });
+        pool.lock().free = free;
+        let active = take_free(&pool, 0)?;
+        let mut wal = Wal {
             active,
             seq: last_seq + 1,
             pool,
@@ -626,7 +647,7 @@ impl Wal {
     pub(crate) fn append(&mut self, frame: &Frame) -> Result<Arc<File>, LogError> {
         let bytes = frame.encode();
         if !self.active.fits(bytes.len()) {
-            let next = take_free(&self.dir, &self.pool, self.segment_bytes, bytes.len())?;
+            let next = take_free(&self.pool, bytes.len())?;
             let full = std::mem::replace(&mut self.active, next);
             self.seq += 1;
             self.active.activate(self.seq, frame.first)?;
@@ -647,12 +668,7 @@ impl Wal {
 }
 
 /// A free segment with room for a frame of `frame_len` bytes (zeroed if it needs it), or a new one.
-fn take_free(
-    dir: &Path,
-    pool: &Pool,
-    segment_bytes: u64,
-    frame_len: usize,
-) -> Result<Segment, LogError> {
+fn take_free(pool: &Pool, frame_len: usize) -> Result<Segment, LogError> {
     let need = HEADER_BYTES + frame_len as u64 + 4;
     let found = {
         let mut g = pool.lock();
@@ -664,7 +680,7 @@ fn take_free(
             s.recycle()?;
             Ok(s)
         }
-        None => Segment::create(dir, segment_bytes.max(need)),
+        None => pool.create_sized(pool.segment_bytes.max(need)),
     }
 }
 
