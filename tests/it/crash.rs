@@ -188,7 +188,7 @@ async fn thirty_sigkills_under_eight_idempotent_writers_lose_and_duplicate_nothi
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut next = vec![0usize; 8];
+    let mut next = [0usize; 8];
     for cycle in 0..30 {
         let mut server = ChildServer::start(&data, &["--durability", "fsync"]);
         let before = acked.lock().unwrap().len();
