@@ -17,6 +17,9 @@
 //! - `mlayout` → [`LAYOUT_VERSION`] (u32 BE), so a binary never misreads another layout.
 //! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE).
 //!
+//! Beside sled, `<data-dir>/wal/` holds the write-ahead log's segments (format in `wal`): every
+//! group's writes above, logged and synced before the group is acknowledged.
+//!
 //! There is no stream index on disk: the writer keeps each stream's positions in memory and rebuilds
 //! them from the records' own `stream` and `stream_revision` when the log opens.
 use super::record::{Hash, MAX_RECORD_BYTES};
