@@ -2,8 +2,8 @@
 //! simulated by copying only what was made durable: sled's files as of its last sync, and the
 //! segments as they stand once every acknowledged append was synced. The copy must open with every
 //! acknowledged append, deduplicate retries as the original would, and verify; damage to the copy's
-//! segments must refuse the open, never shorten the log. A layout-2 directory (no write-ahead log)
-//! is migrated in place.
+//! segments, frames that start past sled's head, and frames that disagree with sled must refuse the
+//! open, never shorten the log. A layout-2 directory (no write-ahead log) is migrated in place.
 use std::path::Path;
 
 use serde_json::value::RawValue;
@@ -264,4 +264,52 @@ async fn a_clean_close_leaves_an_empty_write_ahead_log() {
             "a segment still holds frames"
         );
     }
+}
+
+fn refused(dir: &Path) -> String {
+    match EventLog::open(dir, options(SMALL), None) {
+        Ok(log) => panic!("opened with {} events", log.durable_count()),
+        Err(LogError::Corrupt { reason, .. }) => reason,
+        Err(e) => panic!("refused for another reason: {e}"),
+    }
+}
+
+/// sled lost events that the write-ahead log no longer holds (as when sled's own recovery cuts a
+/// damaged segment short): the frames start past sled's head, and the open refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_start_past_the_store_refuse_the_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (original, crashed) = (dir.path().join("a"), dir.path().join("b"));
+    let log = EventLog::open(&original, options(SMALL), None).expect("open");
+    // sled as it was before any append.
+    copy_dir(&original, &crashed, true);
+    append_range(&log, 0, 80).await;
+    // Segments fill and are recycled once sled holds them: the first frames are gone.
+    log.checkpoint().await.expect("checkpoint");
+    copy_dir(&original.join("wal"), &crashed.join("wal"), false);
+    drop(log);
+    let reason = refused(&crashed);
+    assert!(reason.contains("events are missing"), "{reason}");
+    assert!(reason.contains(".wal"), "{reason}");
+}
+
+/// The write-ahead log of one log beside the sled of another: the frames sled already holds
+/// disagree with it, and the open refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_disagree_with_the_store_refuse_the_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let log_a = EventLog::open(&a, options(LARGE), None).expect("open a");
+    append_range(&log_a, 0, 20).await;
+    let log_b = EventLog::open(&b, options(LARGE), None).expect("open b");
+    append_range(&log_b, 0, 40).await;
+    log_b.checkpoint().await.expect("checkpoint");
+    drop(log_b);
+    // b's sled is closed and complete; a's frames go beside it.
+    let _ = open_db(&b).expect("b released");
+    std::fs::remove_dir_all(b.join("wal")).expect("remove b's wal");
+    copy_dir(&a.join("wal"), &b.join("wal"), false);
+    drop(log_a);
+    let reason = refused(&b);
+    assert!(reason.contains("differs"), "{reason}");
 }
