@@ -379,7 +379,26 @@ struct Shared {
 pub struct EventLog {
     shared: Arc<Shared>,
     /// The writer thread's queue; `None` for a log opened with [`EventLog::open_read_only`].
+    tx: Option<Arc<WriterHandle>>,
+}
+
+/// The writer's queue and thread. When the last handle goes, the queue closes and the drop waits
+/// for the writer to finish: it makes sled durable and empties the write-ahead log, which must
+/// happen before the process exits, or the next offline `verify` finds frames to replay.
+struct WriterHandle {
     tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 struct Job {
@@ -462,12 +481,15 @@ impl EventLog {
             wal: Some(wal),
             flusher: Some(flusher),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx, syncer))?;
         Ok(EventLog {
             shared,
-            tx: Some(tx),
+            tx: Some(Arc::new(WriterHandle {
+                tx: Some(tx),
+                thread: Some(thread),
+            })),
         })
     }
 
@@ -510,7 +532,10 @@ impl EventLog {
 
     /// The writer's queue, or [`LogError::ReadOnly`] for a log opened without one.
     fn writer(&self) -> Result<&mpsc::Sender<Job>, LogError> {
-        self.tx.as_ref().ok_or(LogError::ReadOnly)
+        self.tx
+            .as_ref()
+            .and_then(|h| h.tx.as_ref())
+            .ok_or(LogError::ReadOnly)
     }
 
     /// Events whose stream index the open took from the snapshot (0: indexed from the start).
