@@ -18,6 +18,9 @@
 //! - `c` + subscription name → the position up to which that named subscriber acknowledged (u64 BE)
 //!   ‖ the name of the identity that owns it (UTF-8; empty, or absent as written before owners: none).
 //!
+//! Beside sled, `<data-dir>/wal/` holds the write-ahead log's segments (format in `wal`): every
+//! group's writes above, logged and synced before the group is acknowledged.
+//!
 //! There is no stream index on disk: the writer keeps each stream's positions in memory and rebuilds
 //! them from the records' own `stream` and `stream_revision` when the log opens.
 use super::record::{Hash, MAX_RECORD_BYTES};
@@ -29,8 +32,43 @@ pub(crate) const HEAD_KEY: &[u8] = b"mhead";
 pub(crate) const CURSOR: u8 = b'c';
 pub(crate) const FRONTIER_KEY: &[u8] = b"mtree";
 pub(crate) const LAYOUT_KEY: &[u8] = b"mlayout";
-/// 1 was one key per event with a stream index on disk; 2 is pages and tiles.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// 1 was one key per event with a stream index on disk; 2 is pages and tiles; 3 adds the
+/// write-ahead log in `wal/` (a layout-2 directory is migrated in place: it gets an empty one).
+pub(crate) const LAYOUT_VERSION: u32 = 3;
+/// The layout this binary migrates in place (same keys, no write-ahead log yet).
+pub(crate) const LAYOUT_MIGRATES: u32 = 2;
+
+/// Somewhere a commit group's keys are staged: a sled batch, or the list of writes that also goes
+/// to the write-ahead log (so recovery replays exactly what the writer applied).
+pub(crate) trait Stage {
+    fn put(&mut self, key: &[u8], value: &[u8]);
+}
+
+impl Stage for sled::Batch {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.insert(key, value);
+    }
+}
+
+/// The writes of one commit group, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Ops(pub(crate) Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Stage for Ops {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.0.push((key.to_vec(), value.to_vec()));
+    }
+}
+
+impl Ops {
+    pub(crate) fn to_batch(&self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in &self.0 {
+            batch.insert(&k[..], &v[..]);
+        }
+        batch
+    }
+}
 
 /// A page is closed once it holds this many bytes. sled splits a leaf past 16 entries, so a leaf of
 /// pages stays far below sled's 4 MiB blob threshold even when single records are as large as
@@ -130,9 +168,9 @@ impl PageBuilder {
     }
 
     /// Stages every page in `batch`.
-    pub(crate) fn stage(self, batch: &mut sled::Batch) {
+    pub(crate) fn stage(self, batch: &mut impl Stage) {
         for (first, page) in self.pages {
-            batch.insert(&page_key(first)[..], page);
+            batch.put(&page_key(first)[..], &page);
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod snapshot;
 mod store;
 mod tiles;
 pub mod verify;
+mod wal;
 
 pub use observe::{LogMetrics, NoMetrics};
 pub use record::{

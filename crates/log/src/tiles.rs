@@ -5,7 +5,7 @@
 //! tile write instead of two node keys per event. The levels in between are recomputed on demand:
 //! a node at `TILE_HEIGHT * L + s` folds `2^s` consecutive hashes of one tile, at most 255 hash
 //! operations per proof step.
-use super::layout::{tile_key, TILE_HEIGHT, TILE_WIDTH};
+use super::layout::{tile_key, Stage, TILE_HEIGHT, TILE_WIDTH};
 use super::record::Hash;
 use super::LogError;
 use claims_ledger_core::merkle::{self, Frontier};
@@ -122,19 +122,19 @@ pub(crate) fn stage_tree(
     frontier: &Frontier,
     tiles: &Tiles,
     leaves: impl IntoIterator<Item = Hash>,
-    batch: &mut sled::Batch,
+    batch: &mut impl Stage,
 ) -> (Frontier, Tiles) {
     let mut frontier = frontier.clone();
     let mut tiles = tiles.clone();
     for leaf in leaves {
         tiles.push(&mut frontier, leaf, &mut |level, index, hashes| {
-            batch.insert(&tile_key(level, index)[..], hashes);
+            batch.put(&tile_key(level, index)[..], hashes.as_ref());
         });
     }
     for (key, hashes) in tiles.take_changed(frontier.size()) {
-        batch.insert(&key[..], hashes);
+        batch.put(&key[..], hashes.as_ref());
     }
-    batch.insert(super::layout::FRONTIER_KEY, frontier.to_bytes());
+    batch.put(super::layout::FRONTIER_KEY, &frontier.to_bytes());
     (frontier, tiles)
 }
 

@@ -54,6 +54,7 @@ pub fn verify_dir(dir: &Path) -> Result<Result<VerifyReport, Mismatch>, LogError
         )));
     }
     let db = open_db(dir)?;
+    super::store::check_wal(dir, &db)?;
     let count = match db.get(HEAD_KEY)? {
         Some(h) => parse_head(&h).map_or(0, |(count, _)| count),
         None => 0,

@@ -7,22 +7,25 @@
 //! proofs), `cursor` (subscriber positions), `writer` and `syncer` (the two threads of the append
 //! path).
 //!
-//! Durability: sled's `flush()` writes its buffers but only calls `sync_file_range`, which neither
-//! flushes the disk cache nor persists file-size changes. The syncer therefore calls `fdatasync` on
-//! sled's data file itself (and on any blob file) before any append of a group is acknowledged, and
-//! only then makes the group visible to readers. Group commit is pipelined: while the syncer syncs
-//! group k, the writer checks and applies group k+1, and appends arriving meanwhile share the next
-//! sync. If a sync fails the log refuses all further writes until restart: after a failed fsync the
-//! kernel may have dropped the dirty pages, so nothing written since can be trusted to be on disk.
+//! Durability: the writer writes each group as one frame to the log's own write-ahead log (`wal`)
+//! and applies it to sled in memory; the syncer makes the frame durable with one `fdatasync` of the
+//! segment file before any append of the group is acknowledged, and only then makes the group
+//! visible to readers. sled is never flushed on that path: a background flusher (`recover`'s
+//! sibling in `wal::Pool`) flushes sled and syncs its data file when a segment fills, and only then
+//! recycles the segment. At open, `recover` replays the frames sled does not hold durably. Group
+//! commit is pipelined: while the syncer syncs group k, the writer checks and applies group k+1,
+//! and appends arriving meanwhile share the next sync. If a sync fails the log refuses all further
+//! writes until restart: after a failed fsync the kernel may have dropped the dirty pages, so
+//! nothing written since can be trusted to be on disk.
 mod cursor;
 mod derived;
 mod index;
 mod read;
+mod recover;
 mod syncer;
 mod tree;
 mod writer;
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,12 +39,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::layout::{
-    be_u64, idempotency_key, parse_head, CURSOR, HEAD_KEY, LAYOUT_KEY, LAYOUT_VERSION,
+    be_u64, idempotency_key, parse_head, CURSOR, HEAD_KEY, LAYOUT_KEY, LAYOUT_MIGRATES,
+    LAYOUT_VERSION,
 };
 use crate::observe::{LogMetrics, NoMetrics};
 use crate::record::{Hash, RecordedEvent, GENESIS_HASH};
 use crate::snapshot::{self, Snapshot};
 use crate::tiles::Tiles;
+use crate::wal::{self, Pool};
 use crate::LogError;
 use claims_ledger_core::merkle::Frontier;
 pub(crate) use cursor::encode as cursor_value;
@@ -200,6 +205,8 @@ pub struct LogOptions {
     pub metrics: Arc<dyn LogMetrics>,
     /// How many subscriber cursors may exist.
     pub cursor_limits: CursorLimits,
+    /// Size of new write-ahead log segments; a segment is recycled once sled holds it durably.
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for LogOptions {
@@ -209,6 +216,7 @@ impl Default for LogOptions {
             max_group: 1024,
             metrics: Arc::new(NoMetrics),
             cursor_limits: CursorLimits::default(),
+            wal_segment_bytes: wal::DEFAULT_SEGMENT_BYTES,
         }
     }
 }
@@ -327,10 +335,7 @@ fn check_layout(db: &sled::Db) -> Result<(), LogError> {
             reason,
         });
     }
-    if db.get(LAYOUT_KEY)?.is_none() {
-        // Made durable by the first group's sync, or written again at the next open.
-        db.insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes())?;
-    }
+    // The mark is written (or layout 2 migrated to 3) by `recover`, once the write-ahead log exists.
     Ok(())
 }
 
@@ -338,7 +343,11 @@ fn check_layout(db: &sled::Db) -> Result<(), LogError> {
 /// another storage layout. An empty database (no head yet) fits any.
 pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError> {
     let stored = db.get(LAYOUT_KEY)?;
-    if stored.as_deref() == Some(&LAYOUT_VERSION.to_be_bytes()[..]) || db.get(HEAD_KEY)?.is_none() {
+    // Layout 2 has the same keys and no write-ahead log: a writable open migrates it in place.
+    if stored.as_deref() == Some(&LAYOUT_VERSION.to_be_bytes()[..])
+        || stored.as_deref() == Some(&LAYOUT_MIGRATES.to_be_bytes()[..])
+        || db.get(HEAD_KEY)?.is_none()
+    {
         return Ok(None);
     }
     // Layout 1 had no mark.
@@ -349,6 +358,27 @@ pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError>
         "the data directory uses storage layout {version}, this binary reads only layout \
          {LAYOUT_VERSION}; export it with the binary that wrote it and restore it with this one"
     )))
+}
+
+/// Checks the write-ahead log of a directory opened without replaying it (read-only opens and
+/// `verify`): its frames must agree with sled, and none may be missing from sled, because a reader
+/// that cannot replay them would see a shorter log.
+pub(crate) fn check_wal(dir: &Path, db: &sled::Db) -> Result<(), LogError> {
+    let scan = wal::scan(&wal::wal_dir(dir))?;
+    let head = stored_head(db)?;
+    let logged = recover::replay(db, &scan, false)?;
+    if logged.count > head.count {
+        return Err(LogError::Corrupt {
+            position: head.count,
+            reason: format!(
+                "events {}..{} are in the write-ahead log but not yet in the store (the server \
+                 stopped without closing the log); start the server once to replay them, then \
+                 check again",
+                head.count, logged.count
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The stored head: the event count and the hash of the last event.
@@ -384,6 +414,17 @@ fn load_index(dir: &Path, db: &sled::Db, count: u64) -> Result<(StreamIndex, u64
     Ok((streams, from))
 }
 
+/// How often the background flusher looks for full segments even when not woken.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// sled's `flush()` only calls `sync_file_range`; the data file's `fdatasync` makes it durable.
+/// Never on the acknowledgement path.
+fn make_sled_durable(db: &sled::Db, data_file: &File, dir: &Path) -> Result<(), LogError> {
+    db.flush()?;
+    data_file.sync_data()?;
+    recover::sync_blobs(dir)
+}
+
 struct Shared {
     db: sled::Db,
     /// Events below this position are durable and visible to readers.
@@ -411,6 +452,8 @@ struct Shared {
     metrics: Arc<dyn LogMetrics>,
     /// Serializes cursor changes, with their limits.
     cursors: cursor::CursorGuard,
+    /// The write-ahead log's segments awaiting recycling; `None` when opened read-only.
+    wal_pool: Option<Arc<Pool>>,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -418,7 +461,26 @@ struct Shared {
 pub struct EventLog {
     shared: Arc<Shared>,
     /// The writer thread's queue; `None` for a log opened with [`EventLog::open_read_only`].
+    tx: Option<Arc<WriterHandle>>,
+}
+
+/// The writer's queue and thread. When the last handle goes, the queue closes and the drop waits
+/// for the writer to finish: it makes sled durable and empties the write-ahead log, which must
+/// happen before the process exits, or the next offline `verify` finds frames to replay.
+struct WriterHandle {
     tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 struct Job {
@@ -441,6 +503,7 @@ impl EventLog {
         // Persist the directory entries of sled's files once, so the files themselves survive a crash.
         File::open(dir)?.sync_all()?;
         let data_file = File::open(dir.join("db"))?;
+        let wal = recover::recover(dir, &db, &data_file, options.wal_segment_bytes)?;
         let head = stored_head(&db)?;
         let last_recorded = match head.count.checked_sub(1) {
             Some(pos) => Some(read_event(&db, pos)?.recorded_at),
@@ -471,13 +534,22 @@ impl EventLog {
             streams: RwLock::new(streams),
             metrics: options.metrics.clone(),
             cursors: cursor::CursorGuard::new(options.cursor_limits),
+            wal_pool: Some(wal.pool.clone()),
         });
+        let flusher = {
+            let pool = wal.pool.clone();
+            let db = db.clone();
+            let data_file = shared.data_file.try_clone()?;
+            let dir = dir.to_path_buf();
+            std::thread::Builder::new()
+                .name("log-flusher".into())
+                .spawn(move || {
+                    pool.run_flusher(FLUSH_INTERVAL, &|| make_sled_durable(&db, &data_file, &dir))
+                })?
+        };
         let (tx, rx) = mpsc::channel(options.max_group.max(1) * 4);
         let syncer = Syncer {
             shared: shared.clone(),
-            db: db.clone(),
-            blobs_dir: dir.join("blobs"),
-            synced_blobs: HashSet::new(),
             durability: options.durability,
             observer,
         };
@@ -489,13 +561,18 @@ impl EventLog {
             tiles,
             last_recorded,
             options,
+            wal: Some(wal),
+            flusher: Some(flusher),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx, syncer))?;
         Ok(EventLog {
             shared,
-            tx: Some(tx),
+            tx: Some(Arc::new(WriterHandle {
+                tx: Some(tx),
+                thread: Some(thread),
+            })),
         })
     }
 
@@ -512,6 +589,7 @@ impl EventLog {
             });
         }
         let data_file = File::open(dir.join("db"))?;
+        check_wal(dir, &db)?;
         let head = stored_head(&db)?;
         let leaves = stored_frontier(&db)?.size().min(head.count);
         let (streams, from) = load_index(dir, &db, head.count)?;
@@ -531,13 +609,17 @@ impl EventLog {
             streams: RwLock::new(streams),
             metrics: Arc::new(NoMetrics),
             cursors: cursor::CursorGuard::new(CursorLimits::default()),
+            wal_pool: None,
         });
         Ok(EventLog { shared, tx: None })
     }
 
     /// The writer's queue, or [`LogError::ReadOnly`] for a log opened without one.
     fn writer(&self) -> Result<&mpsc::Sender<Job>, LogError> {
-        self.tx.as_ref().ok_or(LogError::ReadOnly)
+        self.tx
+            .as_ref()
+            .and_then(|h| h.tx.as_ref())
+            .ok_or(LogError::ReadOnly)
     }
 
     /// Events whose stream index the open took from the snapshot (0: indexed from the start).
@@ -623,6 +705,33 @@ impl EventLog {
     /// Number of disk syncs made since the log was opened (each may cover many appends).
     pub fn sync_count(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Makes sled durable and recycles the write-ahead log segments it then covers, as the
+    /// background flusher does when a segment fills. Returns how many segments were recycled.
+    pub async fn checkpoint(&self) -> Result<usize, LogError> {
+        let pool = self.shared.wal_pool.clone().ok_or(LogError::ReadOnly)?;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            pool.recycle_retired(true, &|| {
+                make_sled_durable(&shared.db, &shared.data_file, &shared.dir)
+            })
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
+    }
+
+    /// Write-ahead log segments that are full and wait for sled to be made durable past them.
+    pub fn wal_segments_retired(&self) -> usize {
+        self.shared
+            .wal_pool
+            .as_ref()
+            .map_or(0, |p| p.retired_count())
+    }
+
+    /// Recycled write-ahead log segments ready for reuse.
+    pub fn wal_segments_free(&self) -> usize {
+        self.shared.wal_pool.as_ref().map_or(0, |p| p.free_count())
     }
 
     /// Whether a failed sync has stopped all writes.

@@ -1,6 +1,7 @@
-//! The syncer thread: makes the groups the writer staged durable (one `fdatasync` for all groups
-//! waiting), then publishes them to readers, tells the commit observer, and answers their appends,
-//! strictly in log order. A failed sync poisons the log (see the parent module).
+//! The syncer thread: makes the groups the writer staged durable (one `fdatasync` of the write-ahead
+//! log segment for all groups waiting; never a sled flush), then publishes them to readers, tells the
+//! commit observer, and answers their appends, strictly in log order. A failed sync poisons the log
+//! (see the parent module).
 use super::*;
 
 /// Longest the syncer waits for a group being staged to join its sync (see `Syncer::run`).
@@ -16,14 +17,13 @@ pub(super) struct StagedGroup {
     pub(super) events: Vec<RecordedEvent>,
     /// The head after this group.
     pub(super) head: Head,
+    /// The write-ahead log segment holding the group's frame, when it has events.
+    pub(super) wal_file: Option<Arc<File>>,
 }
 
 /// Makes staged groups durable, publishes them, and answers their appends, strictly in order.
 pub(super) struct Syncer {
     pub(super) shared: Arc<Shared>,
-    pub(super) db: sled::Db,
-    pub(super) blobs_dir: PathBuf,
-    pub(super) synced_blobs: HashSet<std::ffi::OsString>,
     pub(super) durability: Durability,
     pub(super) observer: Option<Arc<dyn CommitObserver>>,
 }
@@ -59,10 +59,6 @@ impl Syncer {
             }
             self.finish(groups);
         }
-        // The writer is gone: leave sled synced for a clean reopen.
-        if let Err(e) = self.sync() {
-            tracing::error!(error = %e, "final sync failed");
-        }
     }
 
     /// Syncs once for `groups` (in log order), then publishes and answers them.
@@ -76,7 +72,7 @@ impl Syncer {
             return refuse(groups);
         }
         if groups.iter().any(|g| !g.events.is_empty()) {
-            if let Err(e) = self.sync() {
+            if let Err(e) = self.sync(&groups) {
                 self.shared.poison(&e);
                 return refuse(groups);
             }
@@ -89,6 +85,7 @@ impl Syncer {
             replies,
             events,
             head,
+            wal_file: _,
         } in groups
         {
             if !events.is_empty() {
@@ -111,38 +108,21 @@ impl Syncer {
         }
     }
 
-    fn sync(&mut self) -> Result<(), LogError> {
+    /// One `fdatasync` per segment the groups' frames are in (one, unless a segment filled).
+    fn sync(&mut self, groups: &[StagedGroup]) -> Result<(), LogError> {
         if self.durability == Durability::Relaxed {
             return Ok(());
         }
         let started = Instant::now();
-        self.db.flush()?;
-        self.shared.data_file.sync_data()?;
-        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-        self.sync_new_blobs()?;
-        self.shared.metrics.synced(started.elapsed());
-        Ok(())
-    }
-
-    /// sled writes values it deems too big to separate blob files and never syncs them. Records are
-    /// bounded so this should not happen; if it does, the blobs are synced here rather than lost.
-    fn sync_new_blobs(&mut self) -> Result<(), LogError> {
-        let entries = match std::fs::read_dir(&self.blobs_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut any = false;
-        for entry in entries {
-            let entry = entry?;
-            if self.synced_blobs.insert(entry.file_name()) {
-                File::open(entry.path())?.sync_all()?;
-                any = true;
+        let mut synced: Vec<&Arc<File>> = Vec::with_capacity(1);
+        for file in groups.iter().filter_map(|g| g.wal_file.as_ref()) {
+            if !synced.iter().any(|f| Arc::ptr_eq(f, file)) {
+                file.sync_data()?;
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                synced.push(file);
             }
         }
-        if any {
-            File::open(&self.blobs_dir)?.sync_all()?;
-        }
+        self.shared.metrics.synced(started.elapsed());
         Ok(())
     }
 }

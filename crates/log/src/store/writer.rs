@@ -1,12 +1,13 @@
 //! The writer thread: it owns all writes, so checking expected revisions, idempotency and the hash
-//! chain needs no locks. It groups queued appends, checks each, and applies the group to sled (events,
-//! head, Merkle tiles and idempotency records in one batch), then hands it to the syncer; nothing it
-//! accepts is answered before that group's sync.
+//! chain needs no locks. It groups queued appends, checks each, writes the group's sled writes
+//! (events, head, Merkle tiles and idempotency records) as one frame to the write-ahead log and
+//! applies them to sled as one batch in memory, then hands the group to the syncer; nothing it
+//! accepts is answered before that group's frame is synced.
 use std::collections::HashMap;
 
 use super::syncer::StagedGroup;
 use super::*;
-use crate::layout::{head_value, PageBuilder};
+use crate::layout::{head_value, Ops, PageBuilder, Stage};
 use crate::record::{self, Encode, IdempotencyMark};
 use crate::tiles::stage_tree;
 use claims_ledger_core::merkle;
@@ -26,6 +27,9 @@ pub(super) struct Writer {
     pub(super) tiles: Tiles,
     pub(super) last_recorded: Option<DateTime<Utc>>,
     pub(super) options: LogOptions,
+    /// Taken at shutdown, to be closed once sled is durable.
+    pub(super) wal: Option<wal::Wal>,
+    pub(super) flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Idempotency records of a group not yet written: consulted before sled, so a retry within the same
@@ -85,6 +89,29 @@ impl Writer {
         }
         drop(to_syncer);
         let _ = syncer.join();
+        self.close_wal();
+    }
+
+    /// At shutdown: stops the flusher, makes sled durable, and empties the write-ahead log, so a
+    /// cleanly closed directory needs no replay. If sled cannot be made durable the segments stay,
+    /// and the next open replays them.
+    fn close_wal(&mut self) {
+        let Some(wal) = self.wal.take() else { return };
+        wal.pool.stop();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+        if let Err(e) = make_sled_durable(&self.db, &self.shared.data_file, &self.shared.dir) {
+            tracing::error!(error = %e, "final flush of the store failed; the write-ahead log is kept");
+            return;
+        }
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            // sled may hold a group whose frame never became durable; keep the log as evidence.
+            return;
+        }
+        if let Err(e) = wal.close() {
+            tracing::error!(error = %e, "cannot empty the write-ahead log at shutdown");
+        }
     }
 
     /// Moves every queued job into `jobs`, up to the group limit.
@@ -104,6 +131,7 @@ impl Writer {
             replies: Vec::with_capacity(jobs.len()),
             events: Vec::new(),
             head: self.head,
+            wal_file: None,
         };
         if self.shared.poisoned.load(Ordering::Acquire) {
             for j in jobs {
@@ -118,7 +146,7 @@ impl Writer {
             _ => now,
         };
         let mut pending = Pending::default();
-        let mut batch = sled::Batch::default();
+        let mut batch = Ops::default();
         let mut head = self.head;
         for job in jobs {
             match self.prepare(&job.req, recorded_at, &mut head, &mut pending, &mut batch) {
@@ -137,17 +165,37 @@ impl Writer {
                 pages.push(e.position, &e.hash, &e.stored);
             }
             pages.stage(&mut batch);
-            batch.insert(HEAD_KEY, head_value(head.count, &head.hash));
+            batch.put(HEAD_KEY, &head_value(head.count, &head.hash));
             let leaves = group.events.iter().map(|e| merkle::leaf_hash(&e.stored));
             let (frontier, tiles) = stage_tree(&self.frontier, &self.tiles, leaves, &mut batch);
-            if let Err(e) = self.db.apply_batch(batch) {
-                self.shared.poison(&e.into());
-                for (reply, _, _) in group.replies.drain(..) {
-                    let _ = reply.send(Err(LogError::Poisoned));
-                }
-                group.events.clear();
-                return group;
+            let frame = wal::Frame {
+                first: self.head.count,
+                count: head.count - self.head.count,
+                last_hash: head.hash,
+                ops: batch,
+            };
+            // The frame goes first: sled may write the batch out at any time, and whatever sled
+            // holds durably must also be in the log's history (or be the unacknowledged tail).
+            let applied = match self.wal.as_mut() {
+                Some(w) => w.append(&frame),
+                None => Err(LogError::Closed),
             }
+            .and_then(|file| {
+                self.db.apply_batch(frame.ops.to_batch())?;
+                Ok(file)
+            });
+            let file = match applied {
+                Ok(file) => file,
+                Err(e) => {
+                    self.shared.poison(&e);
+                    for (reply, _, _) in group.replies.drain(..) {
+                        let _ = reply.send(Err(LogError::Poisoned));
+                    }
+                    group.events.clear();
+                    return group;
+                }
+            };
+            group.wal_file = Some(file);
             self.head = head;
             self.frontier = frontier;
             self.tiles = tiles;
@@ -177,7 +225,7 @@ impl Writer {
         recorded_at: DateTime<Utc>,
         head: &mut Head,
         pending: &mut Pending,
-        batch: &mut sled::Batch,
+        batch: &mut Ops,
     ) -> Result<(AppendOutcome, Vec<RecordedEvent>), LogError> {
         if let Some(idem) = &req.idempotency {
             let rec = match pending.idempotency.get(&idem.key) {
@@ -319,7 +367,7 @@ impl Writer {
         head.count += staged.len() as u64;
         head.hash = prev;
         if let Some((k, rec, bytes)) = idempotency {
-            batch.insert(idempotency_key(&k), bytes);
+            batch.put(&idempotency_key(&k), &bytes);
             pending.idempotency.insert(k, rec);
         }
         Ok((

@@ -4,3 +4,4 @@ mod cursors;
 mod log_model;
 mod merkle_log;
 mod verify_tamper;
+mod wal_recovery;

@@ -1,0 +1,688 @@
+//! The write-ahead log: the log's own record of every commit group, made durable with one
+//! `fdatasync` before the group is acknowledged, so that sled can be written in memory and flushed
+//! in the background. It knows sled only through the frames it replays; the store decides when
+//! segments may be recycled.
+//!
+//! On disk, `wal/` holds segment files (`NNNNNNNN.wal`), each preallocated and filled with zeros
+//! before first use, so that writing into it and `fdatasync` never change file metadata:
+//! - a header of [`HEADER_BYTES`]: magic, state ([`ACTIVE`] or [`RETIRED`]), the segment's sequence
+//!   number, the position of its first event, and a CRC32 of those; an all-zero header marks a free
+//!   segment, whose body must be all zeros too;
+//! - then frames, back to back: body length (u32 LE) ‖ CRC32 of the length bytes and the body (u32
+//!   LE) ‖ body; the body is the group's first position and event count (u64 LE each), the hash of
+//!   its last event, and the sled writes of the group (count, then key and value, each with a u32 LE
+//!   length) exactly as the writer applied them; a zero length ends the frames.
+//!
+//! A segment's header is synced before any frame is written into it, and a recycled segment is
+//! marked retired (synced), then its body zeroed (synced), then its header zeroed (synced); so at
+//! every crash point each file reads as free, retired, or in use, and a zero header with data
+//! behind it can only be damage.
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::layout::Ops;
+use crate::record::Hash;
+use crate::LogError;
+
+/// Bytes at the start of a segment before its first frame.
+pub(crate) const HEADER_BYTES: u64 = 64;
+const MAGIC: &[u8; 8] = b"CLWAL\0\0\x01";
+/// The header of a segment that holds frames.
+pub(crate) const ACTIVE: u32 = 1;
+/// The header of a segment being recycled: its frames are no longer needed.
+pub(crate) const RETIRED: u32 = 2;
+/// Length and CRC before each frame body.
+const FRAME_PREFIX: usize = 8;
+/// Fixed part of a frame body: first position, count, last hash, number of writes.
+const FRAME_FIXED: usize = 8 + 8 + 32 + 4;
+/// The size of new segments unless a group needs more.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 4 << 20;
+/// Zeros written at a time.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// One commit group as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) first: u64,
+    pub(crate) count: u64,
+    /// Hash of the group's last event.
+    pub(crate) last_hash: Hash,
+    pub(crate) ops: Ops,
+}
+
+impl Frame {
+    /// The position after the group.
+    pub(crate) fn end(&self) -> u64 {
+        self.first + self.count
+    }
+
+    /// The frame as written: prefix and body.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let body_len = FRAME_FIXED
+            + self
+                .ops
+                .0
+                .iter()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(FRAME_PREFIX + body_len);
+        // Groups are bounded far below 4 GiB by the writer's group limit and record limit.
+        out.extend_from_slice(&(body_len as u32).to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]);
+        out.extend_from_slice(&self.first.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.last_hash);
+        out.extend_from_slice(&(self.ops.0.len() as u32).to_le_bytes());
+        for (k, v) in &self.ops.0 {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+        let crc = frame_crc(&out[..4], &out[FRAME_PREFIX..]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode_body(body: &[u8]) -> Option<Frame> {
+        let mut r = Reader(body);
+        let first = r.u64()?;
+        let count = r.u64()?;
+        let last_hash: Hash = r.take(32)?.try_into().ok()?;
+        let n = r.u32()?;
+        let mut ops = Vec::with_capacity((n as usize).min(1024));
+        for _ in 0..n {
+            let k = r.take(r.clone().u32()? as usize + 4)?[4..].to_vec();
+            let v = r.take(r.clone().u32()? as usize + 4)?[4..].to_vec();
+            ops.push((k, v));
+        }
+        if !r.0.is_empty() || count == 0 {
+            return None;
+        }
+        first.checked_add(count)?;
+        Some(Frame {
+            first,
+            count,
+            last_hash,
+            ops: Ops(ops),
+        })
+    }
+}
+
+fn frame_crc(len: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(len);
+    h.update(body);
+    h.finalize()
+}
+
+#[derive(Clone)]
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// A segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) state: u32,
+    pub(crate) seq: u64,
+    /// The position of the segment's first event.
+    pub(crate) base: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_BYTES as usize] {
+        let mut h = [0u8; HEADER_BYTES as usize];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&self.state.to_le_bytes());
+        h[12..20].copy_from_slice(&self.seq.to_le_bytes());
+        h[20..28].copy_from_slice(&self.base.to_le_bytes());
+        let crc = crc32fast::hash(&h[..28]);
+        h[28..32].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// `Ok(None)` for an all-zero header (a free segment).
+    fn decode(h: &[u8]) -> Result<Option<Header>, &'static str> {
+        if h.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        if h.len() < HEADER_BYTES as usize || &h[..8] != MAGIC {
+            return Err("not a write-ahead log segment header");
+        }
+        let crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));
+        if crc != crc32fast::hash(&h[..28]) || h[32..].iter().any(|b| *b != 0) {
+            return Err("segment header fails its checksum");
+        }
+        let state = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        if state != ACTIVE && state != RETIRED {
+            return Err("unknown segment state");
+        }
+        Ok(Some(Header {
+            state,
+            seq: u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")),
+            base: u64::from_le_bytes(h[20..28].try_into().expect("8 bytes")),
+        }))
+    }
+}
+
+/// One segment file.
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<File>,
+    /// The file's size.
+    pub(crate) len: u64,
+    /// Bytes from the start that may be other than zero.
+    pub(crate) used: u64,
+}
+
+impl Segment {
+    fn open(path: &Path) -> Result<Segment, LogError> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Segment {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            len,
+            used: len,
+        })
+    }
+
+    /// Creates a zero-filled segment of `len` bytes, durable with its directory entry.
+    pub(crate) fn create(dir: &Path, len: u64) -> Result<Segment, LogError> {
+        let mut n = 0u64;
+        let path = loop {
+            let p = dir.join(format!("{n:08}.wal"));
+            if !p.exists() {
+                break p;
+            }
+            n += 1;
+        };
+        let tmp = dir.join(format!("{n:08}.wal.new"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZERO_CHUNK as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        // Only a whole, zeroed file ever carries a segment's name.
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(Segment {
+            path,
+            file: Arc::new(file),
+            len,
+            used: 0,
+        })
+    }
+
+    /// Writes an active header and syncs it, before any frame goes in.
+    pub(crate) fn activate(&mut self, seq: u64, base: u64) -> Result<(), LogError> {
+        let h = Header {
+            state: ACTIVE,
+            seq,
+            base,
+        }
+        .encode();
+        self.file.write_all_at(&h, 0)?;
+        self.file.sync_data()?;
+        self.used = HEADER_BYTES;
+        Ok(())
+    }
+
+    /// Makes the segment free again: retired header, zeroed body, zeroed header, each synced (see
+    /// the module's crash argument). Only for a segment whose frames sled holds durably.
+    pub(crate) fn recycle(&mut self) -> Result<(), LogError> {
+        if self.used == 0 {
+            return Ok(());
+        }
+        let h = Header {
+            state: RETIRED,
+            seq: 0,
+            base: 0,
+        }
+        .encode();
+        self.file.write_all_at(&h, 0)?;
+        self.file.sync_data()?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut at = HEADER_BYTES;
+        while at < self.used {
+            let n = (self.used - at).min(ZERO_CHUNK as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_data()?;
+        self.file.write_all_at(&[0u8; HEADER_BYTES as usize], 0)?;
+        self.file.sync_data()?;
+        self.used = 0;
+        Ok(())
+    }
+
+    /// Appends an encoded frame at `self.used`; the caller checked that it fits.
+    pub(crate) fn write_frame(&mut self, frame: &[u8]) -> Result<(), LogError> {
+        self.file.write_all_at(frame, self.used)?;
+        self.used += frame.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn fits(&self, frame_len: usize) -> bool {
+        // Room for the frame and for a zero length after it, so the frames always end.
+        self.used + frame_len as u64 + 4 <= self.len
+    }
+}
+
+/// A segment in use found at open, with its frames.
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub(crate) segment: Segment,
+    pub(crate) header: Header,
+    /// Each with its offset in the file.
+    pub(crate) frames: Vec<(u64, Frame)>,
+}
+
+/// What an open found in `wal/`.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Segments in use, by sequence number.
+    pub(crate) in_use: Vec<Found>,
+    /// Free and retired segments (to be zeroed before reuse where `used > 0`).
+    pub(crate) free: Vec<Segment>,
+    /// Where a torn last frame was found (file, offset), if one was.
+    pub(crate) torn: Option<(PathBuf, u64)>,
+}
+
+impl Scan {
+    /// Every frame, in order.
+    pub(crate) fn frames(&self) -> impl Iterator<Item = (&Path, u64, &Frame)> {
+        self.in_use.iter().flat_map(|f| {
+            f.frames
+                .iter()
+                .map(move |(off, fr)| (f.segment.path.as_path(), *off, fr))
+        })
+    }
+
+    /// The highest sequence number in use.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.in_use.last().map_or(0, |f| f.header.seq)
+    }
+}
+
+pub(crate) fn corrupt(path: &Path, offset: u64, position: u64, what: &str) -> LogError {
+    LogError::Corrupt {
+        position,
+        reason: format!(
+            "write-ahead log segment {} at byte offset {offset}: {what}; the log cannot tell which \
+             acknowledged events are lost, so it refuses to open: restore from a backup",
+            path.display()
+        ),
+    }
+}
+
+/// The directory of the segments.
+pub(crate) fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+/// Reads every segment in `dir` (which may be missing) without changing anything, and checks the
+/// frames: their CRCs, that each segment's frames continue from its base without gaps, and that
+/// the segments follow each other. A torn last frame of the newest segment (bytes that fail their
+/// check with only zeros after them) is left out and reported in [`Scan::torn`]; anything else
+/// that fails is [`LogError::Corrupt`] naming the file and offset.
+pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
+    let mut out = Scan::default();
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    names.sort();
+    let mut loaded = Vec::new();
+    for path in names {
+        let mut segment = Segment::open(&path)?;
+        let bytes = read_all(&segment)?;
+        let header = Header::decode(&bytes[..bytes.len().min(HEADER_BYTES as usize)])
+            .map_err(|why| corrupt(&path, 0, 0, why))?;
+        let last_nonzero = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64;
+        match header {
+            None if last_nonzero > 0 => {
+                return Err(corrupt(
+                    &path,
+                    HEADER_BYTES,
+                    0,
+                    "a free segment (zero header) holds data: its header was lost",
+                ))
+            }
+            Some(h) if h.state == ACTIVE => loaded.push((segment, h, bytes, last_nonzero)),
+            _ => {
+                segment.used = last_nonzero;
+                out.free.push(segment);
+            }
+        }
+    }
+    loaded.sort_by_key(|(_, h, _, _)| h.seq);
+    let newest = loaded.len().checked_sub(1);
+    let mut expect: Option<(u64, u64)> = None;
+    for (i, (mut segment, header, bytes, last_nonzero)) in loaded.into_iter().enumerate() {
+        let path = segment.path.clone();
+        if let Some((seq, end)) = expect {
+            if header.seq != seq + 1 || header.base != end {
+                return Err(corrupt(
+                    &path,
+                    0,
+                    end,
+                    &format!(
+                        "segment {} starts at position {} but the previous one ({seq}) ends at {end}",
+                        header.seq, header.base
+                    ),
+                ));
+            }
+        }
+        let mut frames = Vec::new();
+        let mut at = HEADER_BYTES as usize;
+        let mut position = header.base;
+        loop {
+            let len = match bytes.get(at..at + 4) {
+                Some(l) => u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize,
+                None => 0,
+            };
+            if len == 0 {
+                if (at as u64) < last_nonzero {
+                    return Err(corrupt(
+                        &path,
+                        at as u64,
+                        position,
+                        "the frames stop (zero length) but data follows: a zeroed range",
+                    ));
+                }
+                break;
+            }
+            let end = at + FRAME_PREFIX + len;
+            let frame = bytes.get(at..end).and_then(|f| {
+                let crc = u32::from_le_bytes(f[4..8].try_into().expect("4 bytes"));
+                (crc == frame_crc(&f[..4], &f[FRAME_PREFIX..]))
+                    .then(|| Frame::decode_body(&f[FRAME_PREFIX..]))
+                    .flatten()
+            });
+            match frame {
+                Some(f) if f.first == position => {
+                    position = f.end();
+                    frames.push((at as u64, f));
+                    at = end;
+                }
+                Some(f) => {
+                    return Err(corrupt(
+                        &path,
+                        at as u64,
+                        position,
+                        &format!(
+                            "a frame for positions from {} where {position} was expected",
+                            f.first
+                        ),
+                    ))
+                }
+                None => {
+                    // A torn write leaves only zeros after the frame it cut (the file was zeroed
+                    // and nothing is written past an unsynced frame). Data after it, or a cut in
+                    // an older segment, is damage.
+                    let claimed_end = if end <= bytes.len() {
+                        end as u64
+                    } else {
+                        // The length itself is not one the writer could have written.
+                        (at + FRAME_PREFIX) as u64
+                    };
+                    if Some(i) == newest && last_nonzero <= claimed_end {
+                        out.torn = Some((path.clone(), at as u64));
+                        break;
+                    }
+                    return Err(corrupt(
+                        &path,
+                        at as u64,
+                        position,
+                        "a frame fails its checksum and data follows it",
+                    ));
+                }
+            }
+        }
+        segment.used = last_nonzero.max(at as u64);
+        expect = Some((header.seq, position));
+        out.in_use.push(Found {
+            segment,
+            header,
+            frames,
+        });
+    }
+    Ok(out)
+}
+
+fn read_all(segment: &Segment) -> Result<Vec<u8>, LogError> {
+    let mut bytes = vec![0u8; segment.len as usize];
+    segment.file.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// Segments waiting for recycling, and recycled ones ready for reuse; shared by the writer and
+/// the background flusher.
+#[derive(Default)]
+pub(crate) struct Pool {
+    inner: Mutex<PoolInner>,
+    wake: Condvar,
+    /// Held while a segment file is created, so two threads never pick the same name.
+    creating: Mutex<()>,
+    /// Where new segments go, and their size.
+    dir: PathBuf,
+    segment_bytes: u64,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    free: Vec<Segment>,
+    /// Full segments whose frames sled may not hold durably yet.
+    retired: Vec<Segment>,
+    stop: bool,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Segments retired so far (for tests and shutdown).
+    pub(crate) fn retired_count(&self) -> usize {
+        self.lock().retired.len()
+    }
+
+    pub(crate) fn free_count(&self) -> usize {
+        self.lock().free.len()
+    }
+
+    /// Recycles every retired segment, after `make_durable` has made sled durable past them.
+    /// Segments retired while `make_durable` runs wait for the next call. With none retired,
+    /// `make_durable` runs only if `always`.
+    pub(crate) fn recycle_retired(
+        &self,
+        always: bool,
+        make_durable: &dyn Fn() -> Result<(), LogError>,
+    ) -> Result<usize, LogError> {
+        let retired = std::mem::take(&mut self.lock().retired);
+        if retired.is_empty() {
+            return if always {
+                make_durable().map(|()| 0)
+            } else {
+                Ok(0)
+            };
+        }
+        // Every frame of a retired segment was applied to sled before it was retired, so this
+        // flush covers them all.
+        if let Err(e) = make_durable() {
+            self.lock().retired.extend(retired);
+            return Err(e);
+        }
+        let n = retired.len();
+        for mut s in retired {
+            match s.recycle() {
+                Ok(()) => self.lock().free.push(s),
+                Err(e) => {
+                    // Left as it is: still retired on disk, so it is never mistaken for frames.
+                    tracing::error!(segment = %s.path.display(), error = %e, "cannot recycle a write-ahead log segment");
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The background flusher: waits for retired segments (or `interval`), makes sled durable and
+    /// recycles them, until [`Pool::stop`].
+    pub(crate) fn run_flusher(
+        &self,
+        interval: Duration,
+        make_durable: &dyn Fn() -> Result<(), LogError>,
+    ) {
+        loop {
+            {
+                let mut g = self.lock();
+                if g.retired.is_empty() && !g.stop {
+                    g = self
+                        .wake
+                        .wait_timeout(g, interval)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                if g.stop {
+                    return;
+                }
+            }
+            if let Err(e) = self.recycle_retired(false, make_durable) {
+                tracing::error!(error = %e, "background flush of the store failed; segments kept");
+            }
+            // A spare, so the writer rarely has to zero a new file while appends wait.
+            if self.lock().free.is_empty() {
+                match self.create() {
+                    Ok(s) => self.lock().free.push(s),
+                    Err(e) => tracing::warn!(error = %e, "cannot create a spare segment"),
+                }
+            }
+        }
+    }
+
+    fn create(&self) -> Result<Segment, LogError> {
+        self.create_sized(self.segment_bytes)
+    }
+
+    fn create_sized(&self, len: u64) -> Result<Segment, LogError> {
+        let _one_at_a_time = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        Segment::create(&self.dir, len)
+    }
+
+    pub(crate) fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_all();
+    }
+}
+
+/// The writer's side of the write-ahead log: the active segment.
+pub(crate) struct Wal {
+    active: Segment,
+    seq: u64,
+    pub(crate) pool: Arc<Pool>,
+}
+
+impl Wal {
+    /// Starts a new segment for positions from `base`, after `scan`'s segments were all recycled
+    /// (their frames are in sled, durably) and are handed over in `free`.
+    pub(crate) fn start(
+        dir: &Path,
+        segment_bytes: u64,
+        last_seq: u64,
+        base: u64,
+        free: Vec<Segment>,
+    ) -> Result<Wal, LogError> {
+        let pool = Arc::new(Pool {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            ..Pool::default()
+        });
+        pool.lock().free = free;
+        let active = take_free(&pool, 0)?;
+        let mut wal = Wal {
+            active,
+            seq: last_seq + 1,
+            pool,
+        };
+        wal.active.activate(wal.seq, base)?;
+        Ok(wal)
+    }
+
+    /// Writes `frame` (not synced); returns the file to sync before acknowledging it.
+    pub(crate) fn append(&mut self, frame: &Frame) -> Result<Arc<File>, LogError> {
+        let bytes = frame.encode();
+        if !self.active.fits(bytes.len()) {
+            let next = take_free(&self.pool, bytes.len())?;
+            let full = std::mem::replace(&mut self.active, next);
+            self.seq += 1;
+            self.active.activate(self.seq, frame.first)?;
+            self.pool.lock().retired.push(full);
+            self.pool.wake.notify_all();
+        }
+        self.active.write_frame(&bytes)?;
+        Ok(self.active.file.clone())
+    }
+
+    /// At shutdown, once sled is durable: recycles every segment, so a cleanly closed log has an
+    /// empty write-ahead log.
+    pub(crate) fn close(mut self) -> Result<(), LogError> {
+        self.pool.stop();
+        self.pool.recycle_retired(false, &|| Ok(()))?;
+        self.active.recycle()
+    }
+}
+
+/// A free segment with room for a frame of `frame_len` bytes (zeroed if it needs it), or a new one.
+fn take_free(pool: &Pool, frame_len: usize) -> Result<Segment, LogError> {
+    let need = HEADER_BYTES + frame_len as u64 + 4;
+    let found = {
+        let mut g = pool.lock();
+        let i = g.free.iter().position(|s| s.len >= need);
+        i.map(|i| g.free.swap_remove(i))
+    };
+    match found {
+        Some(mut s) => {
+            s.recycle()?;
+            Ok(s)
+        }
+        None => pool.create_sized(pool.segment_bytes.max(need)),
+    }
+}
+
+#[cfg(test)]
+mod tests;
