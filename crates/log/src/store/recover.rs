@@ -5,6 +5,7 @@
 use super::read::read_event;
 use super::*;
 use crate::wal::{self, Scan};
+use std::os::unix::fs::DirBuilderExt as _;
 
 /// How a frame relates to sled's head as replay reaches it.
 enum Step {
@@ -95,7 +96,10 @@ pub(super) fn recover(
     segment_bytes: u64,
 ) -> Result<wal::Wal, LogError> {
     let wal_dir = wal::wal_dir(dir);
-    std::fs::create_dir_all(&wal_dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&wal_dir)?;
     let scan = wal::scan(&wal_dir)?;
     if let Some((path, offset)) = &scan.torn {
         tracing::warn!(

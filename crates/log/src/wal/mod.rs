@@ -20,6 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -219,11 +220,13 @@ impl Segment {
             n += 1;
         };
         let tmp = dir.join(format!("{n:08}.wal.new"));
+        // Private from the first byte, whatever the umask: the ledger's data is the service's alone.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)?;
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut left = len;
