@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum DurabilityArg {
     /// fdatasync before every acknowledgement (shared by concurrent writers).
     Fsync,
-    /// Acknowledge before the sync; a crash may lose the last ~500 ms of acknowledged writes.
+    /// Acknowledge before the sync; a power loss can lose acknowledged writes not yet written out.
     Relaxed,
 }
 

@@ -800,3 +800,20 @@ fn the_cli_sends_no_token_in_plaintext_off_loopback() {
     let (_, err) = run(Some("false"));
     assert!(err.contains("plaintext"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_too_large_to_add_means_none() {
+    // `now + timeout` would overflow: the connection must simply never idle out, not panic.
+    let s = start(ConnectionLimits {
+        idle_timeout: Duration::MAX,
+        ..limits()
+    })
+    .await;
+    let mut events = pb::events_client::EventsClient::new(channel(s.addr).await);
+    for _ in 0..3 {
+        events
+            .get_head(pb::GetHeadRequest {})
+            .await
+            .expect("the connection keeps serving");
+    }
+}

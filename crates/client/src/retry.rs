@@ -116,7 +116,7 @@ pub fn is_transient(status: &Status) -> bool {
 fn classify(status: &Status) -> Class {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => Class::Transient,
-        Code::ResourceExhausted if is_size_limit(status) => Class::Permanent,
+        Code::ResourceExhausted if is_size_limit(status) || is_quota(status) => Class::Permanent,
         Code::ResourceExhausted => Class::Exhausted,
         // tonic reports its own request timeout as CANCELLED with a `TimeoutExpired` source.
         Code::Cancelled if has_source::<tonic::TimeoutExpired>(status) => Class::Transient,
@@ -136,6 +136,13 @@ fn classify(status: &Status) -> Class {
 fn is_size_limit(status: &Status) -> bool {
     let m = status.message();
     m.contains("too large") || m.contains("size limit")
+}
+
+/// A quota refusal (a `QuotaFailure` detail, e.g. too many named subscriptions) lasts until the
+/// caller frees something: retrying soon cannot help.
+fn is_quota(status: &Status) -> bool {
+    use tonic_types::StatusExt as _;
+    status.get_details_quota_failure().is_some()
 }
 
 fn has_source<E: std::error::Error + 'static>(status: &Status) -> bool {
@@ -185,6 +192,20 @@ mod tests {
         ] {
             assert!(!is_transient(&Status::new(code, "x")), "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_quota_refusal_is_not_retried() {
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        let mut details = ErrorDetails::new();
+        details.add_quota_failure_violation("subscriptions", "at most 1 per identity");
+        let quota = Status::with_error_details(
+            Code::ResourceExhausted,
+            "too many named subscriptions",
+            details,
+        );
+        assert!(!RetryPolicy::default().should_retry(&quota));
+        assert!(!is_transient(&quota));
     }
 
     #[test]

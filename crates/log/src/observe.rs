@@ -18,7 +18,7 @@ pub trait LogMetrics: Send + Sync {
     fn committed(&self, _events: usize, _durable: u64) {}
     /// An append was acknowledged this long after it reached the log.
     fn acknowledged(&self, _latency: Duration) {}
-    /// One sync (sled flush, fdatasync and new blob files) took this long.
+    /// One sync (the `fdatasync` of the write-ahead log segments a commit group is in) took this long.
     fn synced(&self, _took: Duration) {}
 }
 

@@ -3,7 +3,7 @@
 //!   checkpoint, rebuilt into a fresh generation and switched over atomically.
 //! - [`app`]: use cases: idempotency, validate, decide, append; the write model kept in step with
 //!   the log; subscriptions; audit.
-//! - [`grpc`]: the only module that names tonic and prost types; maps `app::Error` to `Status` once.
+//! - [`grpc`]: the only module that names tonic and prost types; maps `AppError` to `Status` once.
 //! - [`config`]: the configuration file and bearer tokens; [`metrics`]: Prometheus metrics.
 //!
 //! Below it are the pure domain (`claims-ledger-domain`), the log (`claims-ledger-log`) and the

@@ -10,8 +10,8 @@
 //! Durability: the writer writes each group as one frame to the log's own write-ahead log (`wal`)
 //! and applies it to sled in memory; the syncer makes the frame durable with one `fdatasync` of the
 //! segment file before any append of the group is acknowledged, and only then makes the group
-//! visible to readers. sled is never flushed on that path: a background flusher (`recover`'s
-//! sibling in `wal::Pool`) flushes sled and syncs its data file when a segment fills, and only then
+//! visible to readers. sled is never flushed on that path: a background flusher
+//! (`wal::Pool::run_flusher`) flushes sled and syncs its data file when a segment fills, and only then
 //! recycles the segment. At open, `recover` replays the frames sled does not hold durably. Group
 //! commit is pipelined: while the syncer syncs group k, the writer checks and applies group k+1,
 //! and appends arriving meanwhile share the next sync. If a sync fails the log refuses all further
@@ -87,8 +87,9 @@ pub enum Durability {
     /// fdatasync before every acknowledgement (shared by concurrent appends). The default.
     #[default]
     Fsync,
-    /// Acknowledge once sled has the batch in memory; sled writes it out within its flush interval
-    /// (500 ms). A crash can lose acknowledged writes from that window. For tests and bulk imports only.
+    /// Acknowledge once the group's frame is written and sled has the batch in memory, without the
+    /// sync: a process crash loses nothing (the page cache survives it), but a power loss can lose
+    /// acknowledged writes the system had not written out yet. For tests and bulk imports only.
     Relaxed,
 }
 

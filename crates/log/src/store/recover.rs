@@ -96,10 +96,14 @@ pub(super) fn recover(
     segment_bytes: u64,
 ) -> Result<wal::Wal, LogError> {
     let wal_dir = wal::wal_dir(dir);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&wal_dir)?;
+    if !wal_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&wal_dir)?;
+        // The directory entry itself must survive a crash, or its frames would vanish with it.
+        File::open(dir)?.sync_all()?;
+    }
     let scan = wal::scan(&wal_dir)?;
     if let Some((path, offset)) = &scan.torn {
         tracing::warn!(

@@ -513,6 +513,10 @@ struct PoolInner {
     /// Full segments whose frames sled may not hold durably yet.
     retired: Vec<Segment>,
     stop: bool,
+    /// A flush of sled failed once: the kernel may have dropped its dirty pages, so a later flush
+    /// that succeeds proves nothing. No segment is recycled again in this process; the next open
+    /// replays them.
+    flush_failed: bool,
 }
 
 impl Pool {
@@ -537,7 +541,13 @@ impl Pool {
         always: bool,
         make_durable: &dyn Fn() -> Result<(), LogError>,
     ) -> Result<usize, LogError> {
-        let retired = std::mem::take(&mut self.lock().retired);
+        let retired = {
+            let mut g = self.lock();
+            if g.flush_failed {
+                return Ok(0);
+            }
+            std::mem::take(&mut g.retired)
+        };
         if retired.is_empty() {
             return if always {
                 make_durable().map(|()| 0)
@@ -548,7 +558,9 @@ impl Pool {
         // Every frame of a retired segment was applied to sled before it was retired, so this
         // flush covers them all.
         if let Err(e) = make_durable() {
-            self.lock().retired.extend(retired);
+            let mut g = self.lock();
+            g.retired.extend(retired);
+            g.flush_failed = true;
             return Err(e);
         }
         let n = retired.len();
@@ -574,7 +586,8 @@ impl Pool {
         loop {
             {
                 let mut g = self.lock();
-                if g.retired.is_empty() && !g.stop {
+                // After a failed flush nothing more is recycled: wait instead of spinning on it.
+                if (g.retired.is_empty() || g.flush_failed) && !g.stop {
                     g = self
                         .wake
                         .wait_timeout(g, interval)

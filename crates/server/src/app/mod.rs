@@ -1,6 +1,6 @@
 //! Use cases: the write path (idempotency, validate, decide, append) and the read access the transport
 //! needs. Owns the write model ([`State`]) and keeps it in step with the log through a commit observer
-//! that runs on the log's writer thread, in log order, before any append is acknowledged — so a client
+//! that runs on the log's syncer thread, in log order, before any append is acknowledged — so a client
 //! that got an ack can immediately refer to what it wrote. Also runs the projector just after the
 //! acknowledgements (`projector`), answers queries from the projections (`query`), and signs
 //! checkpoints and serves proofs (`audit`).

@@ -210,7 +210,7 @@ impl Metrics {
         );
         ours.register_with_unit(
             "fsync_duration",
-            "Time to make one commit group durable: sled flush plus fdatasync",
+            "Time to make one commit group durable: fdatasync of its write-ahead log segment",
             Unit::Seconds,
             fsync.clone(),
         );

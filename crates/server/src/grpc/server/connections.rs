@@ -302,7 +302,11 @@ impl Limited {
         if self.state.active.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let deadline = self.state.idle_since() + self.tracker.limits.idle_timeout;
+        // A timeout too large to add is no timeout (the configuration bounds nothing above).
+        let deadline = self
+            .state
+            .idle_since()
+            .checked_add(self.tracker.limits.idle_timeout)?;
         if Instant::now() >= deadline {
             return Some("idle beyond the idle timeout");
         }
