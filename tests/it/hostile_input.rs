@@ -1183,7 +1183,7 @@ fn random_batches_are_written_whole_or_not_at_all() {
 // Malformed protobuf bytes, sent with a pass-through codec.
 // ---------------------------------------------------------------------------------------------------
 
-/// Sends and receives message bodies as they are (also used by `fuzz`).
+/// Sends and receives message bodies as they are (also used by `fuzz` and `session_decode`).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RawCodec;
 #[derive(Debug)]

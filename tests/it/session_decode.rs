@@ -4,48 +4,11 @@
 //! is written. The messages are sent as raw bytes, with a pass-through codec.
 use crate::common;
 
+use crate::hostile_input::RawCodec;
 use claims_ledger_proto as pb;
 use common::*;
-use prost::bytes::{Buf, BufMut};
 use prost::Message as _;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
-
-/// Sends and receives message bodies as they are.
-#[derive(Debug, Clone, Copy, Default)]
-struct Bytes;
-
-impl Encoder for Bytes {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Bytes {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-impl Codec for Bytes {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Bytes;
-    type Decoder = Bytes;
-    fn encoder(&mut self) -> Bytes {
-        Bytes
-    }
-    fn decoder(&mut self) -> Bytes {
-        Bytes
-    }
-}
 
 /// Field 2 (`append`) declared 2^63 bytes long: no decoder can read it.
 const UNDECODABLE: [u8; 11] = [
@@ -62,7 +25,7 @@ async fn session(server: &TestServer, messages: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, 
         .streaming(
             tonic::Request::new(tokio_stream::iter(messages)),
             path,
-            Bytes,
+            RawCodec,
         )
         .await
     {
