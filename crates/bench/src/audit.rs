@@ -1,8 +1,8 @@
 //! `claims-ledger-bench audit`: what tamper evidence costs, each figure against a baseline measured
 //! in the same run.
 //! - **Append**: durable appends through gRPC, the Merkle tree kept in the same batches as the
-//!   events, against raw sled writing the same record bytes with one flush + fdatasync per group of as
-//!   many records as there are writers (the `append` benchmark's baseline); windows alternate ours,
+//!   events, against the same record bytes written into a zero-filled file with one fdatasync per
+//!   group of as many records as there are writers (the `append` benchmark's baseline); windows alternate ours,
 //!   raw, ours, raw and the two of each kind are pooled, so drift of the shared disk falls on both.
 //!   The log can no longer run without its tree, so the earlier comparison with the tree off is gone:
 //!   this figure is the whole append path against the disk, of which the tree is one part.
@@ -58,7 +58,7 @@ impl Rng {
 
 async fn append_comparison(args: &AuditBenchArgs) -> anyhow::Result<()> {
     if !args.json {
-        println!("| writers | events/request | raw sled + fdatasync events/s | ours (tree on) events/s | **ratio ours/raw** | raw sync p50 / p99 ms | ours p50 / p99 ms |");
+        println!("| writers | events/request | raw write + fdatasync events/s | ours (tree on) events/s | **ratio ours/raw** | raw sync p50 / p99 ms | ours p50 / p99 ms |");
         println!("|---|---|---|---|---|---|---|");
     }
     for &writers in &args.writers {

@@ -1,7 +1,7 @@
-//! The storage ceiling of `bench`: the baseline's raw sled writes served behind gRPC. A bare tonic
-//! server answers `Ledger/RecordStatement` by handing the baseline's record bytes to one group-commit
-//! thread (drain what is queued, insert each, `flush`, `fdatasync`, answer), with no validation, no
-//! hash chain, no projections and no server layers. Ours does all of that on the same path, so with
+//! The storage ceiling of `bench`: the baseline's raw writes served behind gRPC. A bare tonic server
+//! answers `Ledger/RecordStatement` by handing the baseline's record bytes to one group-commit thread
+//! (drain what is queued, write them into the zero-filled file, `fdatasync`, answer), with no
+//! validation, no hash chain, no projections and no server layers. Ours does all of that on the same path, so with
 //! one event per request ours cannot beat this rate on this machine; it bounds what any change to
 //! the ledger itself can win.
 use std::convert::Infallible;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use claims_ledger_log::open_db;
+use crate::raw::RawSegment;
 use claims_ledger_proto as pb;
 
 /// Longest a group waits to fill up, so the last requests of a run are not held.
@@ -24,15 +24,15 @@ type Reply = oneshot::Sender<Result<(), String>>;
 
 /// `claimsledger.v1.Ledger` with only `RecordStatement`, which stores the fixed record.
 #[derive(Clone)]
-struct RawSledLedger {
+struct RawLedger {
     queue: mpsc::Sender<Reply>,
 }
 
-impl tonic::server::NamedService for RawSledLedger {
+impl tonic::server::NamedService for RawLedger {
     const NAME: &'static str = "claimsledger.v1.Ledger";
 }
 
-impl tonic::server::UnaryService<pb::RecordStatementRequest> for RawSledLedger {
+impl tonic::server::UnaryService<pb::RecordStatementRequest> for RawLedger {
     type Response = pb::RecordStatementResponse;
     type Future = std::pin::Pin<
         Box<
@@ -59,7 +59,7 @@ impl tonic::server::UnaryService<pb::RecordStatementRequest> for RawSledLedger {
     }
 }
 
-impl<B> tower::Service<http::Request<B>> for RawSledLedger
+impl<B> tower::Service<http::Request<B>> for RawLedger
 where
     B: http_body::Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
@@ -96,8 +96,7 @@ fn commit(
     group: usize,
     mut queue: mpsc::Receiver<Reply>,
 ) -> anyhow::Result<(u64, u64)> {
-    let db = open_db(dir)?;
-    let file = std::fs::File::open(dir.join("db"))?;
+    let mut segment = RawSegment::create(dir)?;
     let (mut pos, mut syncs) = (0u64, 0u64);
     while let Some(first) = queue.blocking_recv() {
         let mut replies = vec![first];
@@ -109,16 +108,10 @@ fn commit(
                 Err(_) => break,
             }
         }
-        let mut batch = sled::Batch::default();
-        for _ in &replies {
-            batch.insert(&pos.to_be_bytes(), record.as_slice());
-            pos += 1;
-        }
-        let outcome = db
-            .apply_batch(batch)
-            .and_then(|()| db.flush().map(drop))
-            .map_err(|e| e.to_string())
-            .and_then(|()| file.sync_data().map_err(|e| e.to_string()));
+        let outcome = segment
+            .write_group(replies.len(), &record)
+            .map_err(|e| e.to_string());
+        pos += replies.len() as u64;
         syncs += 1;
         for r in replies {
             let _ = r.send(outcome.clone());
@@ -128,8 +121,8 @@ fn commit(
 }
 
 /// Events per second that `writers` tasks storing `record` one event per `RecordStatement` call
-/// reach through the raw-sled server, over the given connection count; and events per sync.
-pub(crate) async fn measure_raw_sled_rpcs(
+/// reach through the raw-write server, over the given connection count; and events per sync.
+pub(crate) async fn measure_raw_rpcs(
     dir: &Path,
     writers: usize,
     connections: usize,
@@ -148,7 +141,7 @@ pub(crate) async fn measure_raw_sled_rpcs(
     let (stop, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(RawSledLedger { queue })
+            .add_service(RawLedger { queue })
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async {
@@ -200,7 +193,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let request = pb::RecordStatementRequest::default();
         let (rate, per_sync) =
-            measure_raw_sled_rpcs(&dir.path().join("c"), 4, 2, b"record", request, 0.3)
+            measure_raw_rpcs(&dir.path().join("c"), 4, 2, b"record", request, 0.3)
                 .await
                 .expect("measure");
         assert!(rate > 0.0, "{rate}");
@@ -211,7 +204,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn other_methods_are_unimplemented() {
         let (queue, _rx) = mpsc::channel(1);
-        let mut svc = RawSledLedger { queue };
+        let mut svc = RawLedger { queue };
         let req = http::Request::builder()
             .uri("/claimsledger.v1.Ledger/SubmitBatch")
             .body(tonic::body::Body::empty())

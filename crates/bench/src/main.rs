@@ -11,6 +11,7 @@ mod append;
 mod audit;
 mod ceiling;
 mod query;
+mod raw;
 mod subscribe;
 
 use clap::{Parser, Subcommand};

@@ -48,6 +48,8 @@ pub struct App {
     projections: Arc<Projections>,
     /// The projector task, awaited by [`App::finish`].
     projector: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Tells the projector that a query waits for it, so it applies now instead of lingering.
+    projection_wanted: Arc<tokio::sync::Notify>,
     /// Signs checkpoints of the log's Merkle tree.
     signer: Arc<Signer>,
     /// Events the write model took from its snapshot at open (0: folded from the start).
@@ -219,6 +221,7 @@ impl App {
             recent,
             projections,
             projector: Arc::default(),
+            projection_wanted: Arc::default(),
             signer: Arc::new(signer),
             state_from_snapshot: 0,
             metrics,

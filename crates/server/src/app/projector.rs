@@ -1,7 +1,8 @@
 //! The projector: one task that keeps the projections in step with the log, just after the append
 //! path rather than in it. Appends are acknowledged after their fsync without waiting for read
 //! models, so projections never add to append latency; queries that must see a write pass its
-//! position as `min_position` and wait for the projector, which is typically a few milliseconds behind.
+//! position as `min_position` and wait for the projector. With only a few events pending it lingers
+//! up to `LINGER` to apply more at once; a query waiting for a position cuts that short.
 //!
 //! It takes events from the in-memory tail the subscriptions share when it holds them, else from the
 //! log, and applies them in atomic batches on a blocking thread (sled is synchronous).
@@ -9,6 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{App, AppError};
+
+/// Longest the projector waits for more events when only a few are pending (see `spawn_projector`).
+const LINGER: Duration = Duration::from_millis(10);
+/// Pending events worth applying at once.
+const LINGER_BELOW: u64 = 64;
 use crate::projection::{Projections, RebuildReport, BATCH};
 use claims_ledger_log::EventLog;
 
@@ -46,6 +52,16 @@ impl App {
                 // After every batch and every commit: the projection lag is computed from it.
                 app.metrics.set_projection_applied(applied);
                 if applied < target {
+                    // A few events are worth a short wait for more: every batch costs sled two
+                    // synchronous writes of its IO buffer, whatever its size. A query waiting for
+                    // a position cuts the wait short.
+                    if target - applied < LINGER_BELOW && !*shutdown.borrow() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(LINGER) => {}
+                            _ = app.projection_wanted.notified() => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
                     let step_app = app.clone();
                     let p = projections.clone();
                     let res = tokio::task::spawn_blocking(move || step_app.project_step(&p)).await;

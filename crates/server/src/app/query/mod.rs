@@ -377,6 +377,7 @@ impl App {
             return Ok(());
         }
         let mut rx = p.watch_applied();
+        self.projection_wanted.notify_one();
         let reached = tokio::time::timeout(timeout, async {
             rx.wait_for(|a| *a >= min_position).await.is_ok()
         })
