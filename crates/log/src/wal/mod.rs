@@ -251,7 +251,7 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    fn encode(&self) -> [u8; HEADER_BYTES as usize] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_BYTES as usize] {
         let mut h = [0u8; HEADER_BYTES as usize];
         h[..7].copy_from_slice(MAGIC);
         h[7] = self.version;
