@@ -13,7 +13,7 @@ use claims_ledger_log::evidence::{DURABLE_MARK, SHORTER_LOG_ACCEPTED, SIGNED_MAR
 use claims_ledger_log::import::Importer;
 use claims_ledger_log::verify::verify_dir;
 use claims_ledger_log::{
-    open_db, AppendRequest, CursorActor, Evidence, EventLog, LogError, LogOptions, NewEvent,
+    open_db, AppendRequest, CursorActor, EventLog, Evidence, LogError, LogOptions, NewEvent,
     RecordedEvent, ShorterLog, INDEX_SNAPSHOT,
 };
 
