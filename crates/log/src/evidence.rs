@@ -319,7 +319,7 @@ pub(crate) fn gather(
     if out.evidence.is_empty() && out.unreadable.is_empty() {
         return Ok(None);
     }
-    out.evidence.sort_by(|a, b| b.count.cmp(&a.count));
+    out.evidence.sort_by_key(|e| std::cmp::Reverse(e.count));
     Ok(Some(out))
 }
 
@@ -334,7 +334,7 @@ fn snapshots(dir: &Path) -> Result<Vec<(PathBuf, String, u64)>, LogError> {
     };
     for entry in entries {
         let path = entry?.path();
-        if !path.extension().is_some_and(|x| x == "snap") {
+        if path.extension().is_none_or(|x| x != "snap") {
             continue;
         }
         if let Ok(Some((kind, snap))) = snapshot::read_any(&path) {

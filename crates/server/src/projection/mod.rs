@@ -143,7 +143,7 @@ fn matches_log(log: &EventLog, checkpoint: &Checkpoint) -> Result<bool, Projecti
 
 impl Projections {
     /// Opens the projections in `dir`. If their version differs, or their checkpoint is not a prefix
-    /// of `log` (a log restored from elsewhere, or a relaxed-durability log that lost its tail), they
+    /// of `log` (a log restored from elsewhere, or one an operator accepted shorter), they
     /// start over empty at position 0; the caller's catch-up fills them (the server's `Query` health
     /// stays NOT_SERVING meanwhile), so opening never waits for a replay.
     pub fn open(dir: &Path, log: &EventLog) -> Result<Projections, ProjectionError> {
