@@ -323,6 +323,7 @@ impl SyncHandle {
     }
 
     /// Bytes of the segment known to be on disk.
+    #[cfg(test)]
     pub(crate) fn synced(&self) -> u64 {
         self.progress.synced.load(Ordering::Acquire)
     }
@@ -936,7 +937,7 @@ impl Wal {
             self.pool.lock().retired.push(full);
             self.pool.wake.notify_all();
         }
-        let bytes = frame.encode(self.active.handle().synced());
+        let bytes = frame.encode(self.active.progress.synced.load(Ordering::Acquire));
         self.active.write_frame(&bytes)?;
         Ok(self.active.handle())
     }
