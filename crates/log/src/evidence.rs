@@ -84,7 +84,11 @@ impl std::fmt::Display for ShorterLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "the log holds {} events", self.recovered)?;
         if !self.evidence.is_empty() {
-            write!(f, ", but durable records show {} events: ", self.expected())?;
+            if self.expected() > self.recovered {
+                write!(f, ", but durable records show {} events: ", self.expected())?;
+            } else {
+                write!(f, ", but durable records show other events: ")?;
+            }
             let list: Vec<String> = self
                 .evidence
                 .iter()
@@ -101,9 +105,9 @@ impl std::fmt::Display for ShorterLog {
         }
         write!(
             f,
-            ". Acknowledged events are missing, or the store was replaced by an older copy; \
-             restore the data directory from a backup (export/restore), or accept the shorter log \
-             knowingly with the operator override, which records that choice in the log"
+            ". Acknowledged events are missing, or the store was replaced by an older or another \
+             copy; restore the data directory from a backup (export/restore), or accept the \
+             shorter log knowingly with the operator override, which records that choice in the log"
         )
     }
 }

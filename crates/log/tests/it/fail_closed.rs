@@ -1,7 +1,8 @@
 //! Failing closed at open: a log made shorter than its durable records (a prefix restored into a
 //! copy, or an older copy of sled's files swapped in) is refused, for each kind of record alone,
 //! by the writable open, the read-only open and `verify`, with a message naming the record and
-//! both counts. The operator override accepts it, records the choice in the log, and resets the
+//! both counts; so is another log of the same length beside the first one's mark of durable events.
+//! The operator override accepts it, records the choice in the log, and resets the
 //! records, so the next open is clean. Frames that do not continue the store's hash chain are
 //! refused too.
 use std::path::Path;
@@ -348,4 +349,27 @@ async fn frames_that_do_not_link_to_the_head_refuse_the_open() {
         Err(e) => panic!("refused for another reason: {e}"),
     }
     assert_eq!(std::fs::read(b.join("db")).expect("read"), before);
+}
+
+/// Another log of the same length, beside the mark of durable events of the first: the mark names
+/// another last event, so the open refuses it too (the store was swapped, not shortened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mark_of_durable_events_refuses_another_log_of_the_same_length() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (long, other) = (root.path().join("long"), root.path().join("other"));
+    long_log(&long).await;
+    {
+        let log = EventLog::open(&other, LogOptions::default(), None).expect("open");
+        append(&log, 1000, 1000 + LONG).await;
+    }
+    drop(open_db(&other).expect("released"));
+    std::fs::copy(long.join(DURABLE_MARK), other.join(DURABLE_MARK)).expect("copy");
+    let s = shorter(EventLog::open(&other, LogOptions::default(), None));
+    assert_eq!((s.recovered, s.expected()), (LONG, LONG));
+    let text = s.to_string();
+    assert!(text.contains("show other events"), "{text}");
+    assert!(
+        text.contains(&format!("another event at position {}", LONG - 1)),
+        "{text}"
+    );
 }
