@@ -133,7 +133,17 @@ pub async fn subscriptions(server: &str, json: bool) -> anyhow::Result<i32> {
 }
 
 pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let result = verify_dir(data_dir).with_context(|| {
+    let result = match verify_dir(data_dir) {
+        // Records of a longer log: the log fails, at the position where it ends.
+        Err(claims_ledger_log::LogError::ShorterLog(s)) => {
+            Ok(Err(claims_ledger_log::verify::Mismatch {
+                position: s.recovered,
+                reason: s.to_string(),
+            }))
+        }
+        other => other,
+    }
+    .with_context(|| {
         format!(
             "opening {} (is a server still running on it?)",
             data_dir.display()
@@ -220,6 +230,10 @@ fn event_line(e: &pb::EventEnvelope) -> String {
                 .map(|k| k.as_str_name())
                 .unwrap_or("?"),
             c.reason
+        ),
+        Some(Kind::ShorterLogAccepted(s)) => format!(
+            "an operator accepted a log of {} events where records showed {}",
+            s.recovered, s.expected
         ),
         None => String::new(),
     };

@@ -201,6 +201,9 @@ pub enum Cmd {
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Accept a log shorter than its durable records knowingly, as `serve --accept-shorter-log`.
+        #[arg(long)]
+        accept_shorter_log: bool,
     },
     /// Print a running server's checkpoint verifier key, to pin for `verify --server --key`.
     PublicKey {
@@ -300,7 +303,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             server,
             json,
         } => query::provenance(&server.url, &id, context, json).await,
-        Cmd::Rebuild { data_dir, json } => rebuild::run(&data_dir, json),
+        Cmd::Rebuild {
+            data_dir,
+            json,
+            accept_shorter_log,
+        } => rebuild::run(&data_dir, json, accept_shorter_log),
     }
 }
 

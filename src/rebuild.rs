@@ -7,7 +7,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use claims_ledger_log::{EventLog, LogOptions, SLED_LOCKED};
+use claims_ledger_log::{EventLog, LogError, LogOptions, SLED_LOCKED};
 use claims_ledger_server::projection::Projections;
 
 /// Redraw the progress bar at most this often; a redraw per 512-event batch would flood a terminal.
@@ -15,6 +15,19 @@ const REDRAW: Duration = Duration::from_millis(100);
 
 /// Width of the bar itself, in characters.
 const BAR: usize = 30;
+
+/// The log's open error, with what to do about a shorter log.
+fn log_open_error(dir: &Path, err: LogError) -> anyhow::Error {
+    match err {
+        LogError::ShorterLog(s) => anyhow::anyhow!(
+            "refusing to rebuild from {}: {s}. Restore it from a backup (README, \"Backup and \
+             restore\"), or run `rebuild --accept-shorter-log` to accept the shorter log knowingly \
+             (logged, and recorded in the log)",
+            dir.display()
+        ),
+        other => open_error("event log", dir, other),
+    }
+}
 
 /// Turns an open error into a message that says what to do about it.
 fn open_error(what: &str, dir: &Path, err: impl std::fmt::Display) -> anyhow::Error {
@@ -85,17 +98,25 @@ impl Progress {
     }
 }
 
-/// Runs the offline rebuild; the exit code is 0 on success.
-pub fn run(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
+/// Runs the offline rebuild; the exit code is 0 on success. `accept_shorter_log` is the operator's
+/// override of the open's refusal of a log shorter than its records (see `serve`).
+pub fn run(data_dir: &Path, json: bool, accept_shorter_log: bool) -> anyhow::Result<i32> {
     // EventLog::open would create an empty log here; a mistyped path should fail instead.
     if !data_dir.join("db").exists() {
         anyhow::bail!("no claims-ledger data in {}", data_dir.display());
     }
-    let log = EventLog::open(data_dir, LogOptions::default(), None)
-        .map_err(|e| open_error("event log", data_dir, e))?;
+    // Opened first, as the server does: their checkpoint is one of the log's records of its length.
     let projections_dir = claims_ledger_server::app::projections_dir(data_dir);
     let (projections, _) = Projections::open_unchecked(&projections_dir)
         .map_err(|e| open_error("projections", &projections_dir, e))?;
+    let options = LogOptions {
+        evidence: claims_ledger_server::app::projection_evidence(&projections)
+            .into_iter()
+            .collect(),
+        accept_shorter_log,
+        ..LogOptions::default()
+    };
+    let log = EventLog::open(data_dir, options, None).map_err(|e| log_open_error(data_dir, e))?;
 
     let total = log.durable_count();
     let start = Instant::now();

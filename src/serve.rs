@@ -1,5 +1,7 @@
 //! `claims-ledger serve`: read the configuration (flags, then environment, then `--config` file,
 //! then defaults), open the store, optionally load the demo dataset, serve until SIGINT/SIGTERM.
+//! Whatever ends the run after the open (a signal, the drain deadline, an error), the log is
+//! closed before the process exits, so the data directory needs no replay.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use tokio::net::TcpListener;
 
 use super::DurabilityArg;
 use claims_ledger_log::{Durability, LogOptions};
-use claims_ledger_server::app::{App, OpenOptions};
+use claims_ledger_server::app::{App, AppError, OpenOptions};
 use claims_ledger_server::config::{parse_sha256, FileConfig, Tokens};
 use claims_ledger_server::grpc::server::{ConnectionLimits, ServeOptions};
 
@@ -63,6 +65,12 @@ pub struct ServeArgs {
     /// Log format on stderr: `text` (default) or `json`.
     #[arg(long, env = "CLAIMS_LEDGER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Start on a log shorter than its durable records show (snapshots, subscription cursors, the
+    /// projection checkpoint, the marks of durable events and of signed checkpoints), accepting
+    /// that acknowledged events are lost. The choice is logged and recorded in the log itself;
+    /// the records are then reset. No environment variable: it must be chosen for one start.
+    #[arg(long)]
+    pub accept_shorter_log: bool,
 }
 
 /// Flags of `serve` about exposure and connection limits (README, "Security").
@@ -195,6 +203,19 @@ fn connection_limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Conn
     Ok(limits)
 }
 
+/// What the open's error means for the operator.
+fn open_error(dir: &std::path::Path, e: AppError) -> anyhow::Error {
+    match e {
+        AppError::ShorterLog(s) => anyhow::anyhow!(
+            "refusing to serve {}: {s}.\nRestore the data directory from a backup (`claims-ledger \
+             restore`, README \"Backup and restore\"). To accept the shorter log knowingly, start \
+             once with --accept-shorter-log: the choice is logged and recorded in the log",
+            dir.display()
+        ),
+        other => anyhow::Error::new(other).context(format!("opening {}", dir.display())),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let file = args.file()?;
     let data_dir = args
@@ -284,13 +305,74 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
             log: LogOptions {
                 durability,
                 cursor_limits: file.cursor_limits(),
+                accept_shorter_log: args.accept_shorter_log,
                 ..LogOptions::default()
             },
             signer,
             resnapshot_after: None,
         },
     )
-    .with_context(|| format!("opening {}", data_dir.display()))?;
+    .map_err(|e| open_error(&data_dir, e))?;
+    let serving = Serving {
+        listen,
+        tls,
+        tokens,
+        metrics_listen,
+        metrics_token,
+        limits,
+    };
+    let served = serve_app(&app, &args, &data_dir, serving).await;
+    // Whichever way serving ended: connections that outlived the drain may still hold the app, so
+    // the log is closed explicitly, after the projections and snapshots are saved.
+    app.finish().await;
+    app.close().await;
+    // sled creates files while it runs (its own snapshots) with the process's umask: make them
+    // private too, as the open did for the files it found.
+    if let Err(e) = claims_ledger_log::make_private(&data_dir) {
+        tracing::warn!(error = %e, "cannot make the data directory private");
+    }
+    let metrics = served?;
+    // Metrics stay up through the drain.
+    if let Some((stop, task)) = metrics {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+/// The metrics endpoint's stop signal and task.
+type MetricsTask = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// How to serve, as configured.
+struct Serving {
+    listen: SocketAddr,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+    tokens: Option<Arc<Tokens>>,
+    metrics_listen: Option<SocketAddr>,
+    metrics_token: Option<[u8; 32]>,
+    limits: ConnectionLimits,
+}
+
+/// Everything between the open and the close: the demo data, the listeners, and serving until a
+/// signal. Returns the metrics endpoint, still up, for the caller to stop after the close.
+async fn serve_app(
+    app: &App,
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+    serving: Serving,
+) -> anyhow::Result<Option<MetricsTask>> {
+    let Serving {
+        listen,
+        tls,
+        tokens,
+        metrics_listen,
+        metrics_token,
+        limits,
+    } = serving;
     tracing::info!(origin = app.origin(), key = %app.verifier().public_key_string(), "checkpoints are signed with this key");
     if args.demo {
         let dataset =
@@ -343,26 +425,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         tls,
         limits,
     };
-    claims_ledger_server::grpc::server::serve_with(
+    let served = claims_ledger_server::grpc::server::serve_with(
         listener,
         app.clone(),
         options,
         shutdown_signal(),
     )
-    .await?;
-    app.finish().await;
-    // sled creates files while it runs (its own snapshots) with the process's umask: make them
-    // private too, as the open did for the files it found.
-    if let Err(e) = claims_ledger_log::make_private(&data_dir) {
-        tracing::warn!(error = %e, "cannot make the data directory private");
+    .await;
+    if let Err(e) = served {
+        if let Some((stop, task)) = metrics {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        return Err(e.into());
     }
-    // Metrics stay up through the drain.
-    if let Some((stop, task)) = metrics {
-        let _ = stop.send(());
-        let _ = task.await;
-    }
-    tracing::info!("stopped");
-    Ok(0)
+    Ok(metrics)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -11,6 +11,7 @@ mod config_precedence;
 mod crash;
 mod demo;
 mod deploy_files;
+mod fail_closed;
 mod fsync_trace;
 mod fuzz;
 mod graceful_shutdown;

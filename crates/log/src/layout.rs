@@ -19,7 +19,8 @@
 //!   ‖ the name of the identity that owns it (UTF-8; empty, or absent as written before owners: none).
 //!
 //! Beside sled, `<data-dir>/wal/` holds the write-ahead log's segments (format in `wal`): every
-//! group's writes above, logged and synced before the group is acknowledged.
+//! group's writes above, logged and synced before the group is acknowledged; and `durable.hwm` and
+//! `signed.hwm` hold the high-water marks an open compares the log with (format in `evidence`).
 //!
 //! There is no stream index on disk: the writer keeps each stream's positions in memory and rebuilds
 //! them from the records' own `stream` and `stream_revision` when the log opens.

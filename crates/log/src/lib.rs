@@ -5,6 +5,7 @@
 //! Knows nothing of gRPC or of the domain: payloads are opaque JSON here. Metrics leave through
 //! [`LogMetrics`], which the host implements.
 pub mod disk;
+pub mod evidence;
 pub mod import;
 mod layout;
 mod marks;
@@ -16,6 +17,7 @@ mod tiles;
 pub mod verify;
 mod wal;
 
+pub use evidence::{Evidence, ShorterLog};
 pub use observe::{LogMetrics, NoMetrics};
 pub use record::{
     decode, sha256, Hash, IdempotencyMark, RecordedEvent, GENESIS_HASH, MAX_RECORD_BYTES,
@@ -69,6 +71,11 @@ pub enum LogError {
     /// Stored data does not read back. Stop and run `claims-ledger verify`.
     #[error("corrupt log at position {position}: {reason}")]
     Corrupt { position: u64, reason: String },
+    /// The log recovered at open is shorter than its durable records show (see [`evidence`]):
+    /// acknowledged events are missing. Restore the data directory from a backup, or open it with
+    /// [`LogOptions::accept_shorter_log`] to accept the shorter log knowingly.
+    #[error("{0}")]
+    ShorterLog(Box<ShorterLog>),
     /// A sync failed earlier; writes are refused until restart.
     #[error("the log stopped accepting writes after a failed sync; restart the server")]
     Poisoned,

@@ -119,6 +119,14 @@ pub struct RecordedEvent {
     pub stored: Vec<u8>,
 }
 
+impl RecordedEvent {
+    /// Whether it is one of the log's own events (its stream starts with `$`, which the log
+    /// refuses to callers; see [`crate::evidence::SYSTEM_STREAM`]) rather than one of the caller's.
+    pub fn is_system(&self) -> bool {
+        self.stream.starts_with('$')
+    }
+}
+
 /// Everything needed to encode one record.
 pub(crate) struct Encode<'a> {
     pub position: u64,

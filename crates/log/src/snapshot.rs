@@ -67,6 +67,16 @@ pub fn write(path: &Path, kind: &str, snap: &Snapshot) -> Result<(), LogError> {
 /// Reads the snapshot at `path`: `Ok(None)` when there is none, `Err(reason)` when there is one that
 /// cannot be used. Whether it matches the log is the caller's check (see the module documentation).
 pub fn read(path: &Path, kind: &str) -> Result<Option<Snapshot>, String> {
+    match read_any(path)? {
+        Some((found, _)) if found != kind => Err(format!("a snapshot of {found:?}, not {kind:?}")),
+        Some((_, snap)) => Ok(Some(snap)),
+        None => Ok(None),
+    }
+}
+
+/// Reads the snapshot at `path` whatever its kind, with that kind: for the open's check that no
+/// snapshot covers more events than the log holds (see `evidence`).
+pub fn read_any(path: &Path) -> Result<Option<(String, Snapshot)>, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -84,13 +94,7 @@ pub fn read(path: &Path, kind: &str) -> Result<Option<Snapshot>, String> {
         return Err("not a snapshot of this format version".into());
     }
     let kind_len = usize::from(r.u8()?);
-    let found = r.take(kind_len)?;
-    if found != kind.as_bytes() {
-        return Err(format!(
-            "a snapshot of {:?}, not {kind:?}",
-            String::from_utf8_lossy(found)
-        ));
-    }
+    let found = String::from_utf8_lossy(r.take(kind_len)?).into_owned();
     let count = r.u64()?;
     let head_hash = r.bytes32()?;
     let len = usize::try_from(r.u64()?).map_err(|_| "body length overflows".to_string())?;
@@ -98,11 +102,14 @@ pub fn read(path: &Path, kind: &str) -> Result<Option<Snapshot>, String> {
     if !r.is_empty() {
         return Err("data after the body".into());
     }
-    Ok(Some(Snapshot {
-        count,
-        head_hash,
-        body,
-    }))
+    Ok(Some((
+        found,
+        Snapshot {
+            count,
+            head_hash,
+            body,
+        },
+    )))
 }
 
 #[cfg(test)]

@@ -85,8 +85,20 @@ pub struct Importer {
 }
 
 impl Importer {
-    /// Opens (creating it if needed) the sled database in `dir`, which must hold no data.
+    /// Opens (creating it if needed) the sled database in `dir`, which must hold no data and no
+    /// write-ahead log: the first open would replay its frames over the imported log.
     pub fn create(dir: &Path) -> Result<Importer, LogError> {
+        let wal = crate::wal::wal_dir(dir);
+        if std::fs::read_dir(&wal).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(LogError::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} holds a write-ahead log ({}): restore only into an empty directory",
+                    dir.display(),
+                    wal.display()
+                ),
+            )));
+        }
         let db = open_db(dir)?;
         if !db.is_empty() {
             return Err(LogError::Io(std::io::Error::new(
@@ -264,6 +276,8 @@ impl Importer {
         if blobs.is_dir() {
             sync_dir_files(&blobs)?;
         }
+        // From the first open on, a store that loses these events is refused (see `evidence`).
+        crate::evidence::raise_durable(&self.dir, self.count, self.head_hash)?;
         Ok(ImportSummary {
             events: self.count,
             streams: self.revisions.len(),
@@ -473,6 +487,22 @@ mod tests {
         }
         let err = imp.finish().expect_err("ends inside an append");
         assert!(err.to_string().contains("1 event(s) short"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_with_a_write_ahead_log_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = dir.path().join("wal");
+        std::fs::create_dir(&wal).expect("mkdir");
+        std::fs::write(wal.join("00000000.wal"), [1u8; 64]).expect("write");
+        match Importer::create(dir.path()) {
+            Err(e) => assert!(e.to_string().contains("write-ahead log"), "{e}"),
+            Ok(_) => panic!("a directory with a write-ahead log was accepted"),
+        }
+        assert!(
+            !dir.path().join("db").exists(),
+            "nothing was created beside it"
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //! and appends arriving meanwhile share the next sync. If a sync fails the log refuses all further
 //! writes until restart: after a failed fsync the kernel may have dropped the dirty pages, so
 //! nothing written since can be trusted to be on disk.
+//!
+//! Fail closed: after recovery, the open compares the log with every durable record of its length
+//! (`evidence`) and refuses a shorter one with [`LogError::ShorterLog`], unless the operator accepts
+//! it ([`LogOptions::accept_shorter_log`]), which the log records as an event of its own.
 mod cursor;
 mod derived;
 mod index;
@@ -38,6 +42,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use crate::evidence::{self, Evidence, ShorterLog};
 use crate::layout::{
     be_u64, idempotency_key, parse_head, CURSOR, HEAD_KEY, LAYOUT_KEY, LAYOUT_MIGRATES,
     LAYOUT_VERSION,
@@ -208,6 +213,13 @@ pub struct LogOptions {
     pub cursor_limits: CursorLimits,
     /// Size of new write-ahead log segments; a segment is recycled once sled holds it durably.
     pub wal_segment_bytes: u64,
+    /// Durable records of the log's length kept outside it (the server's projection checkpoint),
+    /// compared at open with the log's own (see [`crate::evidence`]).
+    pub evidence: Vec<Evidence>,
+    /// Accept a log shorter than its durable records knowingly, instead of refusing to open it:
+    /// the open logs the choice, appends it to the log (a [`crate::evidence::SHORTER_LOG_ACCEPTED`]
+    /// event with the evidence and counts), then resets the records that no longer fit.
+    pub accept_shorter_log: bool,
 }
 
 impl Default for LogOptions {
@@ -218,6 +230,8 @@ impl Default for LogOptions {
             metrics: Arc::new(NoMetrics),
             cursor_limits: CursorLimits::default(),
             wal_segment_bytes: wal::DEFAULT_SEGMENT_BYTES,
+            evidence: Vec::new(),
+            accept_shorter_log: false,
         }
     }
 }
@@ -363,7 +377,8 @@ pub(crate) fn layout_mismatch(db: &sled::Db) -> Result<Option<String>, LogError>
 
 /// Checks the write-ahead log of a directory opened without replaying it (read-only opens and
 /// `verify`): its frames must agree with sled, and none may be missing from sled, because a reader
-/// that cannot replay them would see a shorter log.
+/// that cannot replay them would see a shorter log. Then compares the log with its other durable
+/// records of its length (see `evidence`), and refuses a shorter one.
 pub(crate) fn check_wal(dir: &Path, db: &sled::Db) -> Result<(), LogError> {
     let scan = wal::scan(&wal::wal_dir(dir))?;
     let head = stored_head(db)?;
@@ -379,7 +394,46 @@ pub(crate) fn check_wal(dir: &Path, db: &sled::Db) -> Result<(), LogError> {
             ),
         });
     }
-    Ok(())
+    // An event that does not read is left to `verify`'s walk, which names its position.
+    let hash_at = |p: u64| Ok(read_event(db, p).ok().map(|e| e.hash));
+    let records = evidence::Recovered {
+        dir,
+        db,
+        count: head.count,
+        hash_at: &hash_at,
+    };
+    match evidence::gather(&records, &[])? {
+        Some(short) => Err(LogError::ShorterLog(Box::new(short))),
+        None => Ok(()),
+    }
+}
+
+/// For a writable open: reads the head event, which must be there with the head's hash, then
+/// compares the log with every durable record of its length (see `evidence`).
+fn compare_evidence(
+    dir: &Path,
+    db: &sled::Db,
+    head: Head,
+    external: &[Evidence],
+) -> Result<Option<ShorterLog>, LogError> {
+    if let Some(last) = head.count.checked_sub(1) {
+        if read_event(db, last)?.hash != head.hash {
+            return Err(LogError::Corrupt {
+                position: last,
+                reason: "the last event is not the one the head names".into(),
+            });
+        }
+    }
+    let hash_at = |p: u64| read_event(db, p).map(|e| Some(e.hash));
+    evidence::gather(
+        &evidence::Recovered {
+            dir,
+            db,
+            count: head.count,
+            hash_at: &hash_at,
+        },
+        external,
+    )
 }
 
 /// The stored head: the event count and the hash of the last event.
@@ -420,10 +474,14 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// sled's `flush()` only calls `sync_file_range`; the data file's `fdatasync` makes it durable.
 /// Never on the acknowledgement path.
+/// Then raises the mark of durable events (see `evidence`) to the head read before the flush.
 fn make_sled_durable(db: &sled::Db, data_file: &File, dir: &Path) -> Result<(), LogError> {
+    // Read first: the flush covers at least what was applied before it began.
+    let head = stored_head(db)?;
     db.flush()?;
     data_file.sync_data()?;
-    recover::sync_blobs(dir)
+    recover::sync_blobs(dir)?;
+    evidence::raise_durable(dir, head.count, head.hash)
 }
 
 struct Shared {
@@ -455,6 +513,8 @@ struct Shared {
     cursors: cursor::CursorGuard,
     /// The write-ahead log's segments awaiting recycling; `None` when opened read-only.
     wal_pool: Option<Arc<Pool>>,
+    /// The largest signed tree size recorded by this process (see `record_signed_checkpoint`).
+    signed: AtomicU64,
 }
 
 /// The append-only, hash-chained event log. Cheap to clone.
@@ -469,18 +529,27 @@ pub struct EventLog {
 /// for the writer to finish: it makes sled durable and empties the write-ahead log, which must
 /// happen before the process exits, or the next offline `verify` finds frames to replay.
 struct WriterHandle {
-    tx: Option<mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Taken by [`EventLog::close`] or the drop.
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl Drop for WriterHandle {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
+impl WriterHandle {
+    /// Closes the queue and waits for the writer to finish what it holds and close the log.
+    fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
         }
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -506,6 +575,32 @@ impl EventLog {
         let data_file = File::open(dir.join("db"))?;
         let wal = recover::recover(dir, &db, &data_file, options.wal_segment_bytes)?;
         let head = stored_head(&db)?;
+        let accepted = match compare_evidence(dir, &db, head, &options.evidence) {
+            Ok(None) => None,
+            Ok(Some(short)) if options.accept_shorter_log => {
+                tracing::error!(
+                    recovered = short.recovered,
+                    expected = short.expected(),
+                    evidence = ?short.evidence,
+                    unreadable = ?short.unreadable,
+                    "the operator accepts a log shorter than its durable records; the choice is \
+                     recorded in the log"
+                );
+                Some(short)
+            }
+            Ok(Some(short)) => {
+                // Nothing was written past recovery: leave the write-ahead log empty.
+                let _ = wal.close();
+                return Err(LogError::ShorterLog(Box::new(short)));
+            }
+            Err(e) => {
+                let _ = wal.close();
+                return Err(e);
+            }
+        };
+        if options.accept_shorter_log && accepted.is_none() {
+            tracing::info!("the log is as long as its durable records show: nothing to accept");
+        }
         let last_recorded = match head.count.checked_sub(1) {
             Some(pos) => Some(read_event(&db, pos)?.recorded_at),
             None => None,
@@ -536,6 +631,7 @@ impl EventLog {
             metrics: options.metrics.clone(),
             cursors: cursor::CursorGuard::new(options.cursor_limits),
             wal_pool: Some(wal.pool.clone()),
+            signed: AtomicU64::new(0),
         });
         let flusher = {
             let pool = wal.pool.clone();
@@ -568,13 +664,70 @@ impl EventLog {
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx, syncer))?;
-        Ok(EventLog {
+        let log = EventLog {
             shared,
             tx: Some(Arc::new(WriterHandle {
-                tx: Some(tx),
-                thread: Some(thread),
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
             })),
+        };
+        if let Some(short) = accepted {
+            log.record_acceptance(short)?;
+        }
+        Ok(log)
+    }
+
+    /// Appends the operator's acceptance of a shorter log to the system stream and waits for it to
+    /// be durable; only then resets the records that showed a longer log (see `evidence`), so a
+    /// crash in between leaves them to refuse the next open, never an unrecorded acceptance.
+    fn record_acceptance(&self, short: ShorterLog) -> Result<(), LogError> {
+        let payload = serde_json::to_string(&short)
+            .and_then(RawValue::from_string)
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        let req = AppendRequest {
+            events: vec![NewEvent {
+                event_id: Uuid::new_v4(),
+                stream: evidence::SYSTEM_STREAM.into(),
+                event_type: evidence::SHORTER_LOG_ACCEPTED.into(),
+                schema_version: 1,
+                payload,
+            }],
+            expectations: Vec::new(),
+            idempotency: None,
+            recorded_by: "operator override at open".into(),
+            correlation_id: None,
+            causation_id: None,
+        };
+        // The open may run inside an async runtime, where blocking on the answer is not allowed.
+        let log = self.clone();
+        let appended = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(LogError::from)?
+                .block_on(log.send(req))
         })
+        .join()
+        .map_err(|_| LogError::Closed)??;
+        let (db, data_file, dir) = (&self.shared.db, &self.shared.data_file, &self.shared.dir);
+        make_sled_durable(db, data_file, dir)?;
+        let head = self.head();
+        let changed =
+            evidence::reset_after_acceptance(dir, db, short.recovered, (head.count, head.hash))?;
+        make_sled_durable(db, data_file, dir)?;
+        for item in db.scan_prefix([CURSOR]) {
+            let (k, v) = item?;
+            if let (Ok(name), Some(p)) = (std::str::from_utf8(&k[1..]), be_u64(&v)) {
+                self.shared.metrics.cursor(name, Some(p));
+            }
+        }
+        tracing::warn!(
+            position = appended.events.first().map(|e| e.position),
+            recovered = short.recovered,
+            expected = short.expected(),
+            ?changed,
+            "shorter log accepted: recorded in the log, and the records that showed more reset"
+        );
+        Ok(())
     }
 
     /// Opens the log in `dir` for reading only, for offline checks: the log writes nothing (no
@@ -611,16 +764,27 @@ impl EventLog {
             metrics: Arc::new(NoMetrics),
             cursors: cursor::CursorGuard::new(CursorLimits::default()),
             wal_pool: None,
+            signed: AtomicU64::new(0),
         });
         Ok(EventLog { shared, tx: None })
     }
 
-    /// The writer's queue, or [`LogError::ReadOnly`] for a log opened without one.
-    fn writer(&self) -> Result<&mpsc::Sender<Job>, LogError> {
-        self.tx
-            .as_ref()
-            .and_then(|h| h.tx.as_ref())
-            .ok_or(LogError::ReadOnly)
+    /// The writer's queue: [`LogError::ReadOnly`] for a log opened without one, and
+    /// [`LogError::Closed`] once it was closed.
+    fn writer(&self) -> Result<mpsc::Sender<Job>, LogError> {
+        let handle = self.tx.as_ref().ok_or(LogError::ReadOnly)?;
+        let tx = handle.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.clone().ok_or(LogError::Closed)
+    }
+
+    /// Closes the log now, whatever other handles exist: waits for the appends already queued,
+    /// then makes sled durable and empties the write-ahead log, as dropping the last handle does.
+    /// Later appends get [`LogError::Closed`]; reads still work. A server calls it on every way
+    /// out, since a handle left in a task that never ends would keep the log from closing. Blocks.
+    pub fn close(&self) {
+        if let Some(h) = &self.tx {
+            h.close();
+        }
     }
 
     /// Events whose stream index the open took from the snapshot (0: indexed from the start).
@@ -634,7 +798,16 @@ impl EventLog {
     }
 
     /// Appends atomically; resolves once the events are durable (per the configured durability).
+    /// Streams starting with `$` are the log's own ([`crate::evidence::SYSTEM_STREAM`]).
     pub async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, LogError> {
+        if let Some(e) = req.events.iter().find(|e| e.stream.starts_with('$')) {
+            return Err(LogError::InvalidStream(e.stream.clone()));
+        }
+        self.send(req).await
+    }
+
+    /// Hands an append to the writer and waits for its answer.
+    async fn send(&self, req: AppendRequest) -> Result<AppendOutcome, LogError> {
         let (reply, rx) = oneshot::channel();
         let received = Instant::now();
         self.writer()?
@@ -738,6 +911,20 @@ impl EventLog {
     /// Whether a failed sync has stopped all writes.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Records durably that a checkpoint of the tree of `size` events with `root` is about to be
+    /// handed out, so that no later open serves a log shorter than a checkpoint someone holds (see
+    /// `evidence`). Call it before giving the checkpoint away; it writes (one small file and one
+    /// `fdatasync`) only for a size larger than any recorded before.
+    pub fn record_signed_checkpoint(&self, size: u64, root: Hash) -> Result<(), LogError> {
+        self.writer()?;
+        if size <= self.shared.signed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        evidence::raise_signed(&self.shared.dir, size, root)?;
+        self.shared.signed.fetch_max(size, Ordering::AcqRel);
+        Ok(())
     }
 }
 

@@ -1,9 +1,12 @@
 //! Recovery at open: the write-ahead log's frames past sled's durable head are applied to sled, in
-//! order, as the same batches the writer applied; frames sled already holds must agree with it. A
-//! writable open then makes sled durable and recycles every segment, so the log starts each run with
-//! an empty write-ahead log whose first frame continues sled's head.
+//! order, as the same batches the writer applied, each only if its events continue the hash chain
+//! from the head; frames sled already holds must agree with it. A writable open then makes sled
+//! durable, raises the mark of durable events (see `evidence`) and recycles every segment, so the
+//! log starts each run with an empty write-ahead log whose first frame continues sled's head.
 use super::read::read_event;
 use super::*;
+use crate::layout::{frames, page_first};
+use crate::record;
 use crate::wal::{self, Scan};
 use std::os::unix::fs::DirBuilderExt as _;
 
@@ -17,9 +20,10 @@ enum Step {
 
 /// Checks every frame of `scan` against sled and applies those past its head (when `apply`).
 /// Returns the head after replay. Refuses a frame that disagrees with sled, that overlaps sled's
-/// head, or that leaves a gap after it.
+/// head, that leaves a gap after it, or whose events do not link to the head's hash.
 pub(super) fn replay(db: &sled::Db, scan: &Scan, apply: bool) -> Result<Head, LogError> {
     let durable = stored_head(db)?;
+    scan.check_chain(durable.count)?;
     let mut head = durable;
     for (path, offset, frame) in scan.frames() {
         let step = if frame.end() <= durable.count {
@@ -62,6 +66,8 @@ pub(super) fn replay(db: &sled::Db, scan: &Scan, apply: bool) -> Result<Head, Lo
                 }
             }
             Step::Next => {
+                check_links(frame, &head)
+                    .map_err(|why| wal::corrupt(path, offset, frame.first, &why))?;
                 if apply {
                     db.apply_batch(frame.ops.to_batch())?;
                 }
@@ -105,11 +111,13 @@ pub(super) fn recover(
         File::open(dir)?.sync_all()?;
     }
     let scan = wal::scan(&wal_dir)?;
-    if let Some((path, offset)) = &scan.torn {
+    if let Some(torn) = &scan.torn {
         tracing::warn!(
-            segment = %path.display(),
-            offset,
-            "the write-ahead log ends in a torn frame (a write cut by a crash, never acknowledged); it is cut off"
+            segment = %torn.path.display(),
+            offset = torn.offset,
+            later_frames = torn.later_frames,
+            "the write-ahead log ends in a frame that was never synced (a write cut by a crash, \
+             never acknowledged): it and the frames written after it are cut off"
         );
     }
     let before = stored_head(db)?.count;
@@ -126,6 +134,7 @@ pub(super) fn recover(
     db.flush()?;
     data_file.sync_data()?;
     sync_blobs(dir)?;
+    crate::evidence::raise_durable(dir, head.count, head.hash)?;
     let last_seq = scan.last_seq();
     let mut free = scan.free;
     for found in scan.in_use {
@@ -136,6 +145,53 @@ pub(super) fn recover(
     let wal = wal::Wal::start(&wal_dir, segment_bytes, last_seq, head.count, free)?;
     File::open(&wal_dir)?.sync_all()?;
     Ok(wal)
+}
+
+/// Checks that the events `frame` would append continue the log at `head`: its pages follow each
+/// other from its first position, each record's bytes match the hash stored with them and link to
+/// the event before, and the last is the frame's last hash. A frame of another log, or one written
+/// after a gap, could otherwise pass every other check.
+fn check_links(frame: &wal::Frame, head: &Head) -> Result<(), String> {
+    let mut pages: Vec<(u64, &[u8])> = frame
+        .ops
+        .0
+        .iter()
+        .filter_map(|(k, v)| page_first(k).map(|first| (first, v.as_slice())))
+        .collect();
+    pages.sort_by_key(|(first, _)| *first);
+    let (mut position, mut prev) = (frame.first, head.hash);
+    for (first, page) in pages {
+        if first != position {
+            return Err(format!(
+                "the frame holds a page from position {first} where {position} was expected"
+            ));
+        }
+        for item in frames(page) {
+            let (hash, bytes) = item.ok_or("the frame holds a cut page")?;
+            let rec = record::decode(position, bytes.to_vec()).map_err(|e| e.to_string())?;
+            if rec.hash != hash || rec.position != position {
+                return Err(format!(
+                    "the event for position {position} in the frame does not match its hash"
+                ));
+            }
+            if rec.prev_hash != prev {
+                return Err(format!(
+                    "the event at position {position} does not link to the hash before it ({}): \
+                     the frame does not continue this log",
+                    hex::encode(prev)
+                ));
+            }
+            prev = rec.hash;
+            position += 1;
+        }
+    }
+    if position != frame.end() || prev != frame.last_hash {
+        return Err(format!(
+            "the frame's events end at position {position}, not at its last hash and position {}",
+            frame.end()
+        ));
+    }
+    Ok(())
 }
 
 /// sled writes values it deems too big to separate blob files and never syncs them. Records are
@@ -156,4 +212,95 @@ pub(super) fn sync_blobs(dir: &Path) -> Result<(), LogError> {
         File::open(&blobs)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{Frame, Header};
+    use std::os::unix::fs::FileExt as _;
+
+    fn event(i: u64) -> AppendRequest {
+        AppendRequest {
+            events: vec![NewEvent {
+                event_id: Uuid::new_v4(),
+                stream: format!("s-{}", i % 3),
+                event_type: "Noted".into(),
+                schema_version: 1,
+                payload: RawValue::from_string(format!(r#"{{"i":{i}}}"#)).expect("json"),
+            }],
+            expectations: Vec::new(),
+            idempotency: None,
+            recorded_by: "tester".into(),
+            correlation_id: None,
+            causation_id: None,
+        }
+    }
+
+    fn copy_files(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("ls") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+            }
+        }
+    }
+
+    /// A data directory whose write-ahead log the previous binary wrote (segment format 1) opens,
+    /// replays those frames, and goes on in format 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_written_by_the_previous_format_are_replayed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        let log = EventLog::open(&a, LogOptions::default(), None).expect("open");
+        for i in 0..10 {
+            log.append(event(i)).await.expect("append");
+        }
+        log.checkpoint().await.expect("checkpoint");
+        // sled as of that sync, without the write-ahead log.
+        copy_files(&a, &b);
+        for i in 10..25 {
+            log.append(event(i)).await.expect("append");
+        }
+        let acked = log.read_all(0, false, usize::MAX).expect("read");
+        // The same frames, as the previous binary wrote them.
+        let scan = wal::scan(&wal::wal_dir(&a)).expect("scan");
+        let frames: Vec<Frame> = scan
+            .frames()
+            .map(|(_, _, f)| f.clone())
+            .filter(|f| f.end() > 10)
+            .collect();
+        assert!(frames.len() >= 2);
+        drop(log);
+        let dir = wal::wal_dir(&b);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = File::create(dir.join("00000000.wal")).expect("create");
+        file.set_len(1 << 20).expect("size");
+        let header = Header {
+            state: wal::ACTIVE,
+            seq: 7,
+            base: frames[0].first,
+            version: 1,
+        };
+        file.write_all_at(&header.encode(), 0).expect("header");
+        let mut at = wal::HEADER_BYTES;
+        for f in &frames {
+            let bytes = f.encode_v1();
+            file.write_all_at(&bytes, at).expect("frame");
+            at += bytes.len() as u64;
+        }
+        drop(file);
+        let log = EventLog::open(&b, LogOptions::default(), None).expect("recover");
+        let recovered = log.read_all(0, false, usize::MAX).expect("read");
+        assert_eq!(
+            recovered.iter().map(|e| e.hash).collect::<Vec<_>>(),
+            acked.iter().map(|e| e.hash).collect::<Vec<_>>()
+        );
+        log.append(event(99)).await.expect("append after");
+        drop(log);
+        let scan = wal::scan(&dir).expect("scan");
+        assert!(scan.in_use.is_empty(), "closed clean");
+        assert!(crate::verify::verify_dir(&b).expect("verify").is_ok());
+    }
 }

@@ -18,7 +18,7 @@ pub(super) struct StagedGroup {
     /// The head after this group.
     pub(super) head: Head,
     /// The write-ahead log segment holding the group's frame, when it has events.
-    pub(super) wal_file: Option<Arc<File>>,
+    pub(super) wal_file: Option<wal::SyncHandle>,
 }
 
 /// Makes staged groups durable, publishes them, and answers their appends, strictly in order.
@@ -114,9 +114,9 @@ impl Syncer {
             return Ok(());
         }
         let started = Instant::now();
-        let mut synced: Vec<&Arc<File>> = Vec::with_capacity(1);
+        let mut synced: Vec<&wal::SyncHandle> = Vec::with_capacity(1);
         for file in groups.iter().filter_map(|g| g.wal_file.as_ref()) {
-            if !synced.iter().any(|f| Arc::ptr_eq(f, file)) {
+            if !synced.iter().any(|f| f.same_segment(file)) {
                 file.sync_data()?;
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                 synced.push(file);

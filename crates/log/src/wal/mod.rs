@@ -5,23 +5,34 @@
 //!
 //! On disk, `wal/` holds segment files (`NNNNNNNN.wal`), each preallocated and filled with zeros
 //! before first use, so that writing into it and `fdatasync` never change file metadata:
-//! - a header of [`HEADER_BYTES`]: magic, state ([`ACTIVE`] or [`RETIRED`]), the segment's sequence
-//!   number, the position of its first event, and a CRC32 of those; an all-zero header marks a free
-//!   segment, whose body must be all zeros too;
-//! - then frames, back to back: body length (u32 LE) ‖ CRC32 of the length bytes and the body (u32
-//!   LE) ‖ body; the body is the group's first position and event count (u64 LE each), the hash of
-//!   its last event, and the sled writes of the group (count, then key and value, each with a u32 LE
-//!   length) exactly as the writer applied them; a zero length ends the frames.
+//! - a header of [`HEADER_BYTES`]: magic (whose last byte is the format version), state ([`ACTIVE`]
+//!   or [`RETIRED`]), the segment's sequence number, the position of its first event, and a CRC32
+//!   of those; an all-zero header marks a free segment, whose body must be all zeros too;
+//! - then frames, back to back. Version 2: [`FRAME_MAGIC`] ‖ body length (u32 LE) ‖ CRC32 of the
+//!   magic, the length and the body (u32 LE) ‖ body; the body is the group's first position and
+//!   event count (u64 LE each), the hash of its last event, the *synced offset* (u64 LE: how much
+//!   of this segment was known to be on disk when the frame was written), and the sled writes of
+//!   the group (count, then key and value, each with a u32 LE length) exactly as the writer applied
+//!   them; four zero bytes end the frames. Version 1 (written by earlier binaries, still read)
+//!   has no magic and no synced offset.
 //!
-//! A segment's header is synced before any frame is written into it, and a recycled segment is
-//! marked retired (synced), then its body zeroed (synced), then its header zeroed (synced); so at
-//! every crash point each file reads as free, retired, or in use, and a zero header with data
-//! behind it can only be damage.
+//! A segment's header is synced before any frame is written into it, a full segment is synced
+//! before the next one is activated, and a recycled segment is marked retired (synced), then its
+//! body zeroed (synced), then its header zeroed (synced); so at every crash point each file reads
+//! as free, retired, or in use, and a zero header with data behind it can only be damage.
+//!
+//! The writer writes a group's frame while the previous group's sync may still be running, so a
+//! power loss can keep frame k+1 and lose frame k. The synced offset tells the two cases apart:
+//! a frame that fails its check is damage only if a later frame records that the bytes beyond it
+//! were already synced when it was written; otherwise nothing from it on was ever acknowledged (an
+//! acknowledgement waits for a sync covering its frame, which would have covered the bad one) and
+//! it is an unacknowledged tail, cut at open.
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -31,15 +42,23 @@ use crate::LogError;
 
 /// Bytes at the start of a segment before its first frame.
 pub(crate) const HEADER_BYTES: u64 = 64;
-const MAGIC: &[u8; 8] = b"CLWAL\0\0\x01";
+/// The header magic without its last byte, the format version.
+const MAGIC: &[u8; 7] = b"CLWAL\0\0";
+/// The format this binary writes; version 1 is still read.
+const VERSION: u8 = 2;
+/// The first bytes of every version-2 frame, so that a scan can find the frames after a damaged
+/// one without knowing its length.
+pub(crate) const FRAME_MAGIC: [u8; 4] = *b"\xF7WF2";
 /// The header of a segment that holds frames.
 pub(crate) const ACTIVE: u32 = 1;
 /// The header of a segment being recycled: its frames are no longer needed.
 pub(crate) const RETIRED: u32 = 2;
-/// Length and CRC before each frame body.
-const FRAME_PREFIX: usize = 8;
-/// Fixed part of a frame body: first position, count, last hash, number of writes.
-const FRAME_FIXED: usize = 8 + 8 + 32 + 4;
+/// Magic, length and CRC before each version-2 frame body.
+const FRAME_PREFIX: usize = 12;
+/// Length and CRC before each version-1 frame body.
+const FRAME_PREFIX_V1: usize = 8;
+/// Fixed part of a frame body: first position, count, last hash, synced offset, number of writes.
+const FRAME_FIXED: usize = 8 + 8 + 32 + 8 + 4;
 /// The size of new segments unless a group needs more.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 4 << 20;
 /// Zeros written at a time.
@@ -61,22 +80,51 @@ impl Frame {
         self.first + self.count
     }
 
-    /// The frame as written: prefix and body.
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let body_len = FRAME_FIXED
+    fn body_len(&self) -> usize {
+        FRAME_FIXED
             + self
                 .ops
                 .0
                 .iter()
                 .map(|(k, v)| 8 + k.len() + v.len())
-                .sum::<usize>();
+                .sum::<usize>()
+    }
+
+    /// The frame as written (version 2): prefix and body, recording that the first `synced` bytes
+    /// of its segment were on disk when it was written.
+    pub(crate) fn encode(&self, synced: u64) -> Vec<u8> {
+        let body_len = self.body_len();
         let mut out = Vec::with_capacity(FRAME_PREFIX + body_len);
+        out.extend_from_slice(&FRAME_MAGIC);
         // Groups are bounded far below 4 GiB by the writer's group limit and record limit.
         out.extend_from_slice(&(body_len as u32).to_le_bytes());
         out.extend_from_slice(&[0u8; 4]);
+        self.put_body(&mut out, Some(synced));
+        let crc = frame_crc(&out[..8], &out[FRAME_PREFIX..]);
+        out[8..12].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The frame as an earlier binary wrote it (version 1), for tests of reading old segments.
+    #[cfg(test)]
+    pub(crate) fn encode_v1(&self) -> Vec<u8> {
+        let body_len = self.body_len() - 8;
+        let mut out = Vec::with_capacity(FRAME_PREFIX_V1 + body_len);
+        out.extend_from_slice(&(body_len as u32).to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]);
+        self.put_body(&mut out, None);
+        let crc = frame_crc(&out[..4], &out[FRAME_PREFIX_V1..]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn put_body(&self, out: &mut Vec<u8>, synced: Option<u64>) {
         out.extend_from_slice(&self.first.to_le_bytes());
         out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.last_hash);
+        if let Some(s) = synced {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
         out.extend_from_slice(&(self.ops.0.len() as u32).to_le_bytes());
         for (k, v) in &self.ops.0 {
             out.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -84,16 +132,15 @@ impl Frame {
             out.extend_from_slice(&(v.len() as u32).to_le_bytes());
             out.extend_from_slice(v);
         }
-        let crc = frame_crc(&out[..4], &out[FRAME_PREFIX..]);
-        out[4..8].copy_from_slice(&crc.to_le_bytes());
-        out
     }
 
-    fn decode_body(body: &[u8]) -> Option<Frame> {
+    /// The frame and its synced offset (`None` in version 1, which has none).
+    fn decode_body(body: &[u8], version: u8) -> Option<(Frame, Option<u64>)> {
         let mut r = Reader(body);
         let first = r.u64()?;
         let count = r.u64()?;
         let last_hash: Hash = r.take(32)?.try_into().ok()?;
+        let synced = if version >= 2 { Some(r.u64()?) } else { None };
         let n = r.u32()?;
         let mut ops = Vec::with_capacity((n as usize).min(1024));
         for _ in 0..n {
@@ -105,20 +152,71 @@ impl Frame {
             return None;
         }
         first.checked_add(count)?;
-        Some(Frame {
+        let frame = Frame {
             first,
             count,
             last_hash,
             ops: Ops(ops),
-        })
+        };
+        Some((frame, synced))
     }
 }
 
-fn frame_crc(len: &[u8], body: &[u8]) -> u32 {
+fn frame_crc(prefix: &[u8], body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(len);
+    h.update(prefix);
     h.update(body);
     h.finalize()
+}
+
+/// What a scan reads at one offset of a segment.
+enum Parsed {
+    /// Zeros where a frame would start: the frames end here (if nothing follows).
+    End,
+    /// A frame that passes its checks, its synced offset, and where the next one starts.
+    Frame(Frame, Option<u64>, usize),
+    /// Bytes that are not a frame; a frame's length, if readable, says where it would have ended.
+    Bad { claimed_end: usize },
+}
+
+fn parse(bytes: &[u8], at: usize, version: u8) -> Parsed {
+    let Some(head) = bytes.get(at..at + 4) else {
+        return Parsed::End;
+    };
+    if head == [0u8; 4] {
+        return Parsed::End;
+    }
+    let (prefix, len_at) = if version >= 2 {
+        if head != FRAME_MAGIC {
+            return Parsed::Bad {
+                claimed_end: at + FRAME_PREFIX,
+            };
+        }
+        (FRAME_PREFIX, at + 4)
+    } else {
+        (FRAME_PREFIX_V1, at)
+    };
+    let Some(len) = bytes.get(len_at..len_at + 4) else {
+        return Parsed::Bad {
+            claimed_end: bytes.len(),
+        };
+    };
+    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+    let end = at + prefix + len;
+    let Some(f) = bytes.get(at..end) else {
+        // The length itself is not one the writer could have written.
+        return Parsed::Bad {
+            claimed_end: at + prefix,
+        };
+    };
+    let crc = u32::from_le_bytes(f[prefix - 4..prefix].try_into().expect("4 bytes"));
+    if crc != frame_crc(&f[..prefix - 4], &f[prefix..]) {
+        return Parsed::Bad { claimed_end: end };
+    }
+    match Frame::decode_body(&f[prefix..], version) {
+        Some((frame, synced)) => Parsed::Frame(frame, synced, end),
+        None => Parsed::Bad { claimed_end: end },
+    }
 }
 
 #[derive(Clone)]
@@ -148,12 +246,15 @@ pub(crate) struct Header {
     pub(crate) seq: u64,
     /// The position of the segment's first event.
     pub(crate) base: u64,
+    /// The format of the segment's frames.
+    pub(crate) version: u8,
 }
 
 impl Header {
-    fn encode(&self) -> [u8; HEADER_BYTES as usize] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_BYTES as usize] {
         let mut h = [0u8; HEADER_BYTES as usize];
-        h[..8].copy_from_slice(MAGIC);
+        h[..7].copy_from_slice(MAGIC);
+        h[7] = self.version;
         h[8..12].copy_from_slice(&self.state.to_le_bytes());
         h[12..20].copy_from_slice(&self.seq.to_le_bytes());
         h[20..28].copy_from_slice(&self.base.to_le_bytes());
@@ -167,12 +268,16 @@ impl Header {
         if h.iter().all(|b| *b == 0) {
             return Ok(None);
         }
-        if h.len() < HEADER_BYTES as usize || &h[..8] != MAGIC {
+        if h.len() < HEADER_BYTES as usize || &h[..7] != MAGIC {
             return Err("not a write-ahead log segment header");
         }
         let crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));
         if crc != crc32fast::hash(&h[..28]) || h[32..].iter().any(|b| *b != 0) {
             return Err("segment header fails its checksum");
+        }
+        let version = h[7];
+        if !(1..=VERSION).contains(&version) {
+            return Err("a segment format this binary does not know");
         }
         let state = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
         if state != ACTIVE && state != RETIRED {
@@ -182,7 +287,45 @@ impl Header {
             state,
             seq: u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")),
             base: u64::from_le_bytes(h[20..28].try_into().expect("8 bytes")),
+            version,
         }))
+    }
+}
+
+/// How much of one activation of a segment was written and synced. Replaced at each activation,
+/// so that a late sync of the file's previous use never counts for the next one.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    written: AtomicU64,
+    synced: AtomicU64,
+}
+
+/// A segment's file as the syncer sees it: a sync records how much of the segment is on disk, which
+/// the frames written after it carry (see the module documentation).
+#[derive(Debug, Clone)]
+pub(crate) struct SyncHandle {
+    file: Arc<File>,
+    progress: Arc<Progress>,
+}
+
+impl SyncHandle {
+    /// `fdatasync`; then everything written before it is known to be on disk.
+    pub(crate) fn sync_data(&self) -> std::io::Result<()> {
+        let written = self.progress.written.load(Ordering::Acquire);
+        self.file.sync_data()?;
+        self.progress.synced.fetch_max(written, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Whether both are the same activation of the same segment (one sync serves both).
+    pub(crate) fn same_segment(&self, other: &SyncHandle) -> bool {
+        Arc::ptr_eq(&self.progress, &other.progress)
+    }
+
+    /// Bytes of the segment known to be on disk.
+    #[cfg(test)]
+    pub(crate) fn synced(&self) -> u64 {
+        self.progress.synced.load(Ordering::Acquire)
     }
 }
 
@@ -195,6 +338,7 @@ pub(crate) struct Segment {
     pub(crate) len: u64,
     /// Bytes from the start that may be other than zero.
     pub(crate) used: u64,
+    progress: Arc<Progress>,
 }
 
 impl Segment {
@@ -206,6 +350,7 @@ impl Segment {
             file: Arc::new(file),
             len,
             used: len,
+            progress: Arc::default(),
         })
     }
 
@@ -244,7 +389,16 @@ impl Segment {
             file: Arc::new(file),
             len,
             used: 0,
+            progress: Arc::default(),
         })
+    }
+
+    /// The handle the syncer syncs this activation of the segment through.
+    pub(crate) fn handle(&self) -> SyncHandle {
+        SyncHandle {
+            file: self.file.clone(),
+            progress: self.progress.clone(),
+        }
     }
 
     /// Writes an active header and syncs it, before any frame goes in.
@@ -253,11 +407,16 @@ impl Segment {
             state: ACTIVE,
             seq,
             base,
+            version: VERSION,
         }
         .encode();
         self.file.write_all_at(&h, 0)?;
         self.file.sync_data()?;
         self.used = HEADER_BYTES;
+        self.progress = Arc::new(Progress {
+            written: AtomicU64::new(HEADER_BYTES),
+            synced: AtomicU64::new(HEADER_BYTES),
+        });
         Ok(())
     }
 
@@ -271,6 +430,7 @@ impl Segment {
             state: RETIRED,
             seq: 0,
             base: 0,
+            version: VERSION,
         }
         .encode();
         self.file.write_all_at(&h, 0)?;
@@ -293,11 +453,12 @@ impl Segment {
     pub(crate) fn write_frame(&mut self, frame: &[u8]) -> Result<(), LogError> {
         self.file.write_all_at(frame, self.used)?;
         self.used += frame.len() as u64;
+        self.progress.written.store(self.used, Ordering::Release);
         Ok(())
     }
 
     pub(crate) fn fits(&self, frame_len: usize) -> bool {
-        // Room for the frame and for a zero length after it, so the frames always end.
+        // Room for the frame and for four zero bytes after it, so the frames always end.
         self.used + frame_len as u64 + 4 <= self.len
     }
 }
@@ -311,6 +472,25 @@ pub(crate) struct Found {
     pub(crate) frames: Vec<(u64, Frame)>,
 }
 
+impl Found {
+    /// The position after its last frame (its base when it has none).
+    pub(crate) fn end(&self) -> u64 {
+        self.frames
+            .last()
+            .map_or(self.header.base, |(_, f)| f.end())
+    }
+}
+
+/// Where a scan cut an unacknowledged tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Torn {
+    pub(crate) path: PathBuf,
+    /// The offset of the first frame that failed its check.
+    pub(crate) offset: u64,
+    /// Frames that passed their checks after it, cut with it (written before it was synced).
+    pub(crate) later_frames: usize,
+}
+
 /// What an open found in `wal/`.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
@@ -318,8 +498,8 @@ pub(crate) struct Scan {
     pub(crate) in_use: Vec<Found>,
     /// Free and retired segments (to be zeroed before reuse where `used > 0`).
     pub(crate) free: Vec<Segment>,
-    /// Where a torn last frame was found (file, offset), if one was.
-    pub(crate) torn: Option<(PathBuf, u64)>,
+    /// Where an unacknowledged tail was cut, if one was.
+    pub(crate) torn: Option<Torn>,
 }
 
 impl Scan {
@@ -335,6 +515,32 @@ impl Scan {
     /// The highest sequence number in use.
     pub(crate) fn last_seq(&self) -> u64 {
         self.in_use.last().map_or(0, |f| f.header.seq)
+    }
+
+    /// Checks that the segments sled does not fully hold follow each other (sequence numbers and
+    /// positions). A segment whose frames all end at or below `held`, sled's durable head, is left
+    /// out: a recycle that failed half-way can leave one in use behind later ones, and replay still
+    /// checks its frames against sled.
+    pub(crate) fn check_chain(&self, held: u64) -> Result<(), LogError> {
+        let mut prev: Option<&Found> = None;
+        for found in self.in_use.iter().filter(|f| f.end() > held) {
+            if let Some(p) = prev {
+                let (seq, end) = (p.header.seq, p.end());
+                if found.header.seq != seq + 1 || found.header.base != end {
+                    return Err(corrupt(
+                        &found.segment.path,
+                        0,
+                        end,
+                        &format!(
+                            "segment {} starts at position {} but the previous one ({seq}) ends at {end}",
+                            found.header.seq, found.header.base
+                        ),
+                    ));
+                }
+            }
+            prev = Some(found);
+        }
+        Ok(())
     }
 }
 
@@ -355,10 +561,11 @@ pub(crate) fn wal_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// Reads every segment in `dir` (which may be missing) without changing anything, and checks the
-/// frames: their CRCs, that each segment's frames continue from its base without gaps, and that
-/// the segments follow each other. A torn last frame of the newest segment (bytes that fail their
-/// check with only zeros after them) is left out and reported in [`Scan::torn`]; anything else
-/// that fails is [`LogError::Corrupt`] naming the file and offset.
+/// frames: their CRCs, and that each segment's frames continue from its base without gaps (how
+/// segments follow each other is [`Scan::check_chain`]'s, once sled's head is known). An
+/// unacknowledged tail of the newest segment (see the module documentation) is left out and
+/// reported in [`Scan::torn`]; anything else that fails is [`LogError::Corrupt`] naming the file
+/// and offset.
 pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
     let mut out = Scan::default();
     let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -395,90 +602,18 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
     }
     loaded.sort_by_key(|(_, h, _, _)| h.seq);
     let newest = loaded.len().checked_sub(1);
-    let mut expect: Option<(u64, u64)> = None;
     for (i, (mut segment, header, bytes, last_nonzero)) in loaded.into_iter().enumerate() {
-        let path = segment.path.clone();
-        if let Some((seq, end)) = expect {
-            if header.seq != seq + 1 || header.base != end {
-                return Err(corrupt(
-                    &path,
-                    0,
-                    end,
-                    &format!(
-                        "segment {} starts at position {} but the previous one ({seq}) ends at {end}",
-                        header.seq, header.base
-                    ),
-                ));
-            }
+        let (frames, end, torn) = scan_frames(
+            &segment.path,
+            &bytes,
+            header,
+            last_nonzero,
+            Some(i) == newest,
+        )?;
+        if torn.is_some() {
+            out.torn = torn;
         }
-        let mut frames = Vec::new();
-        let mut at = HEADER_BYTES as usize;
-        let mut position = header.base;
-        loop {
-            let len = match bytes.get(at..at + 4) {
-                Some(l) => u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize,
-                None => 0,
-            };
-            if len == 0 {
-                if (at as u64) < last_nonzero {
-                    return Err(corrupt(
-                        &path,
-                        at as u64,
-                        position,
-                        "the frames stop (zero length) but data follows: a zeroed range",
-                    ));
-                }
-                break;
-            }
-            let end = at + FRAME_PREFIX + len;
-            let frame = bytes.get(at..end).and_then(|f| {
-                let crc = u32::from_le_bytes(f[4..8].try_into().expect("4 bytes"));
-                (crc == frame_crc(&f[..4], &f[FRAME_PREFIX..]))
-                    .then(|| Frame::decode_body(&f[FRAME_PREFIX..]))
-                    .flatten()
-            });
-            match frame {
-                Some(f) if f.first == position => {
-                    position = f.end();
-                    frames.push((at as u64, f));
-                    at = end;
-                }
-                Some(f) => {
-                    return Err(corrupt(
-                        &path,
-                        at as u64,
-                        position,
-                        &format!(
-                            "a frame for positions from {} where {position} was expected",
-                            f.first
-                        ),
-                    ))
-                }
-                None => {
-                    // A torn write leaves only zeros after the frame it cut (the file was zeroed
-                    // and nothing is written past an unsynced frame). Data after it, or a cut in
-                    // an older segment, is damage.
-                    let claimed_end = if end <= bytes.len() {
-                        end as u64
-                    } else {
-                        // The length itself is not one the writer could have written.
-                        (at + FRAME_PREFIX) as u64
-                    };
-                    if Some(i) == newest && last_nonzero <= claimed_end {
-                        out.torn = Some((path.clone(), at as u64));
-                        break;
-                    }
-                    return Err(corrupt(
-                        &path,
-                        at as u64,
-                        position,
-                        "a frame fails its checksum and data follows it",
-                    ));
-                }
-            }
-        }
-        segment.used = last_nonzero.max(at as u64);
-        expect = Some((header.seq, position));
+        segment.used = last_nonzero.max(end);
         out.in_use.push(Found {
             segment,
             header,
@@ -486,6 +621,124 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
         });
     }
     Ok(out)
+}
+
+/// Why the frames of a segment stopped before its last non-zero byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Checksum,
+    Zeroed,
+}
+
+impl Stop {
+    fn what(self) -> &'static str {
+        match self {
+            Stop::Checksum => "a frame fails its checksum",
+            Stop::Zeroed => "the frames stop (zero length) where data follows: a zeroed range",
+        }
+    }
+}
+
+type Frames = (Vec<(u64, Frame)>, u64, Option<Torn>);
+
+/// The frames of one segment in use, the offset after the last one, and the tail cut, if any.
+fn scan_frames(
+    path: &Path,
+    bytes: &[u8],
+    header: Header,
+    last_nonzero: u64,
+    newest: bool,
+) -> Result<Frames, LogError> {
+    let mut frames = Vec::new();
+    let mut at = HEADER_BYTES as usize;
+    let mut position = header.base;
+    let (stop, claimed_end) = loop {
+        match parse(bytes, at, header.version) {
+            Parsed::End if (at as u64) < last_nonzero => break (Stop::Zeroed, at),
+            Parsed::End => return Ok((frames, at as u64, None)),
+            Parsed::Frame(f, synced, next) => {
+                if f.first != position {
+                    return Err(corrupt(
+                        path,
+                        at as u64,
+                        position,
+                        &format!(
+                            "a frame for positions from {} where {position} was expected",
+                            f.first
+                        ),
+                    ));
+                }
+                if synced.is_some_and(|s| s > at as u64 || s < HEADER_BYTES) {
+                    return Err(corrupt(
+                        path,
+                        at as u64,
+                        position,
+                        "a frame records a synced offset that cannot be right",
+                    ));
+                }
+                position = f.end();
+                frames.push((at as u64, f));
+                at = next;
+            }
+            Parsed::Bad { claimed_end } => break (Stop::Checksum, claimed_end),
+        }
+    };
+    let damage =
+        |why: String| -> Result<Frames, LogError> { Err(corrupt(path, at as u64, position, &why)) };
+    // In an older segment nothing is unacknowledged: it was synced whole before the next one
+    // was activated.
+    if !newest {
+        return damage(format!("{} and data follows it", stop.what()));
+    }
+    if header.version < 2 {
+        // No synced offsets: only a cut last frame with nothing but zeros after it is a torn write.
+        if stop == Stop::Checksum && last_nonzero <= claimed_end as u64 {
+            return Ok((frames, at as u64, Some(torn(path, at, 0))));
+        }
+        return damage(format!("{} and data follows it", stop.what()));
+    }
+    let later = later_frames(bytes, at, last_nonzero as usize);
+    if let Some((q, synced)) = later.iter().find(|(_, s)| *s > at as u64) {
+        return damage(format!(
+            "{}, yet the frame at offset {q}, written once the first {synced} bytes were synced, \
+             shows it was on disk",
+            stop.what()
+        ));
+    }
+    Ok((frames, at as u64, Some(torn(path, at, later.len()))))
+}
+
+fn torn(path: &Path, at: usize, later_frames: usize) -> Torn {
+    Torn {
+        path: path.to_path_buf(),
+        offset: at as u64,
+        later_frames,
+    }
+}
+
+/// The version-2 frames that pass their checks after offset `bad` (found by their magic), each
+/// with its offset and synced offset.
+fn later_frames(bytes: &[u8], bad: usize, last_nonzero: usize) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut q = bad + 1;
+    let end = last_nonzero.min(bytes.len());
+    while q + FRAME_PREFIX <= end {
+        let Some(found) = bytes[q..end]
+            .windows(FRAME_MAGIC.len())
+            .position(|w| w == FRAME_MAGIC)
+        else {
+            break;
+        };
+        let p = q + found;
+        match parse(bytes, p, VERSION) {
+            Parsed::Frame(_, synced, next) => {
+                out.push((p as u64, synced.unwrap_or(0)));
+                q = next;
+            }
+            _ => q = p + 1,
+        }
+    }
+    out
 }
 
 fn read_all(segment: &Segment) -> Result<Vec<u8>, LogError> {
@@ -517,6 +770,8 @@ struct PoolInner {
     /// that succeeds proves nothing. No segment is recycled again in this process; the next open
     /// replays them.
     flush_failed: bool,
+    /// A segment could not be recycled: the flusher waits before it tries again.
+    recycle_failed: bool,
 }
 
 impl Pool {
@@ -563,13 +818,20 @@ impl Pool {
             g.flush_failed = true;
             return Err(e);
         }
-        let n = retired.len();
+        let mut n = 0;
         for mut s in retired {
             match s.recycle() {
-                Ok(()) => self.lock().free.push(s),
+                Ok(()) => {
+                    self.lock().free.push(s);
+                    n += 1;
+                }
                 Err(e) => {
-                    // Left as it is: still retired on disk, so it is never mistaken for frames.
+                    // Kept retired, to be tried again: dropped, it would stay in use on disk
+                    // behind newer segments. An open skips it, since sled holds its frames.
                     tracing::error!(segment = %s.path.display(), error = %e, "cannot recycle a write-ahead log segment");
+                    let mut g = self.lock();
+                    g.retired.push(s);
+                    g.recycle_failed = true;
                 }
             }
         }
@@ -586,8 +848,10 @@ impl Pool {
         loop {
             {
                 let mut g = self.lock();
-                // After a failed flush nothing more is recycled: wait instead of spinning on it.
-                if (g.retired.is_empty() || g.flush_failed) && !g.stop {
+                // After a failed flush nothing more is recycled, and after a failed recycle the
+                // next try waits: wait instead of spinning on either.
+                if (g.retired.is_empty() || g.flush_failed || g.recycle_failed) && !g.stop {
+                    g.recycle_failed = false;
                     g = self
                         .wake
                         .wait_timeout(g, interval)
@@ -659,19 +923,23 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Writes `frame` (not synced); returns the file to sync before acknowledging it.
-    pub(crate) fn append(&mut self, frame: &Frame) -> Result<Arc<File>, LogError> {
-        let bytes = frame.encode();
-        if !self.active.fits(bytes.len()) {
-            let next = take_free(&self.pool, bytes.len())?;
+    /// Writes `frame` (not synced); returns the segment to sync before acknowledging it.
+    pub(crate) fn append(&mut self, frame: &Frame) -> Result<SyncHandle, LogError> {
+        let len = FRAME_PREFIX + frame.body_len();
+        if !self.active.fits(len) {
+            let next = take_free(&self.pool, len)?;
+            // The full segment goes to disk whole before any frame goes into the next one, so a
+            // frame that fails its check in an older segment is always damage.
+            self.active.handle().sync_data()?;
             let full = std::mem::replace(&mut self.active, next);
             self.seq += 1;
             self.active.activate(self.seq, frame.first)?;
             self.pool.lock().retired.push(full);
             self.pool.wake.notify_all();
         }
+        let bytes = frame.encode(self.active.progress.synced.load(Ordering::Acquire));
         self.active.write_frame(&bytes)?;
-        Ok(self.active.file.clone())
+        Ok(self.active.handle())
     }
 
     /// At shutdown, once sled is durable: recycles every segment, so a cleanly closed log has an

@@ -48,6 +48,8 @@ impl App {
         let note = checkpoint
             .sign(&self.signer)
             .map_err(|e| AppError::Internal(format!("signing a checkpoint: {e}")))?;
+        // Durably, before anyone holds it: no later open may serve a log shorter than it.
+        self.log.record_signed_checkpoint(size, root)?;
         Ok(Signed { checkpoint, note })
     }
 

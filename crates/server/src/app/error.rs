@@ -47,6 +47,10 @@ pub enum AppError {
     /// The projections did not reach the position asked for in time. Retry, or ask for less.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// Only at open: the data directory holds a log shorter than its durable records show (see
+    /// `claims_ledger_log::evidence`). Restore from a backup, or accept it knowingly.
+    #[error("{0}")]
+    ShorterLog(Box<claims_ledger_log::ShorterLog>),
     /// Anything else; logged server-side, never shown to clients in detail.
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,6 +93,7 @@ impl From<LogError> for AppError {
             e @ LogError::TooManyCursors { .. } => AppError::ResourceExhausted(e.to_string()),
             LogError::ProofRequest(m) => AppError::OutOfRange(m),
             LogError::Poisoned | LogError::Closed => AppError::Unavailable,
+            LogError::ShorterLog(s) => AppError::ShorterLog(s),
             other => AppError::Internal(other.to_string()),
         }
     }

@@ -105,7 +105,8 @@ fn fold(log: &EventLog, mut state: State, from: u64, end: u64) -> Result<State, 
         let chunk = log.read_all(pos, false, 1024)?;
         let Some(last) = chunk.last() else { break };
         pos = last.position + 1;
-        for rec in chunk.iter().filter(|r| r.position < end) {
+        // The log's own events (an accepted shorter log) change no write model.
+        for rec in chunk.iter().filter(|r| r.position < end && !r.is_system()) {
             let event = decode_event(rec).map_err(|e| {
                 AppError::from(LogError::Corrupt {
                     position: rec.position,
@@ -143,7 +144,31 @@ pub fn verify_state_snapshot(dir: &Path) -> Result<Result<Option<u64>, String>, 
     }
 }
 
-/// Decodes a stored record's payload into a domain event.
+/// The projections' checkpoint as a record of the log's length, for the log's open (see
+/// `claims_ledger_log::evidence`).
+pub fn projection_evidence(projections: &Projections) -> Option<claims_ledger_log::Evidence> {
+    let applied = projections.applied();
+    (applied > 0).then(|| claims_ledger_log::Evidence {
+        source: "the projection checkpoint (projections/)".into(),
+        count: applied,
+    })
+}
+
+/// Reads one of the log's own events (see `RecordedEvent::is_system`): so far only the record of
+/// an accepted shorter log.
+pub fn decode_system_event(rec: &RecordedEvent) -> Result<claims_ledger_log::ShorterLog, String> {
+    use claims_ledger_log::evidence::SHORTER_LOG_ACCEPTED;
+    if rec.event_type != SHORTER_LOG_ACCEPTED || rec.schema_version != 1 {
+        return Err(format!(
+            "a log event of unknown type {:?} (schema version {})",
+            rec.event_type, rec.schema_version
+        ));
+    }
+    serde_json::from_str(rec.payload.get()).map_err(|e| e.to_string())
+}
+
+/// Decodes a stored record's payload into a domain event (not for the log's own events, see
+/// `RecordedEvent::is_system`).
 pub fn decode_event(rec: &RecordedEvent) -> Result<Event, DecodeError> {
     Event::from_payload(
         &rec.event_type,
@@ -166,6 +191,10 @@ impl CommitObserver for StateObserver {
         let mut folded = self.state.write().unwrap_or_else(|p| p.into_inner());
         for rec in events {
             folded.count = rec.position + 1;
+            // The log's own events (an accepted shorter log) change no write model.
+            if rec.is_system() {
+                continue;
+            }
             match decode_event(rec) {
                 Ok(e) => folded.state.apply(&e),
                 // Every event was encoded from a domain event a moment ago; this cannot happen
@@ -207,13 +236,19 @@ impl App {
         // The log reports to this server's own registry, so servers in one process stay apart.
         let metrics = crate::metrics::Metrics::new();
         options.metrics = Arc::new(metrics.clone());
+        // The projections' checkpoint records how far the log was durable once: opened first, it
+        // is compared at the log's open with the log's own records (a shorter log is refused).
+        let (projections, version_ok) = Projections::open_unchecked(&projections_dir(dir))?;
+        options.evidence.extend(projection_evidence(&projections));
         let log = EventLog::open(dir, options, Some(observer))?;
+        // A log accepted shorter makes the checkpoint stale: they start over, durably.
+        projections.fit_to_log(&log, version_ok)?;
         let signer = match signer {
             Some(s) => s,
             None => keys::load_or_generate(&signing_key_path(dir), DEFAULT_ORIGIN)
                 .map_err(|e| AppError::Internal(format!("signing key: {e}")))?,
         };
-        let projections = Arc::new(Projections::open(&projections_dir(dir), &log)?);
+        let projections = Arc::new(projections);
         let app = App {
             log,
             state,
@@ -368,6 +403,16 @@ impl App {
             ),
             Ok(Err(e)) => tracing::error!(error = %e, "saving snapshots"),
             Err(e) => tracing::error!(error = %e, "saving snapshots task"),
+        }
+    }
+
+    /// Closes the log now, whatever handles remain (in tasks of connections that outlived the
+    /// drain, say): sled is made durable and the write-ahead log emptied, so the data directory
+    /// needs no replay. Writes after it are refused; call it last, on every way out.
+    pub async fn close(&self) {
+        let log = self.log.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || log.close()).await {
+            tracing::error!(error = %e, "closing the log");
         }
     }
 

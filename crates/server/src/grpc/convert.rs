@@ -534,10 +534,35 @@ pub fn payload_pb(e: &Event) -> pb::EventPayload {
     pb::EventPayload { kind: Some(kind) }
 }
 
+/// The payload of one of the log's own events (see `RecordedEvent::is_system`).
+fn system_payload_pb(rec: &RecordedEvent) -> Result<pb::EventPayload, AppError> {
+    let s = crate::app::decode_system_event(rec)
+        .map_err(|e| AppError::Internal(format!("log event at position {}: {e}", rec.position)))?;
+    let kind = pb::event_payload::Kind::ShorterLogAccepted(pb::ShorterLogAcceptedPayload {
+        recovered: s.recovered,
+        expected: s.expected(),
+        evidence: s
+            .evidence
+            .iter()
+            .map(|e| pb::LogEvidence {
+                source: e.source.clone(),
+                count: e.count,
+            })
+            .collect(),
+        unreadable: s.unreadable.clone(),
+    });
+    Ok(pb::EventPayload { kind: Some(kind) })
+}
+
 /// A stored event as the wire envelope, with its typed payload and exact stored bytes.
 pub fn envelope_pb(rec: &RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
-    let event = crate::app::decode_event(rec)
-        .map_err(|e| AppError::Internal(format!("event at position {}: {e}", rec.position)))?;
+    let payload = if rec.is_system() {
+        system_payload_pb(rec)?
+    } else {
+        let event = crate::app::decode_event(rec)
+            .map_err(|e| AppError::Internal(format!("event at position {}: {e}", rec.position)))?;
+        payload_pb(&event)
+    };
     Ok(pb::EventEnvelope {
         event_id: rec.event_id.to_string(),
         stream: rec.stream.clone(),
@@ -551,7 +576,7 @@ pub fn envelope_pb(rec: &RecordedEvent) -> Result<pb::EventEnvelope, AppError> {
         causation_id: rec.causation_id.clone().unwrap_or_default(),
         prev_hash: hex::encode(rec.prev_hash),
         hash: hex::encode(rec.hash),
-        payload: Some(payload_pb(&event)),
+        payload: Some(payload),
         stored_bytes: rec.stored.clone(),
         idempotency_key: rec
             .idempotency

@@ -145,6 +145,8 @@ impl From<AppError> for Status {
             AppError::OutOfRange(_) => Status::out_of_range(message),
             AppError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             AppError::Unavailable | AppError::ShuttingDown => Status::unavailable(message),
+            // Only an open refuses with it, never a call; were one to, nothing internal is shown.
+            AppError::ShorterLog(_) => Status::data_loss("the log is shorter than its records"),
             AppError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Status::internal("internal error; see the server log")

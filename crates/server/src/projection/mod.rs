@@ -143,11 +143,20 @@ fn matches_log(log: &EventLog, checkpoint: &Checkpoint) -> Result<bool, Projecti
 
 impl Projections {
     /// Opens the projections in `dir`. If their version differs, or their checkpoint is not a prefix
-    /// of `log` (a log restored from elsewhere, or a relaxed-durability log that lost its tail), they
+    /// of `log` (a log restored from elsewhere, or one an operator accepted shorter), they
     /// start over empty at position 0; the caller's catch-up fills them (the server's `Query` health
     /// stays NOT_SERVING meanwhile), so opening never waits for a replay.
     pub fn open(dir: &Path, log: &EventLog) -> Result<Projections, ProjectionError> {
         let (p, version_ok) = Projections::open_unchecked(dir)?;
+        p.fit_to_log(log, version_ok)?;
+        Ok(p)
+    }
+
+    /// The second half of [`Projections::open`], for a caller that opened them before the log
+    /// (the server, which gives the log their checkpoint as a record of its length): starts over
+    /// at position 0 if the rows are of another version or the checkpoint is not a prefix of `log`.
+    pub fn fit_to_log(&self, log: &EventLog, version_ok: bool) -> Result<(), ProjectionError> {
+        let p = self;
         let checkpoint = p.read().checkpoint;
         if !version_ok || !matches_log(log, &checkpoint)? {
             if checkpoint.applied == 0 {
@@ -161,7 +170,7 @@ impl Projections {
             }
             p.reset()?;
         }
-        Ok(p)
+        Ok(())
     }
 
     /// Opens without checking against a log; also says whether the rows are of this version. For
